@@ -1,0 +1,283 @@
+//! The ABI between modelgate's kernel programs and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and pinned sizes:
+//! the kernel writes these bytes and userspace reads them (and the other way
+//! round for map values), so one definition serves both sides.
+#![no_std]
+
+/// Names of maps and programs, shared so neither side repeats a string.
+pub mod names {
+    pub const MAP_PORTS: &str = "MG_PORTS";
+    pub const MAP_ENDPOINTS: &str = "MG_ENDPOINTS";
+    pub const MAP_CIDRS: &str = "MG_CIDRS";
+    pub const MAP_CGROUP_POLICY: &str = "MG_CGROUP_POLICY";
+    pub const MAP_PROC_POLICY: &str = "MG_PROC_POLICY";
+    pub const MAP_CONFIG: &str = "MG_CONFIG";
+    pub const MAP_COUNTERS: &str = "MG_COUNTERS";
+    pub const MAP_EVENTS: &str = "MG_EVENTS";
+
+    pub const PROG_CONNECT4: &str = "mg_connect4";
+    pub const PROG_CONNECT6: &str = "mg_connect6";
+    pub const PROG_SENDMSG4: &str = "mg_sendmsg4";
+    pub const PROG_SENDMSG6: &str = "mg_sendmsg6";
+    pub const PROG_EXEC: &str = "mg_sched_exec";
+    pub const PROG_EXIT: &str = "mg_sched_exit";
+}
+
+/// Map capacities. Userspace checks its inserts against these so a full map
+/// is an error it can report, not a silent miss.
+pub mod limits {
+    pub const MAX_ENDPOINTS: u32 = 65_536;
+    pub const MAX_CIDRS: u32 = 4_096;
+    pub const MAX_CGROUPS: u32 = 16_384;
+    pub const MAX_PROCS: u32 = 65_536;
+    /// Provider ids index `PolicyEntry::actions`; the agent refuses a catalog
+    /// with more providers than this.
+    pub const MAX_PROVIDERS: usize = 64;
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+    /// Bytes of the exec'd file name carried in an exec event.
+    pub const FILENAME_LEN: usize = 256;
+}
+
+/// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
+/// to the next level" (process → cgroup → default).
+pub mod action {
+    pub const NONE: u8 = 0;
+    pub const ALLOW: u8 = 1;
+    pub const MONITOR: u8 = 2;
+    pub const BLOCK: u8 = 3;
+    /// Reserved for the proxy redirect; the kernel treats it as `BLOCK` until
+    /// the redirect path exists, so a policy can never silently fail open.
+    pub const REDIRECT: u8 = 4;
+}
+
+/// Which level of the policy produced a verdict.
+pub mod source {
+    pub const DEFAULT: u8 = 0;
+    pub const CGROUP: u8 = 1;
+    pub const PROCESS: u8 = 2;
+}
+
+/// `MG_CGROUP_POLICY` key of the entry that applies to every cgroup without
+/// one of its own (no real cgroup has id 0).
+pub const GLOBAL_POLICY_KEY: u64 = 0;
+
+/// Rule id meaning "the policy's default action".
+pub const RULE_DEFAULT: u16 = u16::MAX;
+
+/// `MG_PORTS` flags: which maps may hold an endpoint on this port. Most
+/// connects are decided by this one array lookup.
+pub mod port_flags {
+    pub const EXACT: u8 = 1;
+    pub const CIDR: u8 = 2;
+}
+
+/// Per-CPU counters in `MG_COUNTERS`; indices are stable (never reused).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect()/sendmsg() calls whose destination was a catalog endpoint.
+    EndpointHits = 0,
+    Allowed = 1,
+    Monitored = 2,
+    Blocked = 3,
+    Redirected = 4,
+    /// Ring-buffer reservations that failed: each one is a lost event.
+    EventsLost = 5,
+    /// UDP sends to an endpoint (QUIC / HTTP/3 attempts).
+    UdpHits = 6,
+    ExecEvents = 7,
+    /// A policy entry named a provider id past `MAX_PROVIDERS`.
+    BadProvider = 8,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::EndpointHits,
+        Counter::Allowed,
+        Counter::Monitored,
+        Counter::Blocked,
+        Counter::Redirected,
+        Counter::EventsLost,
+        Counter::UdpHits,
+        Counter::ExecEvents,
+        Counter::BadProvider,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::EndpointHits => "endpoint_hits",
+            Counter::Allowed => "allowed",
+            Counter::Monitored => "monitored",
+            Counter::Blocked => "blocked",
+            Counter::Redirected => "redirected",
+            Counter::EventsLost => "events_lost",
+            Counter::UdpHits => "udp_hits",
+            Counter::ExecEvents => "exec_events",
+            Counter::BadProvider => "bad_provider",
+        }
+    }
+}
+
+/// Key of `MG_ENDPOINTS`: an address in IPv6 form (IPv4 as `::ffff:a.b.c.d`,
+/// which is also how connect6 sees v4-mapped destinations) and a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+
+/// Data of the `MG_CIDRS` LPM-trie key. The port comes first so that it is
+/// always fully matched: prefix length = 16 + the address prefix (IPv4
+/// prefixes are offset by 96 for the `::ffff:0:0/96` mapping).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CidrKey {
+    /// Network byte order, so the trie compares it bit by bit from the top.
+    pub port_be: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<CidrKey>() == 18);
+
+pub const CIDR_PORT_BITS: u32 = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// Index into the agent's provider registry (< MAX_PROVIDERS).
+    pub provider: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 8);
+
+/// Value of `MG_CGROUP_POLICY` (by cgroup id) and `MG_PROC_POLICY` (by tgid):
+/// the action and the deciding rule per provider id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub actions: [u8; limits::MAX_PROVIDERS],
+    pub rules: [u16; limits::MAX_PROVIDERS],
+}
+const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 192);
+
+impl PolicyEntry {
+    pub const EMPTY: PolicyEntry = PolicyEntry {
+        actions: [action::NONE; limits::MAX_PROVIDERS],
+        rules: [RULE_DEFAULT; limits::MAX_PROVIDERS],
+    };
+}
+
+/// The single element of `MG_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub default_action: u8,
+    /// 1 when some policy rule depends on the process (exe, comm, user):
+    /// only then is `MG_PROC_POLICY` consulted.
+    pub has_proc_rules: u8,
+    pub _pad: [u8; 2],
+    /// Bumped on every policy load, echoed in events.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 8);
+
+/// Event kinds; ids are stable and never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Connect = 1,
+    Exec = 2,
+    Exit = 3,
+}
+
+/// Common first bytes of every ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_boot_ns().
+    pub boot_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+
+pub mod hook {
+    pub const CONNECT: u8 = 1;
+    pub const SENDMSG: u8 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// Destination in IPv6 form (IPv4 mapped).
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// AF_INET or AF_INET6: the family of the socket, not of the address.
+    pub family: u16,
+    /// IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: u8,
+    pub action: u8,
+    pub source: u8,
+    pub hook: u8,
+    pub provider: u32,
+    pub rule: u16,
+    pub _pad: u16,
+    pub generation: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// Bytes of `filename` that are valid (without the NUL).
+    pub filename_len: u32,
+    pub _pad: u32,
+    pub filename: [u8; limits::FILENAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 320);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are repr(C), contain only integers and byte arrays,
+    // and have no implicit padding (explicit `_pad` fields, sizes asserted).
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for PolicyEntry {}
+    unsafe impl aya::Pod for AgentConfig {}
+}
+
+/// IPv4 `a.b.c.d` as the `::ffff:a.b.c.d` bytes used in every key.
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}

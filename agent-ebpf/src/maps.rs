@@ -1,0 +1,48 @@
+//! Map definitions. Static names match `agent_common::names`, which is what
+//! userspace looks them up by.
+
+use agent_common::{
+    AgentConfig, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, limits,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+/// Indexed by destination port: which endpoint maps can hold that port.
+/// Almost every connect() on the host is decided by this one array lookup.
+#[map]
+pub static MG_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+
+#[map]
+pub static MG_ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
+    HashMap::with_max_entries(limits::MAX_ENDPOINTS, 0);
+
+#[map]
+pub static MG_CIDRS: LpmTrie<CidrKey, EndpointValue> =
+    LpmTrie::with_max_entries(limits::MAX_CIDRS, 0);
+
+#[map]
+pub static MG_CGROUP_POLICY: HashMap<u64, PolicyEntry> =
+    HashMap::with_max_entries(limits::MAX_CGROUPS, 0);
+
+#[map]
+pub static MG_PROC_POLICY: HashMap<u32, PolicyEntry> =
+    HashMap::with_max_entries(limits::MAX_PROCS, 0);
+
+#[map]
+pub static MG_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static MG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+pub static MG_EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = MG_COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer can race with this increment.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,106 @@
+//! `modelgate run`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    config::{self, FileConfig, LogFormat},
+    daemon::{self, Settings},
+    identity::cgroups,
+    policy::Action,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Agent configuration (YAML). Built-in defaults apply when the default
+    /// file is absent.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory with endpoints.yaml and policy.yaml.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// cgroup2 directory to attach to (default: the root of the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Where decision records go (JSON lines): a file, or `-` for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    events: Option<String>,
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Overrides the policy's default action, e.g. start in `monitor`.
+    #[arg(long, value_name = "ACTION")]
+    default_action: Option<Action>,
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let explicit = args.config.is_some();
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    let file = FileConfig::load(&config_path, explicit)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the agent configuration is invalid")?;
+
+    let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| {
+        // Under systemd stderr goes to the journal: structured is better there.
+        if std::env::var_os("JOURNAL_STREAM").is_some() || !std::io::stderr().is_terminal() {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
+    });
+    init_logging(log_format);
+
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let cgroup_mount = cgroups::find_mount()?;
+    let cgroup = args.cgroup.or(file.cgroup).unwrap_or_else(|| cgroup_mount.clone());
+    if !cgroup.starts_with(&cgroup_mount) {
+        anyhow::bail!(
+            "--cgroup {} is not inside the cgroup2 mount {}",
+            cgroup.display(),
+            cgroup_mount.display()
+        );
+    }
+    let events = args.events.or(file.events).unwrap_or_else(|| {
+        state_dir.join("events.jsonl").display().to_string()
+    });
+    let settings = Settings {
+        policies: args
+            .policies
+            .or(file.policies)
+            .unwrap_or_else(config::default_policies_dir),
+        cgroup,
+        cgroup_mount,
+        events,
+        default_action: args.default_action.or(file.default_action),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(daemon::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("MODELGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,97 @@
+//! Agent settings: flags override the config file, which overrides the
+//! built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    policy::Action,
+    yaml::{self, FileErrors},
+};
+
+pub const DEFAULT_CONFIG: &str = "/etc/modelgate/agent.yaml";
+pub const DEFAULT_POLICIES: &str = "/etc/modelgate/policies";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelgate";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text; the default on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line; the default under systemd.
+    Json,
+}
+
+/// `agent.yaml`. Every field is optional; unknown fields are errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Directory with endpoints.yaml and policy.yaml.
+    pub policies: Option<PathBuf>,
+    /// cgroup2 directory to attach to; default: the root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    /// Where decision records go: a file path, or `-` for stdout.
+    /// Default: `<state_dir>/events.jsonl`.
+    pub events: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    /// Overrides the policy's default action (e.g. `monitor` while rolling out).
+    pub default_action: Option<Action>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file at the default location means defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, FileErrors> {
+        if !explicit && !path.exists() {
+            return Ok(FileConfig::default());
+        }
+        let text = yaml::read(path)?;
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        Ok(yaml::parse(&path.display().to_string(), &text)?)
+    }
+}
+
+/// The policies directory when none is given: the installed one, else the
+/// `policies/` of the checkout this binary was built from (or the current
+/// directory's), so `cargo xtask run` works from a clone.
+pub fn default_policies_dir() -> PathBuf {
+    let installed = PathBuf::from(DEFAULT_POLICIES);
+    if installed.join(crate::catalog::FILE_NAME).exists() {
+        return installed;
+    }
+    for candidate in [
+        PathBuf::from("policies"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+    ] {
+        if candidate.join(crate::catalog::FILE_NAME).exists() {
+            return candidate;
+        }
+    }
+    installed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "state_dir: /tmp/x\npolicy_dir: /etc\n").unwrap();
+        let err = FileConfig::load(&path, true).unwrap_err();
+        assert!(err.to_string().contains("unknown field `policy_dir`"), "{err}");
+        assert!(err.to_string().contains(":2:"), "line of the bad key: {err}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults() {
+        let config = FileConfig::load(Path::new("/nonexistent/agent.yaml"), false).unwrap();
+        assert!(config.policies.is_none());
+        assert!(FileConfig::load(Path::new("/nonexistent/agent.yaml"), true).is_err());
+    }
+}

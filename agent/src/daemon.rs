@@ -1,0 +1,498 @@
+//! `modelgate run`: the agent's wiring. One task owns the kernel maps, the
+//! policy and the caches; events, resolver answers, signals and a timer are
+//! its inputs, so no state is shared and no lock is taken on the hot path.
+
+use std::{path::PathBuf, time::Duration};
+
+use agent_common::{AgentConfig, ConnectEvent, Counter, ExecEvent, hook, source};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    catalog::{
+        Catalog,
+        resolver::{self, Resolved, ResolvedHosts},
+    },
+    ebpf::{
+        self,
+        endpoints::{EndpointSet, from_v6_bytes},
+        events::{self, Event},
+        maps::KernelMaps,
+    },
+    identity::{
+        Identity, c_str,
+        cgroups::CgroupIndex,
+        procs::{ProcCache, ProcInfo},
+        users::Users,
+    },
+    policy::{
+        Action, CgroupFacts, Policy, ProcFacts,
+        compile::{Compiled, Ids},
+    },
+    record::{self, Decision, Destination},
+    sink::Sink,
+};
+
+const TICK: Duration = Duration::from_secs(5);
+
+pub struct Settings {
+    pub policies: PathBuf,
+    pub cgroup: PathBuf,
+    pub cgroup_mount: PathBuf,
+    pub events: String,
+    pub default_action: Option<Action>,
+}
+
+struct Agent {
+    maps: KernelMaps,
+    ids: Ids,
+    catalog: Catalog,
+    compiled: Compiled,
+    settings: Settings,
+    generation: u32,
+    resolved: ResolvedHosts,
+    endpoints: EndpointSet,
+    hosts_tx: watch::Sender<Vec<String>>,
+    procs: ProcCache,
+    cgroups: CgroupIndex,
+    users: Users,
+    sink: Sink,
+    decode_errors: u64,
+    lost_reported: u64,
+}
+
+pub async fn run(settings: Settings) -> Result<()> {
+    let catalog = Catalog::load(&settings.policies)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the endpoint catalog is invalid; fix it (see `modelgate policy check`)")?;
+    let policy = Policy::load(&settings.policies, &catalog)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the policy is invalid; fix it (see `modelgate policy check`)")?;
+
+    let mut programs = ebpf::load()?;
+    let (maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
+    let mut ids = Ids::default();
+    let compiled = Compiled::new(policy, &catalog, &mut ids)?;
+    let (hosts_tx, hosts_rx) = watch::channel(catalog.exact_hosts());
+    let mut cgroups = CgroupIndex::new(settings.cgroup_mount.clone());
+    if let Err(err) = cgroups.rescan() {
+        warn!("{err:#}");
+    }
+    let mut procs = ProcCache::new(settings.cgroup_mount.clone());
+    procs.scan();
+    let sink = Sink::open(&settings.events)?;
+
+    let mut agent = Agent {
+        maps,
+        ids,
+        catalog,
+        compiled,
+        settings,
+        generation: 0,
+        resolved: ResolvedHosts::default(),
+        endpoints: EndpointSet::default(),
+        hosts_tx,
+        procs,
+        cgroups,
+        users: Users::default(),
+        sink,
+        decode_errors: 0,
+        lost_reported: 0,
+    };
+    // Everything is in the maps before the hooks see their first connect.
+    agent.apply_policy()?;
+    agent.sync_endpoints()?;
+    programs.attach(&agent.settings.cgroup)?;
+    info!(
+        cgroup = %agent.settings.cgroup.display(),
+        policies = %agent.settings.policies.display(),
+        providers = agent.catalog.providers.len(),
+        rules = agent.compiled.policy.rules.len(),
+        default_action = %agent.default_action(),
+        events = %agent.settings.events,
+        "modelgate ready"
+    );
+
+    let (resolved_tx, mut resolved_rx) = mpsc::channel::<Resolved>(64);
+    let resolver = tokio::spawn(resolver::run(hosts_rx, resolved_tx));
+
+    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd,
+    // which keeps it open for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(TICK);
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                agent.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            Some(update) = resolved_rx.recv() => {
+                if agent.resolved.update(update)
+                    && let Err(err) = agent.sync_endpoints()
+                {
+                    error!("{err:#}");
+                }
+            }
+            _ = hup.recv() => agent.reload(),
+            _ = tick.tick() => agent.tick(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    // Whatever the kernel queued before we stop is still recorded.
+    agent.drain(ring.get_mut());
+    agent.report_counters(true);
+    resolver.abort();
+    drop(agent);
+    drop(programs);
+    info!("detached; modelgate stopped");
+    Ok(())
+}
+
+impl Agent {
+    fn default_action(&self) -> Action {
+        self.settings
+            .default_action
+            .unwrap_or(self.compiled.policy.default_action)
+    }
+
+    /// Writes config, global, per-cgroup and per-process entries for the
+    /// current policy.
+    fn apply_policy(&mut self) -> Result<()> {
+        self.generation = self.generation.wrapping_add(1);
+        let has_proc_rules = self.compiled.policy.has_process_rules();
+        self.maps.set_config(AgentConfig {
+            default_action: self.default_action().to_kernel(),
+            has_proc_rules: u8::from(has_proc_rules),
+            _pad: [0; 2],
+            generation: self.generation,
+        })?;
+        self.refresh_cgroup_entries()?;
+        let tgids: Vec<u32> = self.procs.iter().map(|p| p.tgid).collect();
+        for tgid in self.maps.proc_tgids() {
+            if !tgids.contains(&tgid) {
+                self.maps.set_proc_entry(tgid, None)?;
+            }
+        }
+        for tgid in tgids {
+            self.refresh_proc_entry(tgid)?;
+        }
+        Ok(())
+    }
+
+    fn refresh_cgroup_entries(&mut self) -> Result<()> {
+        let global = self.compiled.global_entry();
+        self.maps.set_cgroup_entry(
+            0,
+            Compiled::has_any_verdict(&global).then_some(global),
+        )?;
+        let mut live = Vec::new();
+        for (id, cgroup) in self.cgroups.iter() {
+            let facts = cgroup_facts(&cgroup.path, &cgroup.info);
+            let entry = self.compiled.entry(None, Some(&facts));
+            live.push((id, (entry != global).then_some(entry)));
+        }
+        let known: Vec<u64> = live.iter().map(|(id, _)| *id).collect();
+        for (id, entry) in live {
+            self.maps.set_cgroup_entry(id, entry)?;
+        }
+        for id in self.maps.cgroup_ids() {
+            if id != 0 && !known.contains(&id) {
+                self.maps.set_cgroup_entry(id, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A per-process entry only where the process's own facts change the
+    /// verdict that its cgroup (or the global entry) would give.
+    fn refresh_proc_entry(&mut self, tgid: u32) -> Result<()> {
+        if !self.compiled.policy.has_process_rules() {
+            return self.maps.set_proc_entry(tgid, None);
+        }
+        let Some(info) = self.procs.get(tgid).cloned() else {
+            return Ok(());
+        };
+        let user = self.users.name(info.uid);
+        let proc_facts = ProcFacts {
+            exe: info.exe.as_deref(),
+            comm: &info.comm,
+            uid: info.uid,
+            user: user.as_deref(),
+        };
+        let cgroup = self.cgroups.get(info.cgroup_id);
+        let cgroup_facts = cgroup.map(|c| cgroup_facts(&c.path, &c.info));
+        let full = self
+            .compiled
+            .entry(Some(&proc_facts), cgroup_facts.as_ref());
+        let base = self.compiled.entry(None, cgroup_facts.as_ref());
+        self.maps
+            .set_proc_entry(tgid, (full != base).then_some(full))
+    }
+
+    fn sync_endpoints(&mut self) -> Result<()> {
+        self.resolved.retain_hosts(&self.catalog.exact_hosts());
+        let set = EndpointSet::build(&self.catalog, &self.resolved, &mut self.ids)?;
+        if set.conflicts > 0 {
+            debug!(
+                conflicts = set.conflicts,
+                "addresses shared by several providers; the first in catalog order keeps them"
+            );
+        }
+        let stats = self.maps.sync_endpoints(&set)?;
+        if stats.added + stats.removed > 0 {
+            info!(
+                added = stats.added,
+                removed = stats.removed,
+                total = self.maps.endpoint_count(),
+                "endpoint maps updated"
+            );
+        }
+        self.endpoints = set;
+        Ok(())
+    }
+
+    /// SIGHUP: load catalog and policy again; keep the old ones on error.
+    fn reload(&mut self) {
+        let loaded = Catalog::load(&self.settings.policies).and_then(|catalog| {
+            let policy = Policy::load(&self.settings.policies, &catalog)?;
+            Ok((catalog, policy))
+        });
+        let (catalog, policy) = match loaded {
+            Ok(pair) => pair,
+            Err(errors) => {
+                error!(
+                    "reload refused, the previous policy stays in force:\n{errors}"
+                );
+                return;
+            }
+        };
+        let compiled = match Compiled::new(policy, &catalog, &mut self.ids) {
+            Ok(compiled) => compiled,
+            Err(err) => {
+                error!("reload refused, the previous policy stays in force: {err}");
+                return;
+            }
+        };
+        self.catalog = catalog;
+        self.compiled = compiled;
+        self.users.clear();
+        let _ = self.hosts_tx.send(self.catalog.exact_hosts());
+        if let Err(err) = self.sync_endpoints().and_then(|()| self.apply_policy()) {
+            error!("applying the reloaded policy failed: {err:#}");
+            return;
+        }
+        info!(
+            providers = self.catalog.providers.len(),
+            rules = self.compiled.policy.rules.len(),
+            generation = self.generation,
+            default_action = %self.default_action(),
+            "policy reloaded"
+        );
+    }
+
+    fn tick(&mut self) {
+        self.procs.purge();
+        match self.cgroups.rescan() {
+            Ok(true) => {
+                if let Err(err) = self.refresh_cgroup_entries() {
+                    error!("{err:#}");
+                }
+            }
+            Ok(false) => {}
+            Err(err) => warn!("{err:#}"),
+        }
+        self.report_counters(false);
+    }
+
+    /// Lost events are never silent: every increase is logged.
+    fn report_counters(&mut self, summary: bool) {
+        let counters = match self.maps.counters() {
+            Ok(counters) => counters,
+            Err(err) => {
+                warn!("{err:#}");
+                return;
+            }
+        };
+        let get = |c: Counter| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == c)
+                .map(|(_, v)| *v)
+                .unwrap_or(0)
+        };
+        let lost = get(Counter::EventsLost);
+        if lost > self.lost_reported {
+            warn!(
+                lost_total = lost,
+                lost_new = lost - self.lost_reported,
+                "the kernel dropped events because the ring buffer was full; \
+                 their verdicts were enforced but not recorded"
+            );
+            self.lost_reported = lost;
+        }
+        if summary {
+            let fields: Vec<String> = counters
+                .iter()
+                .map(|(c, v)| format!("{}={v}", c.name()))
+                .collect();
+            info!(
+                counters = %fields.join(" "),
+                records_written = self.sink.written,
+                records_failed = self.sink.failed,
+                decode_errors = self.decode_errors,
+                "final counters"
+            );
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            any = true;
+            match events::decode(&item) {
+                Ok(Event::Connect(ev)) => self.on_connect(&ev),
+                Ok(Event::Exec(ev)) => self.on_exec(&ev),
+                Ok(Event::Exit(ev)) => {
+                    self.procs.on_exit(ev.header.tgid);
+                    self.maps.forget_proc(ev.header.tgid);
+                }
+                Err(err) => {
+                    self.decode_errors += 1;
+                    warn!(error = %err, total = self.decode_errors, "undecodable event");
+                }
+            }
+        }
+        if any {
+            self.sink.flush();
+        }
+    }
+
+    fn on_exec(&mut self, ev: &ExecEvent) {
+        let len = (ev.filename_len as usize).min(ev.filename.len());
+        let filename = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
+        self.procs.on_exec(ProcInfo {
+            tgid: ev.header.tgid,
+            ppid: None,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: c_str(&ev.comm),
+            exe: (!filename.is_empty()).then_some(filename),
+            cmdline: None,
+            cgroup_id: ev.cgroup_id,
+            exited: None,
+        });
+        self.maps.forget_proc(ev.header.tgid);
+        self.ensure_cgroup_known(ev.cgroup_id);
+        if let Err(err) = self.refresh_proc_entry(ev.header.tgid) {
+            error!("{err:#}");
+        }
+    }
+
+    /// A cgroup we have not seen: created since the last walk.
+    fn ensure_cgroup_known(&mut self, id: u64) {
+        if self.cgroups.get(id).is_some() {
+            return;
+        }
+        match self.cgroups.rescan() {
+            Ok(_) => {
+                if let Err(err) = self.refresh_cgroup_entries() {
+                    error!("{err:#}");
+                }
+            }
+            Err(err) => warn!("{err:#}"),
+        }
+    }
+
+    fn on_connect(&mut self, ev: &ConnectEvent) {
+        let identity = self.identity(ev);
+        let ip = from_v6_bytes(ev.addr);
+        let action = Action::from_kernel(ev.action).unwrap_or(Action::Block);
+        let rule = if ev.rule == agent_common::RULE_DEFAULT {
+            "default".to_string()
+        } else {
+            self.ids.rule_name(ev.rule).unwrap_or("unknown").to_string()
+        };
+        let provider = self
+            .ids
+            .provider_name(ev.provider)
+            .unwrap_or("unknown")
+            .to_string();
+        let api = self
+            .catalog
+            .provider(&provider)
+            .and_then(|p| serde_json::to_value(p.api).ok())
+            .and_then(|v| v.as_str().map(str::to_string));
+        let record = Decision {
+            time: record::rfc3339(record::boot_ns_to_wall(ev.header.boot_ns)),
+            event: if ev.protocol == 17 || ev.hook == hook::SENDMSG {
+                "udp"
+            } else {
+                "connect"
+            },
+            action,
+            rule,
+            decided_by: match ev.source {
+                source::PROCESS => "process",
+                source::CGROUP => "cgroup",
+                _ => "default",
+            },
+            provider,
+            api,
+            destination: Destination {
+                ip,
+                port: ev.port,
+                host: self.endpoints.names.get(&ip).cloned(),
+            },
+            identity,
+            policy_generation: ev.generation,
+        };
+        self.sink.write(&record);
+    }
+
+    fn identity(&mut self, ev: &ConnectEvent) -> Identity {
+        let tgid = ev.header.tgid;
+        let info = self.procs.lookup(tgid).cloned().unwrap_or_default();
+        self.ensure_cgroup_known(ev.cgroup_id);
+        let cgroup = self.cgroups.get(ev.cgroup_id).cloned();
+        Identity {
+            pid: ev.header.pid,
+            tgid,
+            ppid: info.ppid,
+            uid: ev.uid,
+            user: self.users.name(ev.uid),
+            gid: ev.gid,
+            comm: c_str(&ev.comm),
+            exe: info.exe,
+            cmdline: info.cmdline,
+            parents: self.procs.parents(info.ppid),
+            cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+            cgroup_info: cgroup.map(|c| c.info).unwrap_or_default(),
+        }
+    }
+}
+
+fn cgroup_facts<'a>(
+    path: &'a str,
+    info: &'a crate::identity::cgroup_path::CgroupInfo,
+) -> CgroupFacts<'a> {
+    CgroupFacts {
+        path,
+        unit: info.unit.as_deref(),
+        container_id: info.container_id.as_deref(),
+        runtime: info.container_runtime,
+    }
+}

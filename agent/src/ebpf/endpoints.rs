@@ -1,0 +1,163 @@
+//! The catalog (plus resolved addresses) in the kernel's key format.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use agent_common::{CIDR_PORT_BITS, CidrKey, EndpointKey, EndpointValue};
+
+use crate::{
+    catalog::{Catalog, resolver::ResolvedHosts},
+    policy::compile::{IdError, Ids},
+};
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EndpointSet {
+    pub exact: HashMap<EndpointKey, EndpointValue>,
+    /// Keyed by (LPM prefix length, key data).
+    pub cidrs: HashMap<(u32, CidrKey), EndpointValue>,
+    /// What the address was known as, for the decision record.
+    pub names: HashMap<IpAddr, String>,
+    /// Addresses claimed by two providers (shared front ends); the first
+    /// provider in catalog order keeps them.
+    pub conflicts: usize,
+}
+
+/// IPv4 as `::ffff:a.b.c.d`, IPv6 as is: one key space for both hooks.
+pub fn to_v6_bytes(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a key holds, IPv4 again when it is a mapped one.
+pub fn from_v6_bytes(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+impl EndpointSet {
+    pub fn build(
+        catalog: &Catalog,
+        resolved: &ResolvedHosts,
+        ids: &mut Ids,
+    ) -> Result<EndpointSet, IdError> {
+        let mut set = EndpointSet::default();
+        for provider in &catalog.providers {
+            let value = EndpointValue {
+                provider: ids.provider(&provider.name.0)?,
+                _reserved: 0,
+            };
+            let mut insert_exact = |addr: IpAddr, name: Option<&str>, set: &mut EndpointSet| {
+                for port in &provider.ports {
+                    let key = EndpointKey {
+                        addr: to_v6_bytes(addr),
+                        port: *port,
+                        _pad: [0; 2],
+                    };
+                    match set.exact.get(&key) {
+                        Some(existing) if existing.provider != value.provider => {
+                            set.conflicts += 1;
+                        }
+                        Some(_) => {}
+                        None => {
+                            set.exact.insert(key, value);
+                        }
+                    }
+                }
+                if let Some(name) = name {
+                    set.names.entry(addr).or_insert_with(|| name.to_string());
+                }
+            };
+            for spec in &provider.addresses {
+                match spec.single() {
+                    Some(addr) => insert_exact(addr, None, &mut set),
+                    None => {
+                        let (addr, prefix) = match spec.0 {
+                            ipnet::IpNet::V4(net) => (
+                                IpAddr::V4(net.network()),
+                                96 + u32::from(net.prefix_len()),
+                            ),
+                            ipnet::IpNet::V6(net) => {
+                                (IpAddr::V6(net.network()), u32::from(net.prefix_len()))
+                            }
+                        };
+                        for port in &provider.ports {
+                            let key = CidrKey {
+                                port_be: port.to_be_bytes(),
+                                addr: to_v6_bytes(addr),
+                            };
+                            set.cidrs
+                                .entry((CIDR_PORT_BITS + prefix, key))
+                                .or_insert(value);
+                        }
+                    }
+                }
+            }
+            for (host, addrs) in resolved.iter() {
+                if provider
+                    .hosts
+                    .iter()
+                    .any(|h| h.to_string() == host)
+                {
+                    for addr in addrs {
+                        insert_exact(*addr, Some(host), &mut set);
+                    }
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::resolver::Resolved;
+
+    #[test]
+    fn builds_exact_and_cidr_keys() {
+        let catalog = Catalog::parse(
+            "e.yaml",
+            "providers:\n  - name: a\n    api: openai\n    hosts: [api.a.com]\n    ports: [443, 8443]\n    addresses: [127.0.0.9, 10.1.0.0/16, \"fd00::/64\"]\n  - name: b\n    api: openai\n    hosts: [api.b.com]\n",
+        )
+        .unwrap();
+        let mut resolved = ResolvedHosts::default();
+        resolved.update(Resolved {
+            host: "api.a.com".into(),
+            addrs: vec!["192.0.2.1".parse().unwrap()],
+        });
+        resolved.update(Resolved {
+            host: "api.b.com".into(),
+            addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+        });
+        let mut ids = Ids::default();
+        let set = EndpointSet::build(&catalog, &resolved, &mut ids).unwrap();
+        // a: (127.0.0.9 + 192.0.2.1) × 2 ports; b: 2001:db8::1 × 443 (192.0.2.1 is a's).
+        assert_eq!(set.exact.len(), 5, "{:?}", set.exact.keys());
+        assert_eq!(set.conflicts, 1, "192.0.2.1:443 claimed by both");
+        assert_eq!(set.cidrs.len(), 4);
+        let v4 = CidrKey {
+            port_be: 443u16.to_be_bytes(),
+            addr: to_v6_bytes("10.1.0.0".parse().unwrap()),
+        };
+        assert!(set.cidrs.contains_key(&(16 + 96 + 16, v4)), "v4 prefix offset by 96");
+        assert_eq!(
+            set.names.get(&"192.0.2.1".parse().unwrap()).map(String::as_str),
+            Some("api.a.com")
+        );
+    }
+
+    #[test]
+    fn v4_round_trips_through_mapped_form() {
+        let v4: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(from_v6_bytes(to_v6_bytes(v4)), v4);
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(from_v6_bytes(to_v6_bytes(v6)), v6);
+    }
+}

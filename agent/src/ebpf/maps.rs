@@ -1,0 +1,209 @@
+//! Typed access to the kernel maps, kept in sync by diffing against what
+//! the agent last wrote (the agent is the maps' only writer).
+
+use std::collections::HashMap;
+
+use agent_common::{
+    AgentConfig, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, names, port_flags,
+};
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+
+use super::endpoints::EndpointSet;
+
+pub struct KernelMaps {
+    ports: Array<MapData, u8>,
+    endpoints: BpfHashMap<MapData, EndpointKey, EndpointValue>,
+    cidrs: LpmTrie<MapData, CidrKey, EndpointValue>,
+    cgroup_policy: BpfHashMap<MapData, u64, PolicyEntry>,
+    proc_policy: BpfHashMap<MapData, u32, PolicyEntry>,
+    config: Array<MapData, AgentConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    installed: EndpointSet,
+    installed_ports: HashMap<u16, u8>,
+    cgroup_entries: HashMap<u64, PolicyEntry>,
+    proc_entries: HashMap<u32, PolicyEntry>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl KernelMaps {
+    /// Takes the maps out of the object; returns the event ring buffer too.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(KernelMaps, RingBuf<MapData>)> {
+        let maps = KernelMaps {
+            ports: take(ebpf, names::MAP_PORTS)?,
+            endpoints: take(ebpf, names::MAP_ENDPOINTS)?,
+            cidrs: take(ebpf, names::MAP_CIDRS)?,
+            cgroup_policy: take(ebpf, names::MAP_CGROUP_POLICY)?,
+            proc_policy: take(ebpf, names::MAP_PROC_POLICY)?,
+            config: take(ebpf, names::MAP_CONFIG)?,
+            counters: take(ebpf, names::MAP_COUNTERS)?,
+            installed: EndpointSet::default(),
+            installed_ports: HashMap::new(),
+            cgroup_entries: HashMap::new(),
+            proc_entries: HashMap::new(),
+        };
+        let events = take(ebpf, names::MAP_EVENTS)?;
+        Ok((maps, events))
+    }
+
+    pub fn set_config(&mut self, config: AgentConfig) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .context("writing MG_CONFIG")
+    }
+
+    /// Makes the kernel's endpoint maps equal `wanted`. Additions go in
+    /// before the port flags that make them reachable; removals after.
+    pub fn sync_endpoints(&mut self, wanted: &EndpointSet) -> Result<SyncStats> {
+        let mut stats = SyncStats::default();
+        for (key, value) in &wanted.exact {
+            if self.installed.exact.get(key) != Some(value) {
+                self.endpoints
+                    .insert(key, value, 0)
+                    .context("inserting into MG_ENDPOINTS (is it full?)")?;
+                stats.added += 1;
+            }
+        }
+        for ((prefix, key), value) in &wanted.cidrs {
+            if self.installed.cidrs.get(&(*prefix, *key)) != Some(value) {
+                self.cidrs
+                    .insert(&Key::new(*prefix, *key), value, 0)
+                    .context("inserting into MG_CIDRS (is it full?)")?;
+                stats.added += 1;
+            }
+        }
+        let wanted_ports = wanted.port_flags();
+        for (port, flags) in &wanted_ports {
+            if self.installed_ports.get(port) != Some(flags) {
+                self.ports
+                    .set(u32::from(*port), *flags, 0)
+                    .context("writing MG_PORTS")?;
+            }
+        }
+        for port in self.installed_ports.keys() {
+            if !wanted_ports.contains_key(port) {
+                self.ports
+                    .set(u32::from(*port), 0u8, 0)
+                    .context("writing MG_PORTS")?;
+            }
+        }
+        for key in self.installed.exact.keys() {
+            if !wanted.exact.contains_key(key) {
+                // Already gone is fine: the goal is absence.
+                let _ = self.endpoints.remove(key);
+                stats.removed += 1;
+            }
+        }
+        for (prefix, key) in self.installed.cidrs.keys() {
+            if !wanted.cidrs.contains_key(&(*prefix, *key)) {
+                let _ = self.cidrs.remove(&Key::new(*prefix, *key));
+                stats.removed += 1;
+            }
+        }
+        self.installed = wanted.clone();
+        self.installed_ports = wanted_ports;
+        Ok(stats)
+    }
+
+    /// Writes (or, with None, removes) the policy entry of one cgroup.
+    pub fn set_cgroup_entry(&mut self, id: u64, entry: Option<PolicyEntry>) -> Result<()> {
+        match entry {
+            Some(entry) if self.cgroup_entries.get(&id) != Some(&entry) => {
+                self.cgroup_policy
+                    .insert(id, entry, 0)
+                    .context("writing MG_CGROUP_POLICY (is it full?)")?;
+                self.cgroup_entries.insert(id, entry);
+            }
+            Some(_) => {}
+            None => {
+                if self.cgroup_entries.remove(&id).is_some() {
+                    let _ = self.cgroup_policy.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cgroup_ids(&self) -> Vec<u64> {
+        self.cgroup_entries.keys().copied().collect()
+    }
+
+    pub fn set_proc_entry(&mut self, tgid: u32, entry: Option<PolicyEntry>) -> Result<()> {
+        match entry {
+            Some(entry) => {
+                // The kernel deletes entries on exec and exit, so our copy may
+                // be stale: always write.
+                self.proc_policy
+                    .insert(tgid, entry, 0)
+                    .context("writing MG_PROC_POLICY (is it full?)")?;
+                self.proc_entries.insert(tgid, entry);
+            }
+            None => {
+                if self.proc_entries.remove(&tgid).is_some() {
+                    let _ = self.proc_policy.remove(&tgid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel removed this process's entry (exec or exit).
+    pub fn forget_proc(&mut self, tgid: u32) {
+        self.proc_entries.remove(&tgid);
+    }
+
+    pub fn proc_tgids(&self) -> Vec<u32> {
+        self.proc_entries.keys().copied().collect()
+    }
+
+    /// Sums of the per-CPU counters, in `Counter::ALL` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let values = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .context("reading MG_COUNTERS")?;
+                Ok((*c, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.installed.exact.len() + self.installed.cidrs.len()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncStats {
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl EndpointSet {
+    fn port_flags(&self) -> HashMap<u16, u8> {
+        let mut ports: HashMap<u16, u8> = HashMap::new();
+        for key in self.exact.keys() {
+            *ports.entry(key.port).or_default() |= port_flags::EXACT;
+        }
+        for (_, key) in self.cidrs.keys() {
+            *ports
+                .entry(u16::from_be_bytes(key.port_be))
+                .or_default() |= port_flags::CIDR;
+        }
+        ports
+    }
+}

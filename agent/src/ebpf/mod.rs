@@ -1,0 +1,148 @@
+//! Loading and attaching the kernel programs.
+
+pub mod endpoints;
+pub mod events;
+pub mod maps;
+
+use std::{fs::File, path::Path};
+
+use agent_common::names;
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+};
+use tracing::{debug, warn};
+
+/// The object built by build.rs from agent-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modelgate-ebpf"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The loaded programs. Dropping this detaches everything.
+pub struct Programs {
+    pub ebpf: Ebpf,
+}
+
+/// Loads the programs and maps; nothing is attached yet, so the agent can
+/// fill the maps first and never expose a half-configured policy.
+pub fn load() -> Result<Programs> {
+    raise_memlock();
+    ensure_tracefs()?;
+    check_tracepoint_layout()?;
+    let ebpf = Ebpf::load(OBJECT).context(
+        "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
+         CONFIG_BPF_SYSCALL, and the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+         (or root)",
+    )?;
+    Ok(Programs { ebpf })
+}
+
+impl Programs {
+    /// Attaches the tracepoints (host-wide) and the socket hooks at `cgroup`
+    /// (that cgroup and everything below it).
+    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
+        for (program, category, name) in [
+            (names::PROG_EXEC, "sched", "sched_process_exec"),
+            (names::PROG_EXIT, "sched", "sched_process_exit"),
+        ] {
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            tp.attach(category, name)
+                .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
+        }
+        let cgroup_fd = File::open(cgroup).with_context(|| {
+            format!(
+                "cannot open cgroup {}; pass --cgroup with a directory in the cgroup2 mount",
+                cgroup.display()
+            )
+        })?;
+        for program in [
+            names::PROG_CONNECT4,
+            names::PROG_CONNECT6,
+            names::PROG_SENDMSG4,
+            names::PROG_SENDMSG6,
+        ] {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            // AllowMultiple: coexist with other agents' and systemd's programs.
+            prog.attach(&cgroup_fd, CgroupAttachMode::AllowMultiple)
+                .with_context(|| {
+                    format!("attaching {program} to cgroup {}", cgroup.display())
+                })?;
+            debug!(program, cgroup = %cgroup.display(), "attached");
+        }
+        Ok(())
+    }
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+/// Tracepoints are found through tracefs, which minimal hosts do not mount.
+fn ensure_tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL in path");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed ({err}); \
+             run `mount -t tracefs nodev {TRACEFS}`"
+        );
+    }
+    warn!("mounted tracefs at {TRACEFS} (it was not mounted)");
+    Ok(())
+}
+
+/// The exec/exit programs read tracepoint fields at fixed offsets; refuse to
+/// run on a kernel whose layout differs rather than misattribute.
+fn check_tracepoint_layout() -> Result<()> {
+    for (event, field, offset) in [
+        ("sched_process_exec", "__data_loc char[] filename;", 8),
+        ("sched_process_exit", "bool group_dead;", 32),
+    ] {
+        let path = Path::new(TRACEFS).join(format!("events/sched/{event}/format"));
+        let format = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let expected = format!("field:{field}\toffset:{offset};");
+        if !format.contains(&expected) {
+            bail!(
+                "this kernel's {event} tracepoint layout differs from what modelgate was built \
+                 for (expected `{expected}` in {}); please report the kernel version",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

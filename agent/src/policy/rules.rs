@@ -1,0 +1,232 @@
+//! Rule conditions and how they match an identity.
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+
+use super::Action;
+use crate::{catalog::ProviderName, identity::cgroup_path::ContainerRuntime};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Match,
+    pub action: Action,
+}
+
+/// All listed conditions must hold; within one condition, any listed value
+/// may match. An empty condition matches everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Executable path globs, e.g. `/usr/bin/curl`, `/opt/*/bin/python3*`.
+    #[serde(default)]
+    pub exe: Vec<PathGlob>,
+    /// Exact process names (the kernel's 15-character comm).
+    #[serde(default)]
+    pub comm: Vec<Comm>,
+    /// User names or numeric uids.
+    #[serde(default)]
+    pub user: Vec<UserSpec>,
+    /// systemd unit globs, e.g. `nginx.service`, `app-*.scope`.
+    #[serde(default)]
+    pub unit: Vec<PathGlob>,
+    /// Container ids or id prefixes (at least 12 hex characters).
+    #[serde(default)]
+    pub container: Vec<ContainerId>,
+    #[serde(default)]
+    pub runtime: Vec<ContainerRuntime>,
+    /// cgroup v2 path globs relative to the mount, e.g. `/system.slice/*`.
+    #[serde(default)]
+    pub cgroup: Vec<PathGlob>,
+    #[serde(default)]
+    pub provider: Vec<ProviderName>,
+}
+
+/// What the agent knows about a process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcFacts<'a> {
+    pub exe: Option<&'a str>,
+    pub comm: &'a str,
+    pub uid: u32,
+    pub user: Option<&'a str>,
+}
+
+/// What the agent knows about a cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupFacts<'a> {
+    pub path: &'a str,
+    pub unit: Option<&'a str>,
+    pub container_id: Option<&'a str>,
+    pub runtime: Option<ContainerRuntime>,
+}
+
+impl Match {
+    pub fn has_process_conditions(&self) -> bool {
+        !self.exe.is_empty() || !self.comm.is_empty() || !self.user.is_empty()
+    }
+
+    pub fn has_cgroup_conditions(&self) -> bool {
+        !self.unit.is_empty()
+            || !self.container.is_empty()
+            || !self.runtime.is_empty()
+            || !self.cgroup.is_empty()
+    }
+
+    /// `proc`/`cgroup` are None when that level is unknown: a rule that needs
+    /// it does not match (the kernel falls through to the next level).
+    pub fn matches(
+        &self,
+        proc: Option<&ProcFacts<'_>>,
+        cgroup: Option<&CgroupFacts<'_>>,
+        provider: &str,
+    ) -> bool {
+        if !self.provider.is_empty() && !self.provider.iter().any(|p| p.0 == provider) {
+            return false;
+        }
+        if self.has_process_conditions() {
+            let Some(proc) = proc else { return false };
+            let exe_ok = self.exe.is_empty()
+                || proc
+                    .exe
+                    .is_some_and(|exe| self.exe.iter().any(|g| g.is_match(exe)));
+            let comm_ok = self.comm.is_empty() || self.comm.iter().any(|c| c.0 == proc.comm);
+            let user_ok = self.user.is_empty()
+                || self.user.iter().any(|u| match u {
+                    UserSpec::Uid(uid) => *uid == proc.uid,
+                    UserSpec::Name(name) => proc.user == Some(name.as_str()),
+                });
+            if !(exe_ok && comm_ok && user_ok) {
+                return false;
+            }
+        }
+        if self.has_cgroup_conditions() {
+            let Some(cgroup) = cgroup else { return false };
+            let unit_ok = self.unit.is_empty()
+                || cgroup
+                    .unit
+                    .is_some_and(|unit| self.unit.iter().any(|g| g.is_match(unit)));
+            let container_ok = self.container.is_empty()
+                || cgroup
+                    .container_id
+                    .is_some_and(|id| self.container.iter().any(|c| id.starts_with(&c.0)));
+            let runtime_ok = self.runtime.is_empty()
+                || cgroup.runtime.is_some_and(|r| self.runtime.contains(&r));
+            let cgroup_ok =
+                self.cgroup.is_empty() || self.cgroup.iter().any(|g| g.is_match(cgroup.path));
+            if !(unit_ok && container_ok && runtime_ok && cgroup_ok) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True when every identity this rule can match, `other` can match too —
+    /// i.e. `other` placed after `self` is unreachable. Conservative: only
+    /// unconditional conditions and identical value lists count.
+    pub fn covers(&self, other: &Match) -> bool {
+        fn covers<T: PartialEq>(mine: &[T], theirs: &[T]) -> bool {
+            mine.is_empty() || (!theirs.is_empty() && theirs.iter().all(|t| mine.contains(t)))
+        }
+        covers(&self.exe, &other.exe)
+            && covers(&self.comm, &other.comm)
+            && covers(&self.user, &other.user)
+            && covers(&self.unit, &other.unit)
+            && covers(&self.container, &other.container)
+            && covers(&self.runtime, &other.runtime)
+            && covers(&self.cgroup, &other.cgroup)
+            && covers(&self.provider, &other.provider)
+    }
+}
+
+/// A glob where `*` stays within one path segment and `**` crosses them.
+#[derive(Debug, Clone)]
+pub struct PathGlob {
+    source: String,
+    matcher: GlobMatcher,
+}
+
+impl PathGlob {
+    pub fn is_match(&self, value: &str) -> bool {
+        self.matcher.is_match(value)
+    }
+}
+
+impl PartialEq for PathGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl<'de> Deserialize<'de> for PathGlob {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(de)?;
+        let glob: Glob = GlobBuilder::new(&source)
+            .literal_separator(true)
+            .build()
+            .map_err(|err| serde::de::Error::custom(format!("invalid glob `{source}`: {err}")))?;
+        Ok(PathGlob {
+            matcher: glob.compile_matcher(),
+            source,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comm(pub String);
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let comm = String::deserialize(de)?;
+        if comm.is_empty() || comm.len() > 15 {
+            return Err(serde::de::Error::custom(format!(
+                "comm `{comm}` must be 1-15 bytes: the kernel keeps only the first 15 \
+                 characters of a process name; use `exe` to match a full path"
+            )));
+        }
+        Ok(Comm(comm))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSpec {
+    Uid(u32),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for UserSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Uid(u32),
+            Name(String),
+        }
+        Ok(match Raw::deserialize(de)? {
+            Raw::Uid(uid) => UserSpec::Uid(uid),
+            Raw::Name(name) => match name.parse::<u32>() {
+                Ok(uid) => UserSpec::Uid(uid),
+                Err(_) => UserSpec::Name(name),
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerId(pub String);
+
+impl<'de> Deserialize<'de> for ContainerId {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let id = String::deserialize(de)?.to_ascii_lowercase();
+        if id.len() < 12 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "container id `{id}` must be 12-64 hex characters (a full id or a prefix \
+                 as `docker ps` prints it)"
+            )));
+        }
+        Ok(ContainerId(id))
+    }
+}
