@@ -1,1 +1,314 @@
+//! Harness for the privileged integration tests: a child cgroup per test,
+//! a real agent process attached to it, and clients moved into it.
+//!
+//! Everything a test creates is torn down by Drop, also when it fails.
 
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The agent binary under test (set by `cargo xtask test`).
+pub fn agent_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MODELGATE_BIN") {
+        return PathBuf::from(bin);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/modelgate")
+}
+
+/// Fails loudly (not a silent skip) when the test cannot run for real.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs and must run as root: use `cargo xtask test`"
+    );
+    assert!(
+        agent_bin().exists(),
+        "agent binary {} is missing: run `cargo xtask test`, which builds it first",
+        agent_bin().display()
+    );
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    for line in text.lines() {
+        if let Some((left, right)) = line.split_once(" - ")
+            && right.split_whitespace().next() == Some("cgroup2")
+        {
+            return PathBuf::from(left.split_whitespace().nth(4).expect("mount point"));
+        }
+    }
+    panic!("no cgroup2 mount found in /proc/self/mountinfo");
+}
+
+/// A child cgroup of the cgroup2 mount, removed (after killing anything
+/// left in it) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        let unique = format!(
+            "modelgate-test-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = cgroup2_mount().join(unique);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// The path relative to the mount, as the agent reports it.
+    pub fn rel(&self) -> String {
+        format!(
+            "/{}",
+            self.path
+                .strip_prefix(cgroup2_mount())
+                .unwrap()
+                .display()
+        )
+    }
+
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// `cmd` set up so the process joins this cgroup before it execs.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = self.path.join("cgroup.procs");
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing 0 moves the writing process itself.
+                fs::write(&procs, b"0")
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if let Ok(text) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in text.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // Children first.
+            if let Ok(entries) = fs::read_dir(&self.path) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.path.display());
+    }
+}
+
+/// A stand-in model endpoint: accepts, answers one line, closes.
+pub struct Listener {
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    pub fn start(bind: &str) -> Listener {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                );
+            }
+        });
+        Listener { addr }
+    }
+}
+
+/// The files a test agent runs on.
+pub struct AgentSpec<'a> {
+    pub cgroup: &'a TestCgroup,
+    pub endpoints: &'a str,
+    pub policy: &'a str,
+    pub extra_args: &'a [&'a str],
+}
+
+/// A running `modelgate run`, stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub events: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(spec: AgentSpec<'_>) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        fs::create_dir(&policies).unwrap();
+        fs::write(policies.join("endpoints.yaml"), spec.endpoints).unwrap();
+        fs::write(policies.join("policy.yaml"), spec.policy).unwrap();
+        let events = dir.path().join("events.jsonl");
+        let log = dir.path().join("agent.log");
+        fs::write(dir.path().join("agent.yaml"), "").unwrap();
+        let child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--cgroup")
+            .arg(&spec.cgroup.path)
+            .arg("--events")
+            .arg(&events)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--config")
+            .arg(dir.path().join("agent.yaml"))
+            .args(["--log-format", "json"])
+            .args(spec.extra_args)
+            .env("MODELGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the agent");
+        let mut agent = Agent {
+            child: Some(child),
+            dir,
+            events,
+            log,
+        };
+        agent.wait_for_log("modelgate ready", Duration::from_secs(30));
+        agent
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (counting occurrences past
+    /// `skip`); panics with the log if the agent exits or time runs out.
+    pub fn wait_for_log_n(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.matches(needle).count() >= count {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the agent exited ({status}) before logging `{needle}`:\n{text}");
+            }
+            if Instant::now() > deadline {
+                panic!("no `{needle}` in the agent log after {timeout:?}:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for_log_n(needle, 1, timeout);
+    }
+
+    pub fn events_now(&self) -> Vec<Value> {
+        fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+            .collect()
+    }
+
+    /// The first record matching `pred`, waiting up to 10 s for it.
+    pub fn wait_for_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self.events_now().into_iter().find(|e| pred(e)) {
+                return event;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no decision record for {what}; records: {:#?}\nagent log:\n{}",
+                    self.events_now(),
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts that no record matching `pred` shows up within `wait`.
+    pub fn assert_no_event(&self, what: &str, wait: Duration, pred: impl Fn(&Value) -> bool) {
+        thread::sleep(wait);
+        let matching: Vec<Value> = self.events_now().into_iter().filter(|e| pred(e)).collect();
+        assert!(matching.is_empty(), "expected no record for {what}, got {matching:#?}");
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal the agent");
+    }
+
+    /// SIGTERM and wait; returns the agent's log.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+        self.log_text()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a command to completion with a time limit.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+}
+
+/// The curl invocation tests use: quiet, bounded, HTTP to `addr`.
+pub fn curl<'a>(cmd: &'a mut Command, url: &str) -> &'a mut Command {
+    cmd.args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url])
+}

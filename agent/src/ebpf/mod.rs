@@ -75,8 +75,10 @@ impl Programs {
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("the kernel rejected program {program}"))?;
-            // AllowMultiple: coexist with other agents' and systemd's programs.
-            prog.attach(&cgroup_fd, CgroupAttachMode::AllowMultiple)
+            // On kernels >= 5.7 aya attaches with a bpf_link, which always
+            // coexists with other programs on the cgroup and rejects any
+            // attach flag: `Single` means "no flags" there, not exclusive.
+            prog.attach(&cgroup_fd, CgroupAttachMode::Single)
                 .with_context(|| {
                     format!("attaching {program} to cgroup {}", cgroup.display())
                 })?;

@@ -1,0 +1,78 @@
+//! Invalid policy files: a clear error with file and line, from `policy
+//! check` and on reload, where the last good policy stays in force.
+
+use std::{fs, process::Command, time::Duration};
+
+use modelgate_tests::{Agent, AgentSpec, Listener, TestCgroup, agent_bin, output, require_root};
+
+const BAD_POLICY: &str = "default_action: block\nrules:\n  - name: x\n    match:\n      exe: [\"/usr/bin/[curl\"]\n    action: block\n";
+
+#[test]
+fn policy_check_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("endpoints.yaml"),
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("policy.yaml"), BAD_POLICY).unwrap();
+    let out = output(Command::new(agent_bin()).arg("policy").arg("check").arg(dir.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1 on error; stderr: {stderr}");
+    assert!(stderr.contains("policy.yaml:5:"), "file and line 5: {stderr}");
+    assert!(stderr.contains("rules[0].match.exe"), "field path: {stderr}");
+    assert!(stderr.contains("invalid glob"), "what is wrong: {stderr}");
+
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = output(Command::new(agent_bin()).arg("policy").arg("check").arg(&shipped));
+    assert!(
+        out.status.success(),
+        "the shipped policies must pass: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn reload_with_an_invalid_policy_keeps_the_old_one() {
+    require_root();
+    let cgroup = TestCgroup::new("reload");
+    let listener = Listener::start("127.0.0.9:0");
+    let port = listener.addr.port();
+    let mut agent = Agent::start(AgentSpec {
+        cgroup: &cgroup,
+        endpoints: &format!(
+            "providers:\n  - name: openai\n    api: openai\n    ports: [{port}]\n    addresses: [127.0.0.9]\n"
+        ),
+        policy: "default_action: block\nrules: []\n",
+        extra_args: &[],
+    });
+    let connect = || {
+        let out = output(
+            cgroup
+                .command("python3")
+                .args([
+                    "-c",
+                    "import socket,sys\ntry:\n  socket.create_connection(('127.0.0.9', int(sys.argv[1])));print('connected')\nexcept PermissionError:\n  print('EPERM')",
+                    &port.to_string(),
+                ]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(connect(), "EPERM", "the first policy blocks");
+
+    fs::write(agent.policies_dir().join("policy.yaml"), BAD_POLICY).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log("reload refused", Duration::from_secs(10));
+    let log = agent.log_text();
+    assert!(log.contains("policy.yaml:5"), "the reload error names file and line: {log}");
+    assert_eq!(connect(), "EPERM", "the old policy is still in force");
+
+    fs::write(
+        agent.policies_dir().join("policy.yaml"),
+        "default_action: monitor\nrules: []\n",
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log("policy reloaded", Duration::from_secs(10));
+    assert_eq!(connect(), "connected", "a valid reload takes effect");
+}
