@@ -1,7 +1,7 @@
 //! connect() and sendmsg() hooks: endpoint lookup, policy, verdict, event.
 
 use agent_common::{
-    CidrKey, CIDR_PORT_BITS, ConnectEvent, Counter, EndpointKey, EndpointValue, EventHeader,
+    CIDR_PORT_BITS, CidrKey, ConnectEvent, Counter, EndpointKey, EndpointValue, EventHeader,
     EventKind, PolicyEntry, RULE_DEFAULT, action, hook, limits, port_flags, source, v4_mapped,
 };
 use aya_ebpf::{
@@ -16,8 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_PROC_POLICY,
-    count,
+    MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_PROC_POLICY, count,
 };
 
 /// Return values of cgroup sock_addr programs.

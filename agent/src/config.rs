@@ -84,8 +84,14 @@ mod tests {
         let path = dir.path().join("agent.yaml");
         std::fs::write(&path, "state_dir: /tmp/x\npolicy_dir: /etc\n").unwrap();
         let err = FileConfig::load(&path, true).unwrap_err();
-        assert!(err.to_string().contains("unknown field `policy_dir`"), "{err}");
-        assert!(err.to_string().contains(":2:"), "line of the bad key: {err}");
+        assert!(
+            err.to_string().contains("unknown field `policy_dir`"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(":2:"),
+            "line of the bad key: {err}"
+        );
     }
 
     #[test]

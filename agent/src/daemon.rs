@@ -195,10 +195,8 @@ impl Agent {
 
     fn refresh_cgroup_entries(&mut self) -> Result<()> {
         let global = self.compiled.global_entry();
-        self.maps.set_cgroup_entry(
-            0,
-            Compiled::has_any_verdict(&global).then_some(global),
-        )?;
+        self.maps
+            .set_cgroup_entry(0, Compiled::has_any_verdict(&global).then_some(global))?;
         let mut live = Vec::new();
         for (id, cgroup) in self.cgroups.iter() {
             let facts = cgroup_facts(&cgroup.path, &cgroup.info);
@@ -274,9 +272,7 @@ impl Agent {
         let (catalog, policy) = match loaded {
             Ok(pair) => pair,
             Err(errors) => {
-                error!(
-                    "reload refused, the previous policy stays in force:\n{errors}"
-                );
+                error!("reload refused, the previous policy stays in force:\n{errors}");
                 return;
             }
         };
@@ -388,7 +384,6 @@ impl Agent {
             tgid: ev.header.tgid,
             ppid: None,
             uid: ev.uid,
-            gid: ev.gid,
             comm: c_str(&ev.comm),
             exe: (!filename.is_empty()).then_some(filename),
             cmdline: None,

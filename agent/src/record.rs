@@ -1,6 +1,9 @@
 //! The decision record: one JSON line per connection the kernel decided on.
 
-use std::{net::IpAddr, time::{Duration, SystemTime}};
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use serde::Serialize;
 

@@ -75,10 +75,7 @@ impl TestCgroup {
     pub fn rel(&self) -> String {
         format!(
             "/{}",
-            self.path
-                .strip_prefix(cgroup2_mount())
-                .unwrap()
-                .display()
+            self.path.strip_prefix(cgroup2_mount()).unwrap().display()
         )
     }
 
@@ -224,7 +221,11 @@ impl Agent {
             if text.matches(needle).count() >= count {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("the agent exited ({status}) before logging `{needle}`:\n{text}");
             }
             if Instant::now() > deadline {
@@ -269,7 +270,10 @@ impl Agent {
     pub fn assert_no_event(&self, what: &str, wait: Duration, pred: impl Fn(&Value) -> bool) {
         thread::sleep(wait);
         let matching: Vec<Value> = self.events_now().into_iter().filter(|e| pred(e)).collect();
-        assert!(matching.is_empty(), "expected no record for {what}, got {matching:#?}");
+        assert!(
+            matching.is_empty(),
+            "expected no record for {what}, got {matching:#?}"
+        );
     }
 
     pub fn signal(&self, signal: i32) {
@@ -310,5 +314,14 @@ pub fn output(cmd: &mut Command) -> Output {
 
 /// The curl invocation tests use: quiet, bounded, HTTP to `addr`.
 pub fn curl<'a>(cmd: &'a mut Command, url: &str) -> &'a mut Command {
-    cmd.args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url])
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ])
 }

@@ -76,7 +76,11 @@ fn monitor_reports_curl_and_python_with_identity() {
     assert_eq!(id["uid"], 0, "{event:#}");
     assert_eq!(id["user"], "root", "{event:#}");
     assert_eq!(id["cgroup"], cgroup.rel(), "{event:#}");
-    assert_eq!(id["ppid"], std::process::id(), "the test is curl's parent: {event:#}");
+    assert_eq!(
+        id["ppid"],
+        std::process::id(),
+        "the test is curl's parent: {event:#}"
+    );
     assert!(
         id["cmdline"].as_str().unwrap_or("").contains("/v1/models"),
         "{event:#}"
@@ -164,7 +168,10 @@ fn outside_processes_and_other_destinations_are_untouched() {
     assert_eq!(result, "connected", "a non-endpoint must not be blocked");
     // Same address, a port that is not the endpoint's.
     let (pid2, result) = python_connect(&cgroup, "127.0.0.9", other.addr.port());
-    assert_ne!(result, "EPERM", "another port of the address is not an endpoint");
+    assert_ne!(
+        result, "EPERM",
+        "another port of the address is not an endpoint"
+    );
 
     // And the endpoint itself from inside is blocked (the setup works).
     let (blocked, result) = python_connect(&cgroup, "127.0.0.9", port);
@@ -248,7 +255,10 @@ fn ipv6_and_cidr_endpoints() {
     let (_, result) = python_connect(&cgroup, "127.0.9.7", outside.addr.port());
     assert_eq!(result, "connected", "outside the CIDR is untouched");
     let (_, result) = python_connect(&cgroup, "127.0.9.7", port_cidr);
-    assert_ne!(result, "EPERM", "outside the CIDR on the endpoint port is untouched");
+    assert_ne!(
+        result, "EPERM",
+        "outside the CIDR on the endpoint port is untouched"
+    );
 }
 
 const PY_UDP: &str = r#"

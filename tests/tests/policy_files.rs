@@ -16,15 +16,35 @@ fn policy_check_names_file_line_and_field() {
     )
     .unwrap();
     fs::write(dir.path().join("policy.yaml"), BAD_POLICY).unwrap();
-    let out = output(Command::new(agent_bin()).arg("policy").arg("check").arg(dir.path()));
+    let out = output(
+        Command::new(agent_bin())
+            .arg("policy")
+            .arg("check")
+            .arg(dir.path()),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit 1 on error; stderr: {stderr}");
-    assert!(stderr.contains("policy.yaml:5:"), "file and line 5: {stderr}");
-    assert!(stderr.contains("rules[0].match.exe"), "field path: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit 1 on error; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("policy.yaml:5:"),
+        "file and line 5: {stderr}"
+    );
+    assert!(
+        stderr.contains("rules[0].match.exe"),
+        "field path: {stderr}"
+    );
     assert!(stderr.contains("invalid glob"), "what is wrong: {stderr}");
 
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let out = output(Command::new(agent_bin()).arg("policy").arg("check").arg(&shipped));
+    let out = output(
+        Command::new(agent_bin())
+            .arg("policy")
+            .arg("check")
+            .arg(&shipped),
+    );
     assert!(
         out.status.success(),
         "the shipped policies must pass: {}",
@@ -64,7 +84,10 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reload refused", Duration::from_secs(10));
     let log = agent.log_text();
-    assert!(log.contains("policy.yaml:5"), "the reload error names file and line: {log}");
+    assert!(
+        log.contains("policy.yaml:5"),
+        "the reload error names file and line: {log}"
+    );
     assert_eq!(connect(), "EPERM", "the old policy is still in force");
 
     fs::write(

@@ -1,1 +1,65 @@
-fn main(){}
+//! `cargo xtask`: developer tasks for modelgate.
+//!
+//! One module per command; `util` holds the few helpers they share (paths,
+//! running a command with an error that says what to do).
+
+mod bench;
+mod bootstrap;
+mod build_cmd;
+mod cgroup;
+mod lint;
+mod run;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for modelgate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building the kernel programs needs (nightly rust-src,
+    /// bpf-linker); does nothing for pieces already present.
+    Bootstrap,
+    /// Bootstrap, then build the agent and print the binary's path.
+    Build(build_cmd::BuildArgs),
+    /// Build, then run the agent (`modelgate run ARGS...`) as root.
+    Run(run::RunArgs),
+    /// Build, check prerequisites, then run the whole workspace's tests as
+    /// root with MODELGATE_BIN set.
+    Test(test::TestArgs),
+    /// rustfmt check and clippy with warnings denied.
+    Lint,
+    /// Benchmarks that print figures against a baseline from the same run.
+    Bench(bench::BenchArgs),
+    /// The bench's connect() loop, run in a child process placed in a cgroup.
+    #[command(hide = true)]
+    BenchClient(bench::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bootstrap => bootstrap::run(),
+        Command::Build(args) => build_cmd::run(&args),
+        Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(&args),
+        Command::Lint => lint::run(),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchClient(args) => bench::client(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

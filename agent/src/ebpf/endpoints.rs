@@ -53,7 +53,7 @@ impl EndpointSet {
                 provider: ids.provider(&provider.name.0)?,
                 _reserved: 0,
             };
-            let mut insert_exact = |addr: IpAddr, name: Option<&str>, set: &mut EndpointSet| {
+            let insert_exact = |addr: IpAddr, name: Option<&str>, set: &mut EndpointSet| {
                 for port in &provider.ports {
                     let key = EndpointKey {
                         addr: to_v6_bytes(addr),
@@ -79,10 +79,9 @@ impl EndpointSet {
                     Some(addr) => insert_exact(addr, None, &mut set),
                     None => {
                         let (addr, prefix) = match spec.0 {
-                            ipnet::IpNet::V4(net) => (
-                                IpAddr::V4(net.network()),
-                                96 + u32::from(net.prefix_len()),
-                            ),
+                            ipnet::IpNet::V4(net) => {
+                                (IpAddr::V4(net.network()), 96 + u32::from(net.prefix_len()))
+                            }
                             ipnet::IpNet::V6(net) => {
                                 (IpAddr::V6(net.network()), u32::from(net.prefix_len()))
                             }
@@ -100,11 +99,7 @@ impl EndpointSet {
                 }
             }
             for (host, addrs) in resolved.iter() {
-                if provider
-                    .hosts
-                    .iter()
-                    .any(|h| h.to_string() == host)
-                {
+                if provider.hosts.iter().any(|h| h.matches(host)) {
                     for addr in addrs {
                         insert_exact(*addr, Some(host), &mut set);
                     }
@@ -146,9 +141,14 @@ mod tests {
             port_be: 443u16.to_be_bytes(),
             addr: to_v6_bytes("10.1.0.0".parse().unwrap()),
         };
-        assert!(set.cidrs.contains_key(&(16 + 96 + 16, v4)), "v4 prefix offset by 96");
+        assert!(
+            set.cidrs.contains_key(&(16 + 96 + 16, v4)),
+            "v4 prefix offset by 96"
+        );
         assert_eq!(
-            set.names.get(&"192.0.2.1".parse().unwrap()).map(String::as_str),
+            set.names
+                .get(&"192.0.2.1".parse().unwrap())
+                .map(String::as_str),
             Some("api.a.com")
         );
     }

@@ -4,6 +4,10 @@
 use agent_common::{ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent};
 
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "decoded on the stack and consumed at once; boxing would allocate per event"
+)]
 pub enum Event {
     Connect(ConnectEvent),
     Exec(ExecEvent),
@@ -61,7 +65,11 @@ mod tests {
         bytes[0] = EventKind::Connect as u8;
         assert!(matches!(
             decode(&bytes).unwrap_err(),
-            DecodeError::Truncated { need: 96, got: 24, .. }
+            DecodeError::Truncated {
+                need: 96,
+                got: 24,
+                ..
+            }
         ));
         let exit = vec![EventKind::Exit as u8, 0, 0, 0, 7, 0, 0, 0];
         let mut exit = exit;

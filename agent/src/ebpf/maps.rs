@@ -59,9 +59,7 @@ impl KernelMaps {
     }
 
     pub fn set_config(&mut self, config: AgentConfig) -> Result<()> {
-        self.config
-            .set(0, config, 0)
-            .context("writing MG_CONFIG")
+        self.config.set(0, config, 0).context("writing MG_CONFIG")
     }
 
     /// Makes the kernel's endpoint maps equal `wanted`. Additions go in
@@ -200,9 +198,7 @@ impl EndpointSet {
             *ports.entry(key.port).or_default() |= port_flags::EXACT;
         }
         for (_, key) in self.cidrs.keys() {
-            *ports
-                .entry(u16::from_be_bytes(key.port_be))
-                .or_default() |= port_flags::CIDR;
+            *ports.entry(u16::from_be_bytes(key.port_be)).or_default() |= port_flags::CIDR;
         }
         ports
     }

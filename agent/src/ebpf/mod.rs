@@ -79,9 +79,7 @@ impl Programs {
             // coexists with other programs on the cgroup and rejects any
             // attach flag: `Single` means "no flags" there, not exclusive.
             prog.attach(&cgroup_fd, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!("attaching {program} to cgroup {}", cgroup.display())
-                })?;
+                .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
             debug!(program, cgroup = %cgroup.display(), "attached");
         }
         Ok(())

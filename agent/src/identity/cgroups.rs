@@ -84,10 +84,6 @@ impl CgroupIndex {
         }
     }
 
-    pub fn mount(&self) -> &Path {
-        &self.mount
-    }
-
     pub fn get(&self, id: u64) -> Option<&CgroupEntry> {
         self.by_id.get(&id)
     }
@@ -123,18 +119,11 @@ impl CgroupIndex {
                 }
             }
         }
-        let changed = found.len() != self.by_id.len()
-            || found.keys().any(|id| !self.by_id.contains_key(id));
+        let changed =
+            found.len() != self.by_id.len() || found.keys().any(|id| !self.by_id.contains_key(id));
         self.by_id = found;
         Ok(changed)
     }
-}
-
-/// The cgroup id of a directory in the cgroup2 mount.
-pub fn id_of(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("cannot stat cgroup {}", path.display()))?
-        .ino())
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ pub struct ProcInfo {
     pub tgid: u32,
     pub ppid: Option<u32>,
     pub uid: u32,
-    pub gid: u32,
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Option<String>,
@@ -112,16 +111,14 @@ impl ProcCache {
         self.by_tgid.values().filter(|p| p.exited.is_none())
     }
 
-    pub fn len(&self) -> usize {
-        self.by_tgid.len()
-    }
-
     /// Drops exited processes past their grace period, and the oldest exited
     /// ones if the cache is over its bound.
     pub fn purge(&mut self) {
         let now = Instant::now();
-        self.by_tgid
-            .retain(|_, p| p.exited.is_none_or(|at| now.duration_since(at) < KEEP_EXITED));
+        self.by_tgid.retain(|_, p| {
+            p.exited
+                .is_none_or(|at| now.duration_since(at) < KEEP_EXITED)
+        });
         if self.by_tgid.len() > MAX_ENTRIES {
             let mut exited: Vec<(u32, Instant)> = self
                 .by_tgid
@@ -142,13 +139,12 @@ pub fn read_proc(mount: &Path, tgid: u32) -> Option<ProcInfo> {
     let process = procfs::process::Process::new(tgid as i32).ok()?;
     let stat = process.stat().ok()?;
     let status = process.status().ok();
-    let exe = process
-        .exe()
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let args = process.cmdline().ok().unwrap_or_default();
+    let exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
+    let raw = std::fs::read(format!("/proc/{tgid}/cmdline")).unwrap_or_default();
+    let args = cmdline::split_raw(&raw);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cmdline = (!refs.is_empty()).then(|| cmdline::mask_cmdline(&refs, cmdline::DEFAULT_MAX_LEN));
+    let cmdline =
+        (!refs.is_empty()).then(|| cmdline::mask_cmdline(&refs, cmdline::DEFAULT_MAX_LEN));
     // The unified hierarchy's line is "0::/path".
     let cgroup_id = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
         .ok()
@@ -161,7 +157,6 @@ pub fn read_proc(mount: &Path, tgid: u32) -> Option<ProcInfo> {
         tgid,
         ppid: Some(stat.ppid as u32),
         uid: status.as_ref().map(|s| s.euid).unwrap_or(0),
-        gid: status.as_ref().map(|s| s.egid).unwrap_or(0),
         comm: stat.comm,
         exe,
         cmdline,

@@ -90,19 +90,18 @@ impl Compiled {
 
     /// The verdict per provider for what is known; providers no rule matches
     /// stay `NONE`, so the kernel falls through to the next level.
-    pub fn entry(&self, proc: Option<&ProcFacts<'_>>, cgroup: Option<&CgroupFacts<'_>>) -> PolicyEntry {
+    pub fn entry(
+        &self,
+        proc: Option<&ProcFacts<'_>>,
+        cgroup: Option<&CgroupFacts<'_>>,
+    ) -> PolicyEntry {
         let mut entry = PolicyEntry::EMPTY;
         for (id, name) in &self.providers {
-            let Some(index) = self
-                .policy
-                .rules
-                .iter()
-                .position(|r| r.matches.matches(proc, cgroup, name))
-            else {
+            let Some((index, rule)) = self.policy.evaluate(proc, cgroup, name) else {
                 continue;
             };
             let slot = *id as usize;
-            entry.actions[slot] = self.policy.rules[index].action.to_kernel();
+            entry.actions[slot] = rule.action.to_kernel();
             entry.rules[slot] = self.rule_ids[index];
         }
         entry

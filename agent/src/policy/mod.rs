@@ -120,7 +120,10 @@ impl Policy {
                     &rule.name,
                     earlier,
                     format!("rules[{index}].name"),
-                    format!("rule name `{}` is used twice; names must be unique", rule.name),
+                    format!(
+                        "rule name `{}` is used twice; names must be unique",
+                        rule.name
+                    ),
                 ));
             }
             for provider in &rule.matches.provider {
@@ -177,24 +180,26 @@ impl Policy {
     /// True when some rule depends on the process (exe, comm, user), which
     /// the kernel can only know through per-process entries.
     pub fn has_process_rules(&self) -> bool {
-        self.rules.iter().any(|r| r.matches.has_process_conditions())
+        self.rules
+            .iter()
+            .any(|r| r.matches.has_process_conditions())
     }
 
-    /// The first rule that matches, for one provider.
+    /// The first rule that matches, for one provider, with its index.
     pub fn evaluate(
         &self,
         proc: Option<&ProcFacts<'_>>,
         cgroup: Option<&CgroupFacts<'_>>,
         provider: &str,
-    ) -> Option<&Rule> {
+    ) -> Option<(usize, &Rule)> {
         self.rules
             .iter()
-            .find(|rule| rule.matches.matches(proc, cgroup, provider))
+            .enumerate()
+            .find(|(_, rule)| rule.matches.matches(proc, cgroup, provider))
     }
 }
 
-const REDIRECT_UNAVAILABLE: &str =
-    "`redirect` needs the local policy proxy, which this version does not ship yet; \
+const REDIRECT_UNAVAILABLE: &str = "`redirect` needs the local policy proxy, which this version does not ship yet; \
      use allow, monitor or block";
 
 #[cfg(test)]

@@ -1,0 +1,62 @@
+//! `cargo xtask test`: build, check what the privileged integration tests
+//! need, then run every test in the workspace with MODELGATE_BIN set.
+
+use std::ffi::OsString;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::{build_cmd, cgroup, util};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Arguments for `cargo test` (after `--`), e.g. `-- -p modelgate-tests`.
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    args: Vec<OsString>,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    // Checked first: no point building for minutes to fail on a missing tool.
+    check_prerequisites()?;
+    let bin = build_cmd::build(false)?;
+    let mut cmd = util::cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(&args.args)
+        .env("MODELGATE_BIN", &bin);
+    println!("test: MODELGATE_BIN={} {}", bin.display(), util::display(&cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", util::display(&cmd)))?;
+    // cargo's own status, so CI sees exactly what cargo reported.
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// The integration tests load eBPF programs into child cgroups and drive
+/// real clients; report everything that is missing at once.
+fn check_prerequisites() -> Result<()> {
+    let mut problems = Vec::new();
+    if !util::is_root() {
+        problems.push(
+            "the integration tests load eBPF programs: run as root (sudo -E cargo xtask test)"
+                .to_owned(),
+        );
+    }
+    let missing: Vec<&str> = ["curl", "python3"]
+        .into_iter()
+        .filter(|tool| util::which(tool).is_none())
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "not on PATH: {}; install with `apt-get install -y {}`",
+            missing.join(", "),
+            missing.join(" ")
+        ));
+    }
+    if let Err(err) = cgroup::mount() {
+        problems.push(format!("{err:#}"));
+    }
+    if !problems.is_empty() {
+        bail!("the tests cannot run here:\n  - {}", problems.join("\n  - "));
+    }
+    Ok(())
+}
