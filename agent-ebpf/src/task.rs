@@ -1,6 +1,6 @@
 //! Process lifecycle tracepoints: exec and exit feed the agent's process
-//! cache and keep `MG_PROC_POLICY` from outliving the program it was
-//! computed for.
+//! cache; fork, exec and exit keep `MG_PROC_POLICY` following the program
+//! each entry was computed for.
 
 use agent_common::{Counter, EventHeader, EventKind, ExecEvent, ExitEvent, limits};
 use aya_ebpf::{
@@ -16,10 +16,22 @@ use aya_ebpf::{
 
 use crate::maps::{MG_EVENTS, MG_PROC_POLICY, count};
 
-// Field offsets from events/sched/*/format; stable for a decade, and the
-// agent checks them against the running kernel's format files before load.
-const EXEC_FILENAME_LOC: usize = 8;
-const EXIT_GROUP_DEAD: usize = 32;
+// Field offsets, set by the agent from events/sched/*/format before load
+// (names in agent_common::names). 0 means the field is absent.
+#[unsafe(no_mangle)]
+static MG_EXEC_FILENAME_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MG_EXIT_GROUP_DEAD_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MG_FORK_PARENT_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MG_FORK_CHILD_PID_OFF: u32 = 0;
+
+/// Globals must be read volatile, or LLVM folds in the compile-time 0.
+#[inline(always)]
+fn offset(global: &'static u32) -> usize {
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
 
 #[tracepoint]
 pub fn mg_sched_exec(ctx: TracePointContext) -> u32 {
@@ -36,6 +48,7 @@ pub fn mg_sched_exec(ctx: TracePointContext) -> u32 {
     };
     let event = entry.as_mut_ptr();
     let uid_gid = bpf_get_current_uid_gid();
+    let filename_off = offset(&MG_EXEC_FILENAME_OFF);
     unsafe {
         (*event).header = EventHeader {
             kind: EventKind::Exec as u32,
@@ -50,8 +63,10 @@ pub fn mg_sched_exec(ctx: TracePointContext) -> u32 {
         (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*event)._pad = 0;
         (*event).filename_len = 0;
-        // __data_loc: low 16 bits are the offset of the string in the record.
-        if let Ok(loc) = ctx.read_at::<u32>(EXEC_FILENAME_LOC) {
+        // __data_loc: the low 16 bits are the string's offset in the record.
+        if filename_off != 0
+            && let Ok(loc) = ctx.read_at::<u32>(filename_off)
+        {
             let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
             let dst: &mut [u8; limits::FILENAME_LEN] = &mut (*event).filename;
             if let Ok(name) = bpf_probe_read_kernel_str_bytes(src, dst) {
@@ -63,15 +78,49 @@ pub fn mg_sched_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A forked child runs its parent's program until it execs, so it inherits
+/// the parent's per-process verdict: an exe rule cannot be escaped by
+/// forking. Runs in the parent before the child is first scheduled.
 #[tracepoint]
-pub fn mg_sched_exit(ctx: TracePointContext) -> u32 {
-    // Only the exit of the whole thread group ends the process.
-    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.unwrap_or(0);
-    if group_dead == 0 {
+pub fn mg_sched_fork(ctx: TracePointContext) -> u32 {
+    let (parent_off, child_off) = (
+        offset(&MG_FORK_PARENT_PID_OFF),
+        offset(&MG_FORK_CHILD_PID_OFF),
+    );
+    if parent_off == 0 || child_off == 0 {
         return 0;
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(entry) = MG_PROC_POLICY.get_ptr(&tgid) else {
+        return 0;
+    };
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(child_off) }) else {
+        return 0;
+    };
+    // A new thread gets an entry under its thread id too; it is never
+    // looked up (lookups use the tgid) and is removed when the thread exits.
+    let entry = unsafe { *entry };
+    let _ = MG_PROC_POLICY.insert(&child, &entry, 0);
+    0
+}
+
+#[tracepoint]
+pub fn mg_sched_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    let pid = pid_tgid as u32;
+    let group_dead_off = offset(&MG_EXIT_GROUP_DEAD_OFF);
+    let process_exit = if group_dead_off != 0 {
+        unsafe { ctx.read_at::<u8>(group_dead_off) }.unwrap_or(0) != 0
+    } else {
+        pid == tgid
+    };
+    if !process_exit {
+        if pid != tgid {
+            let _ = MG_PROC_POLICY.remove(&pid);
+        }
+        return 0;
+    }
     let _ = MG_PROC_POLICY.remove(&tgid);
 
     let Some(mut entry) = MG_EVENTS.reserve::<ExitEvent>(0) else {
@@ -82,7 +131,7 @@ pub fn mg_sched_exit(ctx: TracePointContext) -> u32 {
         header: EventHeader {
             kind: EventKind::Exit as u32,
             tgid,
-            pid: pid_tgid as u32,
+            pid,
             _pad: 0,
             boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         },

@@ -181,12 +181,16 @@ impl Agent {
             generation: self.generation,
         })?;
         self.refresh_cgroup_entries()?;
-        let tgids: Vec<u32> = self.procs.iter().map(|p| p.tgid).collect();
-        for tgid in self.maps.proc_tgids() {
-            if !tgids.contains(&tgid) {
+        if !has_proc_rules {
+            for tgid in self.maps.proc_tgids() {
                 self.maps.set_proc_entry(tgid, None)?;
             }
+            return Ok(());
         }
+        let mut tgids: Vec<u32> = self.procs.iter().map(|p| p.tgid).collect();
+        tgids.extend(self.maps.proc_tgids());
+        tgids.sort_unstable();
+        tgids.dedup();
         for tgid in tgids {
             self.refresh_proc_entry(tgid)?;
         }
@@ -219,9 +223,11 @@ impl Agent {
     /// verdict that its cgroup (or the global entry) would give.
     fn refresh_proc_entry(&mut self, tgid: u32) -> Result<()> {
         if !self.compiled.policy.has_process_rules() {
-            return self.maps.set_proc_entry(tgid, None);
+            return Ok(());
         }
-        let Some(info) = self.procs.get(tgid).cloned() else {
+        let Some(info) = self.procs.lookup(tgid).cloned() else {
+            // Gone: the kernel removed its entry on exit.
+            self.maps.forget_proc(tgid);
             return Ok(());
         };
         let user = self.users.name(info.uid);

@@ -308,3 +308,92 @@ fn udp_to_an_endpoint_port_443_is_refused_under_block() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
 }
+
+const PY_FORK: &str = r#"
+import errno, os, socket, sys
+pid = os.fork()
+if pid == 0:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.9", int(sys.argv[1])))
+        print("child connected", flush=True)
+    except OSError as e:
+        print("child " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn an_exe_rule_cannot_be_escaped_by_forking() {
+    require_root();
+    let cgroup = TestCgroup::new("fork");
+    let listener = Listener::start("127.0.0.9:0");
+    let port = listener.addr.port();
+    let agent = Agent::start(AgentSpec {
+        cgroup: &cgroup,
+        endpoints: &endpoints(port, "127.0.0.9"),
+        policy: "default_action: monitor\nrules:\n  - name: no-python\n    match:\n      exe: [\"**/python3*\"]\n    action: block\n",
+        extra_args: &[],
+    });
+    let out = output(
+        cgroup
+            .command("python3")
+            .args(["-c", PY_FORK, &port.to_string()]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "child EPERM",
+        "a forked child keeps its parent's per-process verdict"
+    );
+    let event = agent.wait_for_event("the child's connect", |e| e["action"] == "block");
+    assert_eq!(event["rule"], "no-python", "{event:#}");
+    assert_eq!(event["decided_by"], "process", "{event:#}");
+}
+
+#[test]
+fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
+    require_root();
+    let parent = TestCgroup::new("shapes");
+    let docker_id = "4b7c2f9e1d3a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344";
+    let docker = parent.child(&format!("docker-{docker_id}.scope"));
+    let unit = parent.child("billing-batch.service");
+    let listener = Listener::start("127.0.0.9:0");
+    let port = listener.addr.port();
+    let agent = Agent::start(AgentSpec {
+        cgroup: &parent,
+        endpoints: &endpoints(port, "127.0.0.9"),
+        policy: "default_action: monitor\nrules:\n  - name: batch-unit-blocked\n    match:\n      unit: [\"billing-*.service\"]\n    action: block\n  - name: this-container-blocked\n    match:\n      container: [4b7c2f9e1d3a]\n      runtime: [docker]\n    action: block\n",
+        extra_args: &[],
+    });
+
+    let (pid, result) = python_connect(&docker, "127.0.0.9", port);
+    assert_eq!(
+        result, "EPERM",
+        "the container rule is enforced at connect()"
+    );
+    let event = agent.wait_for_event("the container's connect", by_pid(pid));
+    assert_eq!(event["identity"]["container_id"], docker_id, "{event:#}");
+    assert_eq!(
+        event["identity"]["container_runtime"], "docker",
+        "{event:#}"
+    );
+    assert_eq!(event["rule"], "this-container-blocked", "{event:#}");
+    assert_eq!(event["decided_by"], "cgroup", "{event:#}");
+
+    let (pid, result) = python_connect(&unit, "127.0.0.9", port);
+    assert_eq!(result, "EPERM", "the unit rule is enforced at connect()");
+    let event = agent.wait_for_event("the unit's connect", by_pid(pid));
+    assert_eq!(
+        event["identity"]["unit"], "billing-batch.service",
+        "{event:#}"
+    );
+    assert_eq!(event["rule"], "batch-unit-blocked", "{event:#}");
+
+    let (pid, result) = python_connect(&parent, "127.0.0.9", port);
+    assert_eq!(
+        result, "connected",
+        "the parent cgroup matches neither rule"
+    );
+    let event = agent.wait_for_event("the parent's connect", by_pid(pid));
+    assert_eq!(event["action"], "monitor", "{event:#}");
+}

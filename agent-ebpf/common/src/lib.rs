@@ -22,6 +22,14 @@ pub mod names {
     pub const PROG_SENDMSG6: &str = "mg_sendmsg6";
     pub const PROG_EXEC: &str = "mg_sched_exec";
     pub const PROG_EXIT: &str = "mg_sched_exit";
+    pub const PROG_FORK: &str = "mg_sched_fork";
+
+    /// Globals the agent sets at load time: tracepoint field offsets read
+    /// from tracefs, because their layout differs between kernels.
+    pub const GLOBAL_EXEC_FILENAME: &str = "MG_EXEC_FILENAME_OFF";
+    pub const GLOBAL_EXIT_GROUP_DEAD: &str = "MG_EXIT_GROUP_DEAD_OFF";
+    pub const GLOBAL_FORK_PARENT_PID: &str = "MG_FORK_PARENT_PID_OFF";
+    pub const GLOBAL_FORK_CHILD_PID: &str = "MG_FORK_CHILD_PID_OFF";
 }
 
 /// Map capacities. Userspace checks its inserts against these so a full map

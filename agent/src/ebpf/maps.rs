@@ -149,9 +149,9 @@ impl KernelMaps {
                 self.proc_entries.insert(tgid, entry);
             }
             None => {
-                if self.proc_entries.remove(&tgid).is_some() {
-                    let _ = self.proc_policy.remove(&tgid);
-                }
+                self.proc_entries.remove(&tgid);
+                // The kernel may hold one we did not write (a forked child's).
+                let _ = self.proc_policy.remove(&tgid);
             }
         }
         Ok(())
@@ -162,8 +162,14 @@ impl KernelMaps {
         self.proc_entries.remove(&tgid);
     }
 
+    /// Every process with an entry: ours, and the ones the kernel copied to
+    /// forked children on its own.
     pub fn proc_tgids(&self) -> Vec<u32> {
-        self.proc_entries.keys().copied().collect()
+        let mut tgids: Vec<u32> = self.proc_entries.keys().copied().collect();
+        tgids.extend(self.proc_policy.keys().filter_map(Result::ok));
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids
     }
 
     /// Sums of the per-CPU counters, in `Counter::ALL` order.

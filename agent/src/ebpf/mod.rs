@@ -3,13 +3,14 @@
 pub mod endpoints;
 pub mod events;
 pub mod maps;
+mod tracefmt;
 
 use std::{fs::File, path::Path};
 
 use agent_common::names;
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
 use tracing::{debug, warn};
@@ -29,12 +30,26 @@ pub struct Programs {
 pub fn load() -> Result<Programs> {
     raise_memlock();
     ensure_tracefs()?;
-    check_tracepoint_layout()?;
-    let ebpf = Ebpf::load(OBJECT).context(
-        "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
+    let offsets = tracefmt::read(Path::new(TRACEFS))?;
+    let ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_EXEC_FILENAME, &offsets.exec_filename, true)
+        .override_global(
+            names::GLOBAL_EXIT_GROUP_DEAD,
+            &offsets.exit_group_dead,
+            true,
+        )
+        .override_global(
+            names::GLOBAL_FORK_PARENT_PID,
+            &offsets.fork_parent_pid,
+            true,
+        )
+        .override_global(names::GLOBAL_FORK_CHILD_PID, &offsets.fork_child_pid, true)
+        .load(OBJECT)
+        .context(
+            "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
          CONFIG_BPF_SYSCALL, and the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
          (or root)",
-    )?;
+        )?;
     Ok(Programs { ebpf })
 }
 
@@ -45,6 +60,7 @@ impl Programs {
         for (program, category, name) in [
             (names::PROG_EXEC, "sched", "sched_process_exec"),
             (names::PROG_EXIT, "sched", "sched_process_exit"),
+            (names::PROG_FORK, "sched", "sched_process_fork"),
         ] {
             let tp: &mut TracePoint = self
                 .ebpf
@@ -122,27 +138,5 @@ fn ensure_tracefs() -> Result<()> {
         );
     }
     warn!("mounted tracefs at {TRACEFS} (it was not mounted)");
-    Ok(())
-}
-
-/// The exec/exit programs read tracepoint fields at fixed offsets; refuse to
-/// run on a kernel whose layout differs rather than misattribute.
-fn check_tracepoint_layout() -> Result<()> {
-    for (event, field, offset) in [
-        ("sched_process_exec", "__data_loc char[] filename;", 8),
-        ("sched_process_exit", "bool group_dead;", 32),
-    ] {
-        let path = Path::new(TRACEFS).join(format!("events/sched/{event}/format"));
-        let format = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let expected = format!("field:{field}\toffset:{offset};");
-        if !format.contains(&expected) {
-            bail!(
-                "this kernel's {event} tracepoint layout differs from what modelgate was built \
-                 for (expected `{expected}` in {}); please report the kernel version",
-                path.display()
-            );
-        }
-    }
     Ok(())
 }

@@ -56,10 +56,6 @@ impl ProcCache {
         }
     }
 
-    pub fn get(&self, tgid: u32) -> Option<&ProcInfo> {
-        self.by_tgid.get(&tgid)
-    }
-
     /// An exec: the kernel's file name is authoritative for what ran even if
     /// /proc is already gone; /proc adds the resolved exe, argv and parent.
     pub fn on_exec(&mut self, mut info: ProcInfo) {

@@ -1,0 +1,117 @@
+//! Field offsets of the sched tracepoints, read from tracefs: their layout
+//! changes between kernels (6.x moved the fork event's comms to
+//! `__data_loc`), so the kernel programs get the offsets as globals.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// Offsets handed to the kernel programs; 0 means "not on this kernel".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub exec_filename: u32,
+    pub exit_group_dead: u32,
+    pub fork_parent_pid: u32,
+    pub fork_child_pid: u32,
+}
+
+/// The offset of `name` in a tracepoint format file, with its size checked.
+pub fn field_offset(format: &str, name: &str, size: u32) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        let field_name = decl.rsplit([' ', '*']).next()?.split('[').next()?;
+        if field_name != name {
+            return None;
+        }
+        let value = |key: &str| {
+            line.split(';')
+                .find_map(|part| part.trim().strip_prefix(key))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        (value("size:")? == size).then(|| value("offset:"))?
+    })
+}
+
+pub fn read(tracefs: &Path) -> Result<Offsets> {
+    let format = |event: &str| {
+        let path = tracefs.join(format!("events/sched/{event}/format"));
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let exec = format("sched_process_exec")?;
+    let exit = format("sched_process_exit")?;
+    let fork = format("sched_process_fork")?;
+    let Some(exec_filename) = field_offset(&exec, "filename", 4) else {
+        bail!(
+            "sched_process_exec has no `filename` field on this kernel; please report its version"
+        );
+    };
+    let (Some(fork_parent_pid), Some(fork_child_pid)) = (
+        field_offset(&fork, "parent_pid", 4),
+        field_offset(&fork, "child_pid", 4),
+    ) else {
+        bail!(
+            "sched_process_fork lacks parent_pid/child_pid on this kernel; please report its version"
+        );
+    };
+    Ok(Offsets {
+        exec_filename,
+        // Older kernels have no group_dead; the program then treats the
+        // exit of the thread-group leader as the process's exit.
+        exit_group_dead: field_offset(&exit, "group_dead", 1).unwrap_or(0),
+        fork_parent_pid,
+        fork_child_pid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORK_6_18: &str = "name: sched_process_fork
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:int common_pid;	offset:4;	size:4;	signed:1;
+
+	field:__data_loc char[] parent_comm;	offset:8;	size:4;	signed:0;
+	field:pid_t parent_pid;	offset:12;	size:4;	signed:1;
+	field:__data_loc char[] child_comm;	offset:16;	size:4;	signed:0;
+	field:pid_t child_pid;	offset:20;	size:4;	signed:1;
+";
+
+    const FORK_5_15: &str = "
+	field:char parent_comm[16];	offset:8;	size:16;	signed:0;
+	field:pid_t parent_pid;	offset:24;	size:4;	signed:1;
+	field:char child_comm[16];	offset:28;	size:16;	signed:0;
+	field:pid_t child_pid;	offset:44;	size:4;	signed:1;
+";
+
+    #[test]
+    fn finds_offsets_in_both_layouts() {
+        assert_eq!(field_offset(FORK_6_18, "parent_pid", 4), Some(12));
+        assert_eq!(field_offset(FORK_6_18, "child_pid", 4), Some(20));
+        assert_eq!(field_offset(FORK_5_15, "parent_pid", 4), Some(24));
+        assert_eq!(field_offset(FORK_5_15, "child_pid", 4), Some(44));
+        assert_eq!(field_offset(FORK_6_18, "parent_comm", 4), Some(8));
+        assert_eq!(
+            field_offset(FORK_5_15, "parent_comm", 4),
+            None,
+            "size differs"
+        );
+        assert_eq!(field_offset(FORK_6_18, "nope", 4), None);
+    }
+
+    #[test]
+    fn reads_the_running_kernel() {
+        let tracefs = Path::new("/sys/kernel/tracing");
+        if !tracefs.join("events/sched").exists() {
+            eprintln!("skipped: tracefs is not mounted here");
+            return;
+        }
+        let offsets = read(tracefs).expect("sched tracepoints");
+        assert!(
+            offsets.exec_filename > 0 && offsets.fork_child_pid > 0,
+            "{offsets:?}"
+        );
+    }
+}
