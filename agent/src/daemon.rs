@@ -2,7 +2,11 @@
 //! policy and the caches; events, resolver answers, signals and a timer are
 //! its inputs, so no state is shared and no lock is taken on the hot path.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use agent_common::{AgentConfig, ConnectEvent, Counter, ExecEvent, hook, source};
 use anyhow::{Context, Result};
@@ -65,6 +69,7 @@ struct Agent {
     sink: Sink,
     decode_errors: u64,
     lost_reported: u64,
+    unknown_cgroups: HashMap<u64, Instant>,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -104,6 +109,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         sink,
         decode_errors: 0,
         lost_reported: 0,
+        unknown_cgroups: HashMap::new(),
     };
     // Everything is in the maps before the hooks see their first connect.
     agent.apply_policy()?;
@@ -403,12 +409,29 @@ impl Agent {
         }
     }
 
-    /// A cgroup we have not seen: created since the last walk.
+    /// A cgroup we have not seen: created since the last walk. One that is
+    /// still unknown after a walk (already removed) is not walked for again
+    /// for a while, so an exec storm from it cannot make us walk per event.
     fn ensure_cgroup_known(&mut self, id: u64) {
         if self.cgroups.get(id).is_some() {
             return;
         }
-        match self.cgroups.rescan() {
+        let now = Instant::now();
+        if self
+            .unknown_cgroups
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < TICK)
+        {
+            return;
+        }
+        if self.unknown_cgroups.len() > 4096 {
+            self.unknown_cgroups.clear();
+        }
+        let rescanned = self.cgroups.rescan();
+        if self.cgroups.get(id).is_none() {
+            self.unknown_cgroups.insert(id, now);
+        }
+        match rescanned {
             Ok(_) => {
                 if let Err(err) = self.refresh_cgroup_entries() {
                     error!("{err:#}");
