@@ -2,11 +2,11 @@
 //! userspace looks them up by.
 
 use agent_common::{
-    AgentConfig, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, limits,
+    AgentConfig, ArgvBuf, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, limits,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Indexed by destination port: which endpoint maps can hold that port.
@@ -38,6 +38,16 @@ pub static MG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter
 
 #[map]
 pub static MG_EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
+
+/// argv of an execve() in flight, by tgid, until sched_process_exec.
+/// LRU: failed execs leave entries that age out on their own.
+#[map]
+pub static MG_PENDING_ARGV: LruHashMap<u32, ArgvBuf> =
+    LruHashMap::with_max_entries(limits::PENDING_ARGV, 0);
+
+/// Per-CPU scratch for building an ArgvBuf: 1 KiB is past the 512-byte stack.
+#[map]
+pub static MG_ARGV_SCRATCH: PerCpuArray<ArgvBuf> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

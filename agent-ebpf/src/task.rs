@@ -7,14 +7,14 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use crate::maps::{MG_EVENTS, MG_PROC_POLICY, count};
+use crate::maps::{MG_ARGV_SCRATCH, MG_EVENTS, MG_PENDING_ARGV, MG_PROC_POLICY, count};
 
 // Field offsets, set by the agent from events/sched/*/format before load
 // (names in agent_common::names). 0 means the field is absent.
@@ -26,6 +26,8 @@ static MG_EXIT_GROUP_DEAD_OFF: u32 = 0;
 static MG_FORK_PARENT_PID_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static MG_FORK_CHILD_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MG_EXECVE_ARGV_OFF: u32 = 0;
 
 /// Globals must be read volatile, or LLVM folds in the compile-time 0.
 #[inline(always)]
@@ -73,8 +75,65 @@ pub fn mg_sched_exec(ctx: TracePointContext) -> u32 {
                 (*event).filename_len = name.len() as u32;
             }
         }
+        (*event).argv_len = 0;
+        (*event)._pad2 = 0;
+        if let Some(pending) = MG_PENDING_ARGV.get_ptr(&tgid) {
+            let len = (*pending).len as usize;
+            let dst: &mut [u8; limits::ARGV_LEN] = &mut (*event).argv;
+            let src = (*pending).data.as_ptr();
+            if len <= limits::ARGV_LEN && bpf_probe_read_kernel_buf(src, dst).is_ok() {
+                (*event).argv_len = len as u32;
+            }
+            let _ = MG_PENDING_ARGV.remove(&tgid);
+        }
     }
     entry.submit(0);
+    0
+}
+
+/// Copies argv while the caller's memory still holds it: after a
+/// successful exec it is gone, and a process that exits at once would
+/// leave the agent only its comm. `mg_sched_exec` picks it up.
+#[tracepoint]
+pub fn mg_execve_args(ctx: TracePointContext) -> u32 {
+    let argv_off = offset(&MG_EXECVE_ARGV_OFF);
+    if argv_off == 0 {
+        return 0;
+    }
+    let Ok(argv) = (unsafe { ctx.read_at::<*const *const u8>(argv_off) }) else {
+        return 0;
+    };
+    let Some(buf) = MG_ARGV_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let mut len: usize = 0;
+    for i in 0..limits::MAX_ARGS {
+        let Ok(arg) = (unsafe { bpf_probe_read_user(argv.wrapping_add(i)) }) else {
+            break;
+        };
+        // `len < ARGV_LEN` and a window of ARGV_LEN keep every write inside
+        // the 2 × ARGV_LEN buffer, which is what the verifier checks.
+        if arg.is_null() || len >= limits::ARGV_LEN {
+            break;
+        }
+        let read = unsafe {
+            bpf_probe_read_user_str(
+                (*buf).data.as_mut_ptr().add(len).cast(),
+                limits::ARGV_LEN as u32,
+                arg.cast(),
+            )
+        };
+        if read <= 0 || read > limits::ARGV_LEN as i64 {
+            break;
+        }
+        // The count includes the NUL, which separates the arguments.
+        len += read as usize;
+    }
+    unsafe {
+        (*buf).len = len.min(limits::ARGV_LEN) as u32;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = MG_PENDING_ARGV.insert(&tgid, unsafe { &*buf }, 0);
     0
 }
 

@@ -32,6 +32,7 @@ use crate::{
     identity::{
         Identity, c_str,
         cgroups::CgroupIndex,
+        cmdline,
         procs::{ProcCache, ProcInfo},
         users::Users,
     },
@@ -392,13 +393,18 @@ impl Agent {
     fn on_exec(&mut self, ev: &ExecEvent) {
         let len = (ev.filename_len as usize).min(ev.filename.len());
         let filename = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
+        let argv_len = (ev.argv_len as usize).min(ev.argv.len());
+        let args = cmdline::split_raw(&ev.argv[..argv_len]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cmdline =
+            (!refs.is_empty()).then(|| cmdline::mask_cmdline(&refs, cmdline::DEFAULT_MAX_LEN));
         self.procs.on_exec(ProcInfo {
             tgid: ev.header.tgid,
             ppid: None,
             uid: ev.uid,
             comm: c_str(&ev.comm),
             exe: (!filename.is_empty()).then_some(filename),
-            cmdline: None,
+            cmdline,
             cgroup_id: ev.cgroup_id,
             exited: None,
         });

@@ -209,7 +209,10 @@ fn short_lived_process_is_attributed_with_its_exe() {
         .command("sh")
         .args([
             "-c",
-            &format!("exec curl -sS --max-time 5 http://127.0.0.9:{port}/"),
+            &format!(
+                "exec curl -sS --max-time 5 -H 'Authorization: Bearer sk-test-0123456789abcdef' \
+                 http://127.0.0.9:{port}/"
+            ),
         ])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -220,6 +223,12 @@ fn short_lived_process_is_attributed_with_its_exe() {
     let event = agent.wait_for_event("the short-lived curl", by_pid(pid));
     assert_eq!(event["identity"]["exe"], "/usr/bin/curl", "{event:#}");
     assert_eq!(event["identity"]["comm"], "curl", "{event:#}");
+    // argv as exec'd, captured in the kernel, with the secret masked.
+    assert_eq!(
+        event["identity"]["cmdline"],
+        format!("curl -sS --max-time 5 -H 'Authorization: ***' http://127.0.0.9:{port}/"),
+        "{event:#}"
+    );
 }
 
 #[test]

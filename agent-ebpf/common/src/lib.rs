@@ -15,6 +15,8 @@ pub mod names {
     pub const MAP_CONFIG: &str = "MG_CONFIG";
     pub const MAP_COUNTERS: &str = "MG_COUNTERS";
     pub const MAP_EVENTS: &str = "MG_EVENTS";
+    pub const MAP_PENDING_ARGV: &str = "MG_PENDING_ARGV";
+    pub const MAP_ARGV_SCRATCH: &str = "MG_ARGV_SCRATCH";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
     pub const PROG_CONNECT6: &str = "mg_connect6";
@@ -23,6 +25,7 @@ pub mod names {
     pub const PROG_EXEC: &str = "mg_sched_exec";
     pub const PROG_EXIT: &str = "mg_sched_exit";
     pub const PROG_FORK: &str = "mg_sched_fork";
+    pub const PROG_EXECVE_ARGS: &str = "mg_execve_args";
 
     /// Globals the agent sets at load time: tracepoint field offsets read
     /// from tracefs, because their layout differs between kernels.
@@ -30,6 +33,7 @@ pub mod names {
     pub const GLOBAL_EXIT_GROUP_DEAD: &str = "MG_EXIT_GROUP_DEAD_OFF";
     pub const GLOBAL_FORK_PARENT_PID: &str = "MG_FORK_PARENT_PID_OFF";
     pub const GLOBAL_FORK_CHILD_PID: &str = "MG_FORK_CHILD_PID_OFF";
+    pub const GLOBAL_EXECVE_ARGV: &str = "MG_EXECVE_ARGV_OFF";
 }
 
 /// Map capacities. Userspace checks its inserts against these so a full map
@@ -46,6 +50,12 @@ pub mod limits {
     pub const EVENTS_BYTES: u32 = 1 << 22;
     /// Bytes of the exec'd file name carried in an exec event.
     pub const FILENAME_LEN: usize = 256;
+    /// Bytes of argv (NUL-separated) carried in an exec event.
+    pub const ARGV_LEN: usize = 512;
+    /// Arguments copied at most; the rest of a long command line is cut.
+    pub const MAX_ARGS: usize = 32;
+    /// execve() calls in flight whose argv waits for the exec to succeed.
+    pub const PENDING_ARGV: u32 = 1024;
 }
 
 /// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
@@ -261,8 +271,25 @@ pub struct ExecEvent {
     pub filename_len: u32,
     pub _pad: u32,
     pub filename: [u8; limits::FILENAME_LEN],
+    /// Bytes of `argv` that are valid: NUL-separated arguments as the
+    /// process passed them to execve(), cut at `ARGV_LEN`.
+    pub argv_len: u32,
+    pub _pad2: u32,
+    pub argv: [u8; limits::ARGV_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 320);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 840);
+
+/// argv copied at sys_enter_execve, kept until the exec succeeds. Twice
+/// `ARGV_LEN` so each string read can be given a full `ARGV_LEN` window
+/// from any start offset below `ARGV_LEN` (what the verifier can prove).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArgvBuf {
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; 2 * limits::ARGV_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ArgvBuf>() == 1032);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

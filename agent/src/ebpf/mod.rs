@@ -23,6 +23,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// The loaded programs. Dropping this detaches everything.
 pub struct Programs {
     pub ebpf: Ebpf,
+    execve_argv: bool,
 }
 
 /// Loads the programs and maps; nothing is attached yet, so the agent can
@@ -44,13 +45,17 @@ pub fn load() -> Result<Programs> {
             true,
         )
         .override_global(names::GLOBAL_FORK_CHILD_PID, &offsets.fork_child_pid, true)
+        .override_global(names::GLOBAL_EXECVE_ARGV, &offsets.execve_argv, true)
         .load(OBJECT)
         .context(
             "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
          CONFIG_BPF_SYSCALL, and the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
          (or root)",
         )?;
-    Ok(Programs { ebpf })
+    Ok(Programs {
+        ebpf,
+        execve_argv: offsets.execve_argv != 0,
+    })
 }
 
 impl Programs {
@@ -71,6 +76,23 @@ impl Programs {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
+        }
+        if self.execve_argv {
+            let program = names::PROG_EXECVE_ARGS;
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            tp.attach("syscalls", "sys_enter_execve")
+                .with_context(|| format!("attaching {program} to syscalls/sys_enter_execve"))?;
+        } else {
+            warn!(
+                "no syscalls/sys_enter_execve tracepoint: command lines come from /proc, \
+                   and processes that exit at once are recorded without one"
+            );
         }
         let cgroup_fd = File::open(cgroup).with_context(|| {
             format!(

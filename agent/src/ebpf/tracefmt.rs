@@ -13,6 +13,7 @@ pub struct Offsets {
     pub exit_group_dead: u32,
     pub fork_parent_pid: u32,
     pub fork_child_pid: u32,
+    pub execve_argv: u32,
 }
 
 /// The offset of `name` in a tracepoint format file, with its size checked.
@@ -41,6 +42,10 @@ pub fn read(tracefs: &Path) -> Result<Offsets> {
     let exec = format("sched_process_exec")?;
     let exit = format("sched_process_exit")?;
     let fork = format("sched_process_fork")?;
+    // syscalls/ tracepoints need CONFIG_FTRACE_SYSCALLS; without them the
+    // agent falls back to reading argv from /proc.
+    let execve = std::fs::read_to_string(tracefs.join("events/syscalls/sys_enter_execve/format"))
+        .unwrap_or_default();
     let Some(exec_filename) = field_offset(&exec, "filename", 4) else {
         bail!(
             "sched_process_exec has no `filename` field on this kernel; please report its version"
@@ -61,6 +66,7 @@ pub fn read(tracefs: &Path) -> Result<Offsets> {
         exit_group_dead: field_offset(&exit, "group_dead", 1).unwrap_or(0),
         fork_parent_pid,
         fork_child_pid,
+        execve_argv: field_offset(&execve, "argv", 8).unwrap_or(0),
     })
 }
 

@@ -62,7 +62,9 @@ impl ProcCache {
         if let Some(live) = read_proc(&self.mount, info.tgid) {
             // /proc/PID/exe resolves symlinks and interpreters' scripts.
             info.exe = live.exe.or(info.exe);
-            info.cmdline = live.cmdline.or(info.cmdline);
+            // The kernel's argv is what was exec'd; /proc may already show
+            // a rewritten title. /proc fills in when the kernel had none.
+            info.cmdline = info.cmdline.or(live.cmdline);
             info.ppid = live.ppid.or(info.ppid);
         } else if let Some(previous) = self.by_tgid.get(&info.tgid) {
             info.ppid = info.ppid.or(previous.ppid);
