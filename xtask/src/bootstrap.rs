@@ -191,13 +191,8 @@ fn parse_llvm_major(rustc_version: &str) -> Option<u32> {
 /// The shared libLLVM among a toolchain's `lib/` entries: `libLLVM.so.*`
 /// (e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`), else `libLLVM-*.so`.
 fn pick_libllvm(names: &[String]) -> Option<&str> {
-    let pick = |pred: &dyn Fn(&str) -> bool| {
-        names
-            .iter()
-            .map(String::as_str)
-            .filter(|n| pred(n))
-            .max()
-    };
+    let pick =
+        |pred: &dyn Fn(&str) -> bool| names.iter().map(String::as_str).filter(|n| pred(n)).max();
     pick(&|n| n.strip_prefix("libLLVM.so.").is_some_and(|v| !v.is_empty()))
         .or_else(|| pick(&|n| n.starts_with("libLLVM-") && n.ends_with(".so")))
 }
@@ -251,7 +246,10 @@ mod tests {
 
     #[test]
     fn no_libllvm() {
-        assert_eq!(pick_libllvm(&names(&["librustc_driver-x.so", "rustlib"])), None);
+        assert_eq!(
+            pick_libllvm(&names(&["librustc_driver-x.so", "rustlib"])),
+            None
+        );
         assert_eq!(pick_libllvm(&[]), None);
     }
 
@@ -263,15 +261,23 @@ mod tests {
         assert!(has_nightly(list));
         assert!(has_nightly("nightly\n"));
         assert!(!has_nightly("stable-x86_64-unknown-linux-gnu (default)\n"));
-        assert!(!has_nightly("nightly-2026-05-19-x86_64-unknown-linux-gnu\n"));
+        assert!(!has_nightly(
+            "nightly-2026-05-19-x86_64-unknown-linux-gnu\n"
+        ));
     }
 
     #[test]
     fn rust_src_in_component_list() {
         let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustc-x86_64-unknown-linux-gnu\n";
         assert!(has_component(list, "rust-src"));
-        assert!(!has_component("cargo-x86_64-unknown-linux-gnu\n", "rust-src"));
-        assert!(!has_component("rust-std-x86_64-unknown-linux-gnu\n", "rust-src"));
+        assert!(!has_component(
+            "cargo-x86_64-unknown-linux-gnu\n",
+            "rust-src"
+        ));
+        assert!(!has_component(
+            "rust-std-x86_64-unknown-linux-gnu\n",
+            "rust-src"
+        ));
         assert!(has_component(
             "rust-src-x86_64-unknown-linux-gnu (installed)\n",
             "rust-src"

@@ -33,7 +33,9 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         if right.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p)))
+        left.split_whitespace()
+            .nth(4)
+            .map(|p| PathBuf::from(unescape(p)))
     })
 }
 
@@ -43,10 +45,15 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
-                out.push(d.iter().fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')));
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')),
+                );
                 i += 4;
             }
             (b, _) => {
@@ -120,7 +127,11 @@ pub fn remove(path: &Path) -> Result<()> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) if Instant::now() > deadline => {
                 return Err(err).with_context(|| {
-                    format!("removing the cgroup {}; try `rmdir {}`", path.display(), path.display())
+                    format!(
+                        "removing the cgroup {}; try `rmdir {}`",
+                        path.display(),
+                        path.display()
+                    )
                 });
             }
             Err(_) => thread::sleep(Duration::from_millis(20)),
@@ -155,9 +166,15 @@ mod tests {
     #[test]
     fn finds_the_unified_mount_and_unescapes() {
         let text = "35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_mount(text), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let spaced = "35 24 0:30 / /mnt/my\\040cg rw - cgroup2 none rw\n";
-        assert_eq!(parse_cgroup2_mount(spaced), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(
+            parse_cgroup2_mount(spaced),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
     }
 
     #[test]

@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Developer tasks for modelgate")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for modelgate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,7 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Build, then run the agent (`modelgate run ARGS...`) as root.
     Run(run::RunArgs),
-    /// Build, check prerequisites, then run the whole workspace's tests as
+    /// Check prerequisites, build, then run the whole workspace's tests as
     /// root with MODELGATE_BIN set.
     Test(test::TestArgs),
     /// rustfmt check and clippy with warnings denied.

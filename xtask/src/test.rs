@@ -20,15 +20,33 @@ pub fn run(args: &TestArgs) -> Result<()> {
     check_prerequisites()?;
     let bin = build_cmd::build(false)?;
     let mut cmd = util::cargo();
-    cmd.args(["test", "--workspace", "--no-fail-fast"])
+    cmd.arg("test");
+    // `--workspace` would override a forwarded `-p`.
+    if !names_packages(&args.args) {
+        cmd.arg("--workspace");
+    }
+    cmd.arg("--no-fail-fast")
         .args(&args.args)
         .env("MODELGATE_BIN", &bin);
-    println!("test: MODELGATE_BIN={} {}", bin.display(), util::display(&cmd));
+    println!(
+        "test: MODELGATE_BIN={} {}",
+        bin.display(),
+        util::display(&cmd)
+    );
     let status = cmd
         .status()
         .with_context(|| format!("could not start `{}`", util::display(&cmd)))?;
     // cargo's own status, so CI sees exactly what cargo reported.
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// `true` when the forwarded cargo arguments pick packages themselves.
+fn names_packages(args: &[OsString]) -> bool {
+    // Arguments after a `--` belong to the test binaries.
+    let cargo_args = args.iter().take_while(|a| *a != "--");
+    cargo_args.map(|a| a.to_string_lossy()).any(|a| {
+        a == "--workspace" || a == "--package" || a.starts_with("--package=") || a.starts_with("-p")
+    })
 }
 
 /// The integration tests load eBPF programs into child cgroups and drive
@@ -56,7 +74,28 @@ fn check_prerequisites() -> Result<()> {
         problems.push(format!("{err:#}"));
     }
     if !problems.is_empty() {
-        bail!("the tests cannot run here:\n  - {}", problems.join("\n  - "));
+        bail!(
+            "the tests cannot run here:\n  - {}",
+            problems.join("\n  - ")
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn forwarded_package_selection_wins() {
+        assert!(names_packages(&args(&["-p", "modelgate-tests"])));
+        assert!(names_packages(&args(&["-pmodelgate-tests"])));
+        assert!(names_packages(&args(&["--package=modelgate"])));
+        assert!(!names_packages(&args(&["--", "--test-threads=1", "-p"])));
+        assert!(!names_packages(&args(&[])));
+    }
 }

@@ -1,0 +1,332 @@
+//! `cargo xtask bench connect`: connect() throughput on the miss path, with
+//! and without modelgate's programs, measured in the same run.
+//!
+//! Two sibling cgroups; the agent attaches to "on" only. A client process
+//! placed in one of them (and pinned to CPU 0) connects to a loopback
+//! listener on 127.0.0.1:443 and closes, N times. Port 443 is one catalog
+//! endpoints use, so the kernel's port prefilter lets the connect through to
+//! the endpoint hash lookup, which misses: the realistic worst case for
+//! traffic that is not a model API.
+
+mod agent;
+mod client;
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{
+    build_cmd,
+    cgroup::{self, ChildCgroup},
+    util,
+};
+
+const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 443);
+const CGROUP_PREFIX: &str = "modelgate-bench-";
+const TARGET_OVERHEAD_PERCENT: f64 = 2.0;
+
+const ENDPOINTS_YAML: &str = "\
+# Written by `cargo xtask bench connect`. 127.0.0.9:443 is an endpoint, so
+# port 443 passes the kernel's port prefilter; the bench connects to
+# 127.0.0.1:443, which then misses the endpoint lookup.
+providers:
+  - name: bench-endpoint
+    api: openai
+    addresses: [127.0.0.9]
+";
+const POLICY_YAML: &str = "\
+# Written by `cargo xtask bench connect`.
+default_action: monitor
+rules: []
+";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// connect() throughput on the miss path, with and without modelgate's
+    /// programs; prints the ratio (needs root).
+    Connect(ConnectArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// connect() calls per measurement.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    connects: u32,
+    /// Measurements per side, taken alternately (off, on, off, on, ...).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long)]
+    connects: u32,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.bench {
+        Bench::Connect(args) => connect(args),
+    }
+}
+
+pub fn client(args: &ClientArgs) -> Result<()> {
+    client::run(args)
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C sets a flag instead of killing us, so the cgroups and the agent
+/// are cleaned up by their guards on the way out.
+fn catch_ctrl_c() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn connect(args: &ConnectArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the bench creates cgroups, listens on port 443 and loads eBPF programs: run as root \
+             (sudo -E cargo xtask bench connect)"
+        );
+    }
+    let bin = build_cmd::build(false)?;
+    catch_ctrl_c();
+
+    let mount = cgroup::mount()?;
+    remove_stale_cgroups(&mount);
+    let pid = std::process::id();
+    // Declared before the agent, so they are dropped (removed) after it stops.
+    let off = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}off-{pid}"))?;
+    let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}on-{pid}"))?;
+
+    client::spawn_listener(LISTEN)?;
+
+    let dir = util::xtask_dir();
+    let policies = dir.join("bench-policies");
+    write_policies(&policies)?;
+    let events = dir.join("bench-events.jsonl");
+    let log = dir.join("bench-agent.log");
+    // A stale file would make its records look like this run's.
+    let _ = fs::remove_file(&events);
+    println!(
+        "bench: starting the agent on {} (log: {})",
+        on.path().display(),
+        log.display()
+    );
+    let agent = agent::Agent::start(&agent::Paths {
+        bin: &bin,
+        policies: &policies,
+        cgroup: on.path(),
+        events: &events,
+        state_dir: &dir.join("bench-state"),
+        log: &log,
+    })?;
+
+    let exe = std::env::current_exe().context("finding the xtask binary for the bench client")?;
+    let pin = client::can_pin_cpu0();
+    if !pin {
+        println!("bench: CPU 0 is not in this process's affinity mask; the client is not pinned");
+    }
+    let measure = |cgroup: &ChildCgroup| -> Result<f64> {
+        check_interrupted()?;
+        let rate = client::measure(&exe, cgroup, SocketAddr::V4(LISTEN), args.connects, pin);
+        check_interrupted()?;
+        rate
+    };
+
+    println!(
+        "bench: {} connects to {LISTEN} per measurement, {} rounds of off/on after a warm-up{}",
+        group(u64::from(args.connects)),
+        args.rounds,
+        if pin { ", client pinned to CPU 0" } else { "" }
+    );
+    measure(&off)?;
+    measure(&on)?;
+    let mut off_rates = Vec::new();
+    let mut on_rates = Vec::new();
+    for round in 1..=args.rounds {
+        off_rates.push(measure(&off)?);
+        on_rates.push(measure(&on)?);
+        println!(
+            "  round {round}/{}: off {}/s, on {}/s",
+            args.rounds,
+            group(off_rates[off_rates.len() - 1] as u64),
+            group(on_rates[on_rates.len() - 1] as u64)
+        );
+    }
+
+    let (status, log_text) = agent.stop()?;
+    let off_stats = Stats::of(&off_rates);
+    let on_stats = Stats::of(&on_rates);
+    println!("  off: {off_stats}");
+    println!("  on:  {on_stats}");
+    let ratio = on_stats.median / off_stats.median;
+    let overhead = (off_stats.median / on_stats.median - 1.0) * 100.0;
+    println!(
+        "connect miss path: off {}/s, on {}/s, ratio on/off {ratio:.3}, overhead {overhead:.1}% \
+         (target < {TARGET_OVERHEAD_PERCENT}%)",
+        group(off_stats.median as u64),
+        group(on_stats.median as u64),
+    );
+    report_counters(status, &log_text, &log);
+    Ok(())
+}
+
+/// Prints the agent's final counters; endpoint_hits must be 0 on a miss path.
+fn report_counters(status: std::process::ExitStatus, log_text: &str, log: &Path) {
+    if !status.success() {
+        eprintln!(
+            "bench: WARNING: the agent exited with {status}; see {}",
+            log.display()
+        );
+    }
+    let Some(counters) = agent::final_counters(log_text) else {
+        eprintln!(
+            "bench: WARNING: the agent logged no `final counters` line; see {}",
+            log.display()
+        );
+        return;
+    };
+    println!("agent final counters: {counters}");
+    match agent::counter(&counters, "endpoint_hits") {
+        Some(0) => {}
+        Some(hits) => eprintln!(
+            "bench: WARNING: endpoint_hits={hits}, expected 0: connects to {LISTEN} matched a \
+             catalog endpoint, so this run did not measure the miss path"
+        ),
+        None => eprintln!("bench: WARNING: no endpoint_hits in the agent's final counters"),
+    }
+}
+
+fn write_policies(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in [
+        ("endpoints.yaml", ENDPOINTS_YAML),
+        ("policy.yaml", POLICY_YAML),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes bench cgroups left by a run that was killed outright.
+fn remove_stale_cgroups(mount: &Path) {
+    let Ok(entries) = fs::read_dir(mount) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(CGROUP_PREFIX)
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        println!("bench: removing stale cgroup {}", entry.path().display());
+        if let Err(err) = cgroup::remove(&entry.path()) {
+            eprintln!("xtask: warning: {err:#}");
+        }
+    }
+}
+
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(rates: &[f64]) -> Stats {
+        let mut sorted = rates.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Stats {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {}/s (min {}/s, max {}/s)",
+            group(self.median as u64),
+            group(self.min as u64),
+            group(self.max as u64)
+        )
+    }
+}
+
+/// 41234 → "41,234".
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1_000), "1,000");
+        assert_eq!(group(41_234), "41,234");
+        assert_eq!(group(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn median_min_max() {
+        let s = Stats::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Stats::of(&[4.0, 1.0, 3.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+}

@@ -1,0 +1,209 @@
+//! The agent under test: started with the bench's policies on the "on"
+//! cgroup, stopped with SIGTERM, its log read for the final counters.
+
+use std::{
+    fs::{self, File},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+const READY: &str = "modelgate ready";
+const FINAL_COUNTERS: &str = "final counters";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Paths<'a> {
+    pub bin: &'a Path,
+    pub policies: &'a Path,
+    pub cgroup: &'a Path,
+    pub events: &'a Path,
+    pub state_dir: &'a Path,
+    pub log: &'a Path,
+}
+
+/// A running agent; dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent and waits until it logs that it is ready.
+    pub fn start(p: &Paths) -> Result<Agent> {
+        let log = File::create(p.log).with_context(|| format!("creating {}", p.log.display()))?;
+        let mut cmd = Command::new(p.bin);
+        cmd.arg("run")
+            .arg("--policies")
+            .arg(p.policies)
+            .arg("--cgroup")
+            .arg(p.cgroup)
+            .arg("--events")
+            .arg(p.events)
+            .arg("--state-dir")
+            .arg(p.state_dir)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log file handle")?)
+            .stderr(log)
+            // Its own process group: Ctrl-C reaches only us, and we stop the
+            // agent in order (SIGTERM, wait) so its final counters are logged.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the agent `{}`", crate::util::display(&cmd)))?;
+        let mut agent = Agent {
+            child: Some(child),
+            log: p.log.to_path_buf(),
+        };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.log_text().contains(READY) {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("the agent is running");
+            if let Some(status) = child.try_wait().context("checking on the agent")? {
+                self.child = None;
+                bail!(
+                    "the agent exited ({status}) before it was ready; its log ({}):\n{}",
+                    self.log.display(),
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not log `{READY}` within {} s; its log ({}):\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    self.log.display(),
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit status and log.
+    pub fn stop(mut self) -> Result<(ExitStatus, String)> {
+        let status = self.terminate()?;
+        Ok((status, self.log_text()))
+    }
+
+    fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("the agent was already stopped")?;
+        let pid = libc::pid_t::try_from(child.id()).context("agent pid out of range")?;
+        // SAFETY: kill has no memory-safety preconditions; the child is not
+        // reaped yet, so the pid is still ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the agent")? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                // Best effort: the error below is what matters.
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the agent did not exit within {} s of SIGTERM; killed it",
+                    STOP_TIMEOUT.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(err) = self.terminate()
+        {
+            eprintln!("xtask: warning: stopping the agent: {err:#}");
+        }
+    }
+}
+
+/// The agent's `final counters` record: the counters text
+/// (`endpoint_hits=0 allowed=0 ...`) plus the sink and decode figures.
+pub fn final_counters(log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| l.contains(FINAL_COUNTERS))?;
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) else {
+        return Some(line.to_owned());
+    };
+    let mut parts: Vec<String> = fields
+        .get("counters")
+        .and_then(|v| v.as_str())
+        .map(|c| vec![c.to_owned()])
+        .unwrap_or_default();
+    for key in ["records_written", "records_failed", "decode_errors"] {
+        if let Some(v) = fields.get(key) {
+            parts.push(format!("{key}={v}"));
+        }
+    }
+    Some(parts.join(" "))
+}
+
+/// `name=N` from a counters text.
+pub fn counter(counters: &str, name: &str) -> Option<u64> {
+    counters
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_final_counters_line() {
+        let log = r#"{"timestamp":"t","level":"INFO","message":"modelgate ready"}
+{"timestamp":"t","level":"INFO","counters":"endpoint_hits=3 allowed=0 monitored=3","records_written":3,"records_failed":0,"decode_errors":0,"message":"final counters"}
+"#;
+        let text = final_counters(log).expect("a final counters line");
+        assert_eq!(
+            text,
+            "endpoint_hits=3 allowed=0 monitored=3 records_written=3 records_failed=0 decode_errors=0"
+        );
+        assert_eq!(counter(&text, "endpoint_hits"), Some(3));
+        assert_eq!(counter(&text, "allowed"), Some(0));
+        assert_eq!(counter(&text, "endpoint"), None);
+    }
+
+    #[test]
+    fn an_agent_that_exits_early_fails_with_its_log() {
+        let log = std::env::temp_dir().join(format!("xtask-agent-{}.log", std::process::id()));
+        let none = Path::new("/nonexistent");
+        // `sh run ...` fails at once: there is no script called `run`.
+        let err = Agent::start(&Paths {
+            bin: Path::new("/bin/sh"),
+            policies: none,
+            cgroup: none,
+            events: none,
+            state_dir: none,
+            log: &log,
+        })
+        .err()
+        .expect("the agent cannot start");
+        let _ = fs::remove_file(&log);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exited") && msg.contains("run"), "{msg}");
+    }
+
+    #[test]
+    fn no_final_counters() {
+        assert_eq!(final_counters("{\"message\":\"modelgate ready\"}\n"), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! The bench's two ends: the loopback listener, and the connect() loop that
+//! runs as a child process placed in a cgroup before it execs.
+
+use std::{
+    ffi::CString,
+    io,
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, process::CommandExt},
+    },
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::ClientArgs;
+use crate::cgroup::ChildCgroup;
+
+const BACKLOG: libc::c_int = 4096;
+
+/// `cargo xtask bench-client`: `connects` times socket + connect + close,
+/// then the elapsed seconds on stdout.
+pub fn run(args: &ClientArgs) -> Result<()> {
+    let start = Instant::now();
+    for i in 0..args.connects {
+        let stream = TcpStream::connect(args.addr)
+            .with_context(|| format!("connect #{i} to {} failed", args.addr))?;
+        reset_on_close(&stream);
+    }
+    println!("{:.6}", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// SO_LINGER {on, 0}: close() sends RST instead of FIN, so the run leaves no
+/// TIME_WAIT sockets behind. Hundreds of thousands of them would exhaust the
+/// ephemeral ports and make every later connect() search for a free one.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value. A failure
+    // only means a normal close.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Listens on `addr` (SO_REUSEADDR, backlog 4096) and accepts and closes
+/// connections on a background thread for the rest of the process's life.
+pub fn spawn_listener(addr: SocketAddrV4) -> Result<()> {
+    let listener = listen(addr).with_context(|| {
+        format!(
+            "listening on {addr}; if another server holds the port, find it with \
+             `ss -ltnp 'sport = :{}'`",
+            addr.port()
+        )
+    })?;
+    thread::Builder::new()
+        .name("bench-listener".into())
+        .spawn(move || {
+            avoid_cpu0();
+            for conn in listener.incoming() {
+                // Accept and close; errors (a client that reset first) are expected.
+                drop(conn);
+            }
+        })
+        .context("starting the listener thread")?;
+    Ok(())
+}
+
+fn listen(addr: SocketAddrV4) -> io::Result<TcpListener> {
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; the sockaddr is
+    // fully initialised and sized.
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+        check(libc::listen(fd.as_raw_fd(), BACKLOG))?;
+        Ok(TcpListener::from(fd))
+    }
+}
+
+/// Keeps the calling thread off CPU 0, where the client is pinned, when
+/// there is another CPU to use.
+fn avoid_cpu0() {
+    let Some(mut set) = affinity() else { return };
+    // SAFETY: CPU_* only touch the local set; sched_setaffinity(0) applies to
+    // the calling thread.
+    unsafe {
+        libc::CPU_CLR(0, &mut set);
+        if libc::CPU_COUNT(&set) > 0 {
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; the kernel fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
+    }
+}
+
+/// `true` when this process may run on CPU 0, so the client can be pinned there.
+pub fn can_pin_cpu0() -> bool {
+    // SAFETY: CPU_ISSET reads the local set.
+    affinity().is_some_and(|set| unsafe { libc::CPU_ISSET(0, &set) })
+}
+
+/// Runs `exe bench-client` inside `cgroup` (and on CPU 0 when `pin`);
+/// returns connects per second.
+pub fn measure(
+    exe: &Path,
+    cgroup: &ChildCgroup,
+    addr: SocketAddr,
+    connects: u32,
+    pin: bool,
+) -> Result<f64> {
+    // Everything pre_exec needs is prepared here: after fork only
+    // async-signal-safe calls are allowed (no allocation).
+    let procs = CString::new(cgroup.procs_file().as_os_str().as_bytes())
+        .context("cgroup path contains a NUL byte")?;
+    // SAFETY: cpu_set_t is plain data; CPU_SET only touches the local set.
+    let cpu0 = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        set
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-client", "--addr", &addr.to_string()])
+        .args(["--connects", &connects.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure only makes raw syscalls on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || {
+            join_cgroup(&procs)?;
+            if pin && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpu0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().with_context(|| {
+        format!(
+            "starting the bench client in {} (`{}`)",
+            cgroup.path().display(),
+            crate::util::display(&cmd)
+        )
+    })?;
+    if !out.status.success() {
+        bail!(
+            "the bench client failed ({}) in {}",
+            out.status,
+            cgroup.path().display()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("the bench client printed {text:?}, not a duration in seconds"))?;
+    if secs <= 0.0 {
+        bail!("the bench client reported a duration of {secs} s");
+    }
+    Ok(f64::from(connects) / secs)
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`: writing "0" there moves the writer. Runs between fork and exec.
+fn join_cgroup(procs: &CString) -> io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path and a static buffer;
+    // all async-signal-safe.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
