@@ -156,7 +156,7 @@ fn lookup_endpoint(addr: [u8; 16], port: u16, flags: u8) -> Option<EndpointValue
             port,
             _pad: [0; 2],
         };
-        if let Some(value) = unsafe { MG_ENDPOINTS.get(&key) } {
+        if let Some(value) = unsafe { MG_ENDPOINTS.get(key) } {
             return Some(*value);
         }
     }
@@ -195,19 +195,19 @@ fn resolve_action(tgid: u32, cgroup_id: u64, provider: u32) -> (u8, u16, u8, u32
         return default;
     }
     if config.has_proc_rules != 0
-        && let Some(entry) = MG_PROC_POLICY.get_ptr(&tgid)
+        && let Some(entry) = MG_PROC_POLICY.get_ptr(tgid)
         && let Some(hit) = entry_action(entry, index)
     {
         return (hit.0, hit.1, source::PROCESS, config.generation);
     }
-    if let Some(entry) = MG_CGROUP_POLICY.get_ptr(&cgroup_id)
+    if let Some(entry) = MG_CGROUP_POLICY.get_ptr(cgroup_id)
         && let Some(hit) = entry_action(entry, index)
     {
         return (hit.0, hit.1, source::CGROUP, config.generation);
     }
     // Cgroup id 0 (no real cgroup has it) holds the verdicts of rules with
     // no identity condition, for cgroups that need no entry of their own.
-    if let Some(entry) = MG_CGROUP_POLICY.get_ptr(&GLOBAL_ENTRY)
+    if let Some(entry) = MG_CGROUP_POLICY.get_ptr(GLOBAL_ENTRY)
         && let Some(hit) = entry_action(entry, index)
     {
         return (hit.0, hit.1, source::DEFAULT, config.generation);
