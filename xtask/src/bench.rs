@@ -153,7 +153,7 @@ fn connect(args: &ConnectArgs) -> Result<()> {
     if !pin {
         println!("bench: CPU 0 is not in this process's affinity mask; the client is not pinned");
     }
-    let measure = |cgroup: &ChildCgroup| -> Result<f64> {
+    let measure = |cgroup: &ChildCgroup| -> Result<client::Sample> {
         check_interrupted()?;
         let rate = client::measure(&exe, cgroup, SocketAddr::V4(LISTEN), args.connects, pin);
         check_interrupted()?;
@@ -168,31 +168,53 @@ fn connect(args: &ConnectArgs) -> Result<()> {
     );
     measure(&off)?;
     measure(&on)?;
-    let mut off_rates = Vec::new();
-    let mut on_rates = Vec::new();
+    let mut off_samples = Vec::new();
+    let mut on_samples = Vec::new();
     for round in 1..=args.rounds {
-        off_rates.push(measure(&off)?);
-        on_rates.push(measure(&on)?);
+        let (a, b) = (measure(&off)?, measure(&on)?);
         println!(
-            "  round {round}/{}: off {}/s, on {}/s",
+            "  round {round}/{}: off {}/s {:.2} µs CPU, on {}/s {:.2} µs CPU",
             args.rounds,
-            group(off_rates[off_rates.len() - 1] as u64),
-            group(on_rates[on_rates.len() - 1] as u64)
+            group(a.rate as u64),
+            a.cpu_us,
+            group(b.rate as u64),
+            b.cpu_us
         );
+        off_samples.push(a);
+        on_samples.push(b);
     }
 
     let (status, log_text) = agent.stop()?;
-    let off_stats = Stats::of(&off_rates);
-    let on_stats = Stats::of(&on_rates);
+    let rates = |s: &[client::Sample]| s.iter().map(|x| x.rate).collect::<Vec<_>>();
+    let cpus = |s: &[client::Sample]| s.iter().map(|x| x.cpu_us).collect::<Vec<_>>();
+    let off_stats = Stats::of(&rates(&off_samples));
+    let on_stats = Stats::of(&rates(&on_samples));
     println!("  off: {off_stats}");
     println!("  on:  {on_stats}");
-    let ratio = on_stats.median / off_stats.median;
-    let overhead = (off_stats.median / on_stats.median - 1.0) * 100.0;
+    // Paired per round: both halves of a round see the same machine state.
+    let paired = |f: &dyn Fn(&client::Sample, &client::Sample) -> f64| {
+        let values: Vec<f64> = off_samples
+            .iter()
+            .zip(&on_samples)
+            .map(|(off, on)| f(off, on))
+            .collect();
+        Stats::of(&values).median
+    };
+    let rate_overhead = paired(&|off, on| (off.rate / on.rate - 1.0) * 100.0);
+    let cpu_overhead = paired(&|off, on| (on.cpu_us / off.cpu_us - 1.0) * 100.0);
+    let off_cpu = Stats::of(&cpus(&off_samples)).median;
+    let on_cpu = Stats::of(&cpus(&on_samples)).median;
     println!(
-        "connect miss path: off {}/s, on {}/s, ratio on/off {ratio:.3}, overhead {overhead:.1}% \
+        "connect miss path: off {}/s, on {}/s, ratio on/off {:.3}; paired overhead {rate_overhead:.1}% \
          (target < {TARGET_OVERHEAD_PERCENT}%)",
         group(off_stats.median as u64),
         group(on_stats.median as u64),
+        on_stats.median / off_stats.median,
+    );
+    println!(
+        "client CPU per connect: off {off_cpu:.2} µs, on {on_cpu:.2} µs, ratio on/off {:.3}; \
+         paired overhead {cpu_overhead:.1}% (target < {TARGET_OVERHEAD_PERCENT}%)",
+        on_cpu / off_cpu,
     );
     report_counters(status, &log_text, &log);
     Ok(())

@@ -23,16 +23,37 @@ use crate::cgroup::ChildCgroup;
 const BACKLOG: libc::c_int = 4096;
 
 /// `cargo xtask bench-client`: `connects` times socket + connect + close,
-/// then the elapsed seconds on stdout.
+/// then the elapsed seconds and the CPU seconds this thread used on stdout.
+/// The CPU time is what the kernel hook adds to (it runs inside connect()),
+/// and it is far less disturbed by scheduling noise than wall time.
 pub fn run(args: &ClientArgs) -> Result<()> {
+    let cpu_start = thread_cpu_seconds();
     let start = Instant::now();
     for i in 0..args.connects {
         let stream = TcpStream::connect(args.addr)
             .with_context(|| format!("connect #{i} to {} failed", args.addr))?;
         reset_on_close(&stream);
     }
-    println!("{:.6}", start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("{elapsed:.6} {:.6}", thread_cpu_seconds() - cpu_start);
     Ok(())
+}
+
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// One measurement: connects per second, and client CPU µs per connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub rate: f64,
+    pub cpu_us: f64,
 }
 
 /// SO_LINGER {on, 0}: close() sends RST instead of FIN, so the run leaves no
@@ -150,15 +171,14 @@ pub fn can_pin_cpu0() -> bool {
     affinity().is_some_and(|set| unsafe { libc::CPU_ISSET(0, &set) })
 }
 
-/// Runs `exe bench-client` inside `cgroup` (and on CPU 0 when `pin`);
-/// returns connects per second.
+/// Runs `exe bench-client` inside `cgroup` (and on CPU 0 when `pin`).
 pub fn measure(
     exe: &Path,
     cgroup: &ChildCgroup,
     addr: SocketAddr,
     connects: u32,
     pin: bool,
-) -> Result<f64> {
+) -> Result<Sample> {
     // Everything pre_exec needs is prepared here: after fork only
     // async-signal-safe calls are allowed (no allocation).
     let procs = CString::new(cgroup.procs_file().as_os_str().as_bytes())
@@ -200,14 +220,21 @@ pub fn measure(
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("the bench client printed {text:?}, not a duration in seconds"))?;
-    if secs <= 0.0 {
-        bail!("the bench client reported a duration of {secs} s");
+    let numbers: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the bench client printed {text:?}, not two durations"))?;
+    let [secs, cpu] = numbers[..] else {
+        bail!("the bench client printed {text:?}, not `elapsed cpu`");
+    };
+    if secs <= 0.0 || cpu <= 0.0 {
+        bail!("the bench client reported durations of {secs} s and {cpu} s");
     }
-    Ok(f64::from(connects) / secs)
+    Ok(Sample {
+        rate: f64::from(connects) / secs,
+        cpu_us: cpu * 1e6 / f64::from(connects),
+    })
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is
