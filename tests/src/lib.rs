@@ -154,6 +154,10 @@ pub struct AgentSpec<'a> {
     pub endpoints: &'a str,
     pub policy: &'a str,
     pub extra_args: &'a [&'a str],
+    /// When set, the agent runs in its own mount namespace with this text
+    /// bind-mounted over /etc/hosts: catalog names resolve to loopback
+    /// stand-ins without touching the host's resolver.
+    pub hosts_file: Option<&'a str>,
 }
 
 /// A running `modelgate run`, stopped with SIGTERM on drop.
@@ -174,7 +178,20 @@ impl Agent {
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("agent.log");
         fs::write(dir.path().join("agent.yaml"), "").unwrap();
-        let child = Command::new(agent_bin())
+        let mut cmd = match spec.hosts_file {
+            None => Command::new(agent_bin()),
+            Some(hosts) => {
+                let hosts_path = dir.path().join("hosts");
+                fs::write(&hosts_path, hosts).unwrap();
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                    .arg(&hosts_path)
+                    .arg(agent_bin());
+                cmd
+            }
+        };
+        let child = cmd
             .arg("run")
             .arg("--policies")
             .arg(&policies)

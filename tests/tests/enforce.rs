@@ -49,6 +49,7 @@ fn monitor_reports_curl_and_python_with_identity() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: "default_action: monitor\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
 
     let mut cmd = cgroup.command("curl");
@@ -110,6 +111,7 @@ fn block_fails_connect_with_eperm_and_names_the_rule() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: &policy,
         extra_args: &[],
+        hosts_file: None,
     });
 
     let (py_pid, result) = python_connect(&cgroup, "127.0.0.9", port);
@@ -152,6 +154,7 @@ fn outside_processes_and_other_destinations_are_untouched() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
 
     // The test process itself is outside the agent's cgroup.
@@ -202,6 +205,7 @@ fn short_lived_process_is_attributed_with_its_exe() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
     // sh execs curl (same pid), which fails at once and exits: by the time
     // the agent reads the event, /proc/PID is gone.
@@ -247,6 +251,7 @@ fn ipv6_and_cidr_endpoints() {
         endpoints: &endpoints,
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
 
     let (pid, result) = python_connect(&cgroup, "::1", port_v6);
@@ -289,6 +294,7 @@ fn udp_to_an_endpoint_port_443_is_refused_under_block() {
         endpoints: &endpoints(8443, "127.0.0.9"),
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
     let child = cgroup
         .command("python3")
@@ -343,6 +349,7 @@ fn an_exe_rule_cannot_be_escaped_by_forking() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: "default_action: monitor\nrules:\n  - name: no-python\n    match:\n      exe: [\"**/python3*\"]\n    action: block\n",
         extra_args: &[],
+        hosts_file: None,
     });
     let out = output(
         cgroup
@@ -373,6 +380,7 @@ fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
         endpoints: &endpoints(port, "127.0.0.9"),
         policy: "default_action: monitor\nrules:\n  - name: batch-unit-blocked\n    match:\n      unit: [\"billing-*.service\"]\n    action: block\n  - name: this-container-blocked\n    match:\n      container: [4b7c2f9e1d3a]\n      runtime: [docker]\n    action: block\n",
         extra_args: &[],
+        hosts_file: None,
     });
 
     let (pid, result) = python_connect(&docker, "127.0.0.9", port);
@@ -405,4 +413,41 @@ fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
     );
     let event = agent.wait_for_event("the parent's connect", by_pid(pid));
     assert_eq!(event["action"], "monitor", "{event:#}");
+}
+
+#[test]
+fn catalog_host_names_are_resolved_into_the_endpoint_map() {
+    require_root();
+    let cgroup = TestCgroup::new("resolve");
+    let listener = Listener::start("127.0.0.11:0");
+    let port = listener.addr.port();
+    let agent = Agent::start(AgentSpec {
+        cgroup: &cgroup,
+        endpoints: &format!(
+            "providers:\n  - name: anthropic\n    api: anthropic\n    hosts: [api.anthropic.com]\n    ports: [{port}]\n"
+        ),
+        policy: "default_action: block\nrules: []\n",
+        extra_args: &[],
+        hosts_file: Some("127.0.0.1 localhost\n127.0.0.11 api.anthropic.com\n"),
+    });
+    // The answer lands shortly after start; poll until the connect is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let (pid, result) = python_connect(&cgroup, "127.0.0.11", port);
+        if result == "EPERM" {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "127.0.0.11 (api.anthropic.com in the agent's /etc/hosts) was never blocked; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let event = agent.wait_for_event("the resolved endpoint", by_pid(pid));
+    assert_eq!(
+        event["destination"]["host"], "api.anthropic.com",
+        "{event:#}"
+    );
+    assert_eq!(event["gen_ai.provider.name"], "anthropic", "{event:#}");
 }

@@ -65,6 +65,7 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
         ),
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
+        hosts_file: None,
     });
     let connect = || {
         let out = output(

@@ -14,6 +14,7 @@ use std::{
 use hickory_resolver::TokioResolver;
 use tokio::{
     sync::{mpsc, watch},
+    task::JoinSet,
     time::Instant,
 };
 use tracing::{debug, info, warn};
@@ -67,11 +68,23 @@ pub async fn run(mut hosts: watch::Receiver<Vec<String>>, out: mpsc::Sender<Reso
             .filter(|(_, s)| s.due <= now)
             .map(|(h, _)| h.clone())
             .collect();
+        // All due hosts at once: a catalog of dozens of names must not take
+        // dozens of round trips to come up.
+        let mut lookups = JoinSet::new();
         for host in due {
+            let resolver = resolver.clone();
+            lookups.spawn(async move {
+                let answer = resolver.lookup_ip(host.as_str()).await;
+                (host, answer)
+            });
+        }
+        let mut newly_failing = Vec::new();
+        while let Some(joined) = lookups.join_next().await {
+            let Ok((host, answer)) = joined else { continue };
             let Some(entry) = state.get_mut(&host) else {
                 continue;
             };
-            match resolver.lookup_ip(host.as_str()).await {
+            match answer {
                 Ok(answer) => {
                     let addrs: Vec<IpAddr> = answer.iter().collect();
                     let ttl = answer
@@ -91,17 +104,32 @@ pub async fn run(mut hosts: watch::Receiver<Vec<String>>, out: mpsc::Sender<Reso
                 }
                 Err(err) => {
                     entry.failures += 1;
-                    // One warning per host per outage; the rest at debug.
+                    debug!(%host, error = %err, failures = entry.failures, "resolve failed");
                     if entry.failures == 1 {
-                        warn!(%host, error = %err, retry_s = entry.retry.as_secs(),
-                            "cannot resolve catalog host; keeping its last known addresses");
-                    } else {
-                        debug!(%host, error = %err, "resolve failed again");
+                        newly_failing.push((host, err.to_string()));
                     }
                     entry.due = Instant::now() + entry.retry;
                     entry.retry = (entry.retry * 2).min(MAX_RETRY);
                 }
             }
+        }
+        // One line per outage, not one per host: with DNS down, a catalog of
+        // 40 names would otherwise flood the journal.
+        newly_failing.sort();
+        if let Some((first, error)) = newly_failing.first() {
+            let names: Vec<&str> = newly_failing
+                .iter()
+                .take(5)
+                .map(|(h, _)| h.as_str())
+                .collect();
+            warn!(
+                failing = newly_failing.len(),
+                of = state.len(),
+                hosts = %names.join(", "),
+                first_error = %format!("{first}: {error}"),
+                "cannot resolve catalog hosts; keeping their last known addresses and retrying \
+                 (MODELGATE_LOG=debug lists each)"
+            );
         }
         let next = state
             .values()
