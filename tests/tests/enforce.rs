@@ -22,6 +22,35 @@ fn endpoints(port: u16, addresses: &str) -> String {
     )
 }
 
+/// A test cgroup, a stand-in endpoint on 127.0.0.9 and an agent attached to
+/// the cgroup with `policy`. Fields drop in order: the agent stops first.
+struct Fixture {
+    agent: Agent,
+    port: u16,
+    cgroup: TestCgroup,
+    _listener: Listener,
+}
+
+fn fixture(name: &str, policy: &str) -> Fixture {
+    require_root();
+    let cgroup = TestCgroup::new(name);
+    let listener = Listener::start("127.0.0.9:0");
+    let port = listener.addr.port();
+    let agent = Agent::start(AgentSpec {
+        cgroup: &cgroup,
+        endpoints: &endpoints(port, "127.0.0.9"),
+        policy,
+        extra_args: &[],
+        hosts_file: None,
+    });
+    Fixture {
+        agent,
+        port,
+        cgroup,
+        _listener: listener,
+    }
+}
+
 fn python_connect(cgroup: &TestCgroup, ip: &str, port: u16) -> (u32, String) {
     let child = cgroup
         .command("python3")
@@ -40,17 +69,13 @@ fn by_pid(pid: u32) -> impl Fn(&Value) -> bool {
 
 #[test]
 fn monitor_reports_curl_and_python_with_identity() {
-    require_root();
-    let cgroup = TestCgroup::new("monitor");
-    let listener = Listener::start("127.0.0.9:0");
-    let port = listener.addr.port();
-    let agent = Agent::start(AgentSpec {
-        cgroup: &cgroup,
-        endpoints: &endpoints(port, "127.0.0.9"),
-        policy: "default_action: monitor\nrules: []\n",
-        extra_args: &[],
-        hosts_file: None,
-    });
+    let Fixture {
+        agent,
+        port,
+        cgroup,
+        ..
+    } = &fixture("monitor", "default_action: monitor\nrules: []\n");
+    let port = *port;
 
     let mut cmd = cgroup.command("curl");
     let child = curl(&mut cmd, &format!("http://127.0.0.9:{port}/v1/models"))
@@ -144,18 +169,14 @@ fn block_fails_connect_with_eperm_and_names_the_rule() {
 
 #[test]
 fn outside_processes_and_other_destinations_are_untouched() {
-    require_root();
-    let cgroup = TestCgroup::new("untouched");
-    let listener = Listener::start("127.0.0.9:0");
+    let Fixture {
+        agent,
+        port,
+        cgroup,
+        ..
+    } = &fixture("untouched", "default_action: block\nrules: []\n");
+    let port = *port;
     let other = Listener::start("127.0.0.10:0");
-    let port = listener.addr.port();
-    let agent = Agent::start(AgentSpec {
-        cgroup: &cgroup,
-        endpoints: &endpoints(port, "127.0.0.9"),
-        policy: "default_action: block\nrules: []\n",
-        extra_args: &[],
-        hosts_file: None,
-    });
 
     // The test process itself is outside the agent's cgroup.
     let mut cmd = Command::new("curl");
@@ -196,17 +217,13 @@ fn outside_processes_and_other_destinations_are_untouched() {
 
 #[test]
 fn short_lived_process_is_attributed_with_its_exe() {
-    require_root();
-    let cgroup = TestCgroup::new("shortlived");
-    let listener = Listener::start("127.0.0.9:0");
-    let port = listener.addr.port();
-    let agent = Agent::start(AgentSpec {
-        cgroup: &cgroup,
-        endpoints: &endpoints(port, "127.0.0.9"),
-        policy: "default_action: block\nrules: []\n",
-        extra_args: &[],
-        hosts_file: None,
-    });
+    let Fixture {
+        agent,
+        port,
+        cgroup,
+        ..
+    } = &fixture("shortlived", "default_action: block\nrules: []\n");
+    let port = *port;
     // sh execs curl (same pid), which fails at once and exits: by the time
     // the agent reads the event, /proc/PID is gone.
     let child = cgroup
@@ -340,17 +357,16 @@ os.waitpid(pid, 0)
 
 #[test]
 fn an_exe_rule_cannot_be_escaped_by_forking() {
-    require_root();
-    let cgroup = TestCgroup::new("fork");
-    let listener = Listener::start("127.0.0.9:0");
-    let port = listener.addr.port();
-    let agent = Agent::start(AgentSpec {
-        cgroup: &cgroup,
-        endpoints: &endpoints(port, "127.0.0.9"),
-        policy: "default_action: monitor\nrules:\n  - name: no-python\n    match:\n      exe: [\"**/python3*\"]\n    action: block\n",
-        extra_args: &[],
-        hosts_file: None,
-    });
+    let Fixture {
+        agent,
+        port,
+        cgroup,
+        ..
+    } = &fixture(
+        "fork",
+        "default_action: monitor\nrules:\n  - name: no-python\n    match:\n      exe: [\"**/python3*\"]\n    action: block\n",
+    );
+    let port = *port;
     let out = output(
         cgroup
             .command("python3")

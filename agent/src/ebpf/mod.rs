@@ -62,11 +62,20 @@ impl Programs {
     /// Attaches the tracepoints (host-wide) and the socket hooks at `cgroup`
     /// (that cgroup and everything below it).
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
-        for (program, category, name) in [
+        let mut tracepoints = vec![
             (names::PROG_EXEC, "sched", "sched_process_exec"),
             (names::PROG_EXIT, "sched", "sched_process_exit"),
             (names::PROG_FORK, "sched", "sched_process_fork"),
-        ] {
+        ];
+        if self.execve_argv {
+            tracepoints.push((names::PROG_EXECVE_ARGS, "syscalls", "sys_enter_execve"));
+        } else {
+            warn!(
+                "no syscalls/sys_enter_execve tracepoint: command lines come from /proc, \
+                 and processes that exit at once are recorded without one"
+            );
+        }
+        for (program, category, name) in tracepoints {
             let tp: &mut TracePoint = self
                 .ebpf
                 .program_mut(program)
@@ -76,23 +85,6 @@ impl Programs {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
-        }
-        if self.execve_argv {
-            let program = names::PROG_EXECVE_ARGS;
-            let tp: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the eBPF object"))?
-                .try_into()?;
-            tp.load()
-                .with_context(|| format!("the kernel rejected program {program}"))?;
-            tp.attach("syscalls", "sys_enter_execve")
-                .with_context(|| format!("attaching {program} to syscalls/sys_enter_execve"))?;
-        } else {
-            warn!(
-                "no syscalls/sys_enter_execve tracepoint: command lines come from /proc, \
-                   and processes that exit at once are recorded without one"
-            );
         }
         let cgroup_fd = File::open(cgroup).with_context(|| {
             format!(
