@@ -112,7 +112,7 @@ fn monitor_reports_curl_and_python_with_identity() {
         "{event:#}"
     );
 
-    let (py_pid, result) = python_connect(&cgroup, "127.0.0.9", port);
+    let (py_pid, result) = python_connect(cgroup, "127.0.0.9", port);
     assert_eq!(result, "connected", "monitor must let python through");
     let event = agent.wait_for_event("python's connect", by_pid(py_pid));
     assert_eq!(event["action"], "monitor", "{event:#}");
@@ -188,17 +188,17 @@ fn outside_processes_and_other_destinations_are_untouched() {
     );
 
     // Inside the cgroup, a destination that is not in the catalog.
-    let (pid, result) = python_connect(&cgroup, "127.0.0.10", other.addr.port());
+    let (pid, result) = python_connect(cgroup, "127.0.0.10", other.addr.port());
     assert_eq!(result, "connected", "a non-endpoint must not be blocked");
     // Same address, a port that is not the endpoint's.
-    let (pid2, result) = python_connect(&cgroup, "127.0.0.9", other.addr.port());
+    let (pid2, result) = python_connect(cgroup, "127.0.0.9", other.addr.port());
     assert_ne!(
         result, "EPERM",
         "another port of the address is not an endpoint"
     );
 
     // And the endpoint itself from inside is blocked (the setup works).
-    let (blocked, result) = python_connect(&cgroup, "127.0.0.9", port);
+    let (blocked, result) = python_connect(cgroup, "127.0.0.9", port);
     assert_eq!(result, "EPERM", "the endpoint itself is blocked");
     agent.wait_for_event("the blocked connect", by_pid(blocked));
     agent.assert_no_event("untouched connects", Duration::from_millis(300), |e| {
