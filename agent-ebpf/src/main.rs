@@ -8,6 +8,7 @@
 #![no_main]
 
 mod maps;
+mod redirect;
 mod sock;
 mod task;
 

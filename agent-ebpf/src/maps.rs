@@ -2,7 +2,8 @@
 //! userspace looks them up by.
 
 use agent_common::{
-    AgentConfig, ArgvBuf, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, limits,
+    AgentConfig, ArgvBuf, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, Redirect,
+    limits,
 };
 use aya_ebpf::{
     macros::map,
@@ -48,6 +49,16 @@ pub static MG_PENDING_ARGV: LruHashMap<u32, ArgvBuf> =
 /// Per-CPU scratch for building an ArgvBuf: 1 KiB is past the 512-byte stack.
 #[map]
 pub static MG_ARGV_SCRATCH: PerCpuArray<ArgvBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Redirected sockets by cookie: read by sock_ops and getpeername.
+#[map]
+pub static MG_REDIRECT_COOKIE: LruHashMap<u64, Redirect> =
+    LruHashMap::with_max_entries(limits::REDIRECTS, 0);
+
+/// Redirected connections by the client's local port: read by the proxy.
+#[map]
+pub static MG_REDIRECT_PORT: LruHashMap<u32, Redirect> =
+    LruHashMap::with_max_entries(limits::REDIRECTS, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

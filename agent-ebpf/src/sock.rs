@@ -1,8 +1,9 @@
 //! connect() and sendmsg() hooks: endpoint lookup, policy, verdict, event.
 
 use agent_common::{
-    CIDR_PORT_BITS, CidrKey, ConnectEvent, Counter, EndpointKey, EndpointValue, EventHeader,
-    EventKind, PolicyEntry, RULE_DEFAULT, action, hook, limits, port_flags, source, v4_mapped,
+    AgentConfig, CIDR_PORT_BITS, CidrKey, ConnectEvent, Counter, EndpointKey, EndpointValue,
+    EventHeader, EventKind, PolicyEntry, RULE_DEFAULT, Redirect, action, hook, limits, port_flags,
+    source, v4_mapped,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -15,8 +16,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::maps::{
-    MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_PROC_POLICY, count,
+use crate::{
+    maps::{
+        MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_PROC_POLICY,
+        count,
+    },
+    redirect::redirect_to_proxy,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -35,25 +40,25 @@ const GLOBAL_ENTRY: u64 = agent_common::GLOBAL_POLICY_KEY;
 #[cgroup_sock_addr(connect4)]
 pub fn mg_connect4(ctx: SockAddrContext) -> i32 {
     let (addr, port, protocol) = unsafe { read_v4(ctx.sock_addr) };
-    decide(addr, port, AF_INET, protocol, hook::CONNECT)
+    decide(&ctx, addr, port, AF_INET, protocol, hook::CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn mg_connect6(ctx: SockAddrContext) -> i32 {
     let (addr, port, protocol) = unsafe { read_v6(ctx.sock_addr) };
-    decide(addr, port, AF_INET6, protocol, hook::CONNECT)
+    decide(&ctx, addr, port, AF_INET6, protocol, hook::CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn mg_sendmsg4(ctx: SockAddrContext) -> i32 {
     let (addr, port, _) = unsafe { read_v4(ctx.sock_addr) };
-    decide(addr, port, AF_INET, IPPROTO_UDP, hook::SENDMSG)
+    decide(&ctx, addr, port, AF_INET, IPPROTO_UDP, hook::SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn mg_sendmsg6(ctx: SockAddrContext) -> i32 {
     let (addr, port, _) = unsafe { read_v6(ctx.sock_addr) };
-    decide(addr, port, AF_INET6, IPPROTO_UDP, hook::SENDMSG)
+    decide(&ctx, addr, port, AF_INET6, IPPROTO_UDP, hook::SENDMSG)
 }
 
 // The verifier allows only 4-byte loads of these context fields, so each is
@@ -90,7 +95,14 @@ unsafe fn read_v6(sa: *mut bpf_sock_addr) -> ([u8; 16], u16, u8) {
 }
 
 #[inline(always)]
-fn decide(addr: [u8; 16], port: u16, family: u16, protocol: u8, hook: u8) -> i32 {
+fn decide(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    port: u16,
+    family: u16,
+    protocol: u8,
+    hook: u8,
+) -> i32 {
     // UDP matters only as QUIC; any other UDP (DNS, NTP, ...) leaves at once.
     if protocol == IPPROTO_UDP && port != QUIC_PORT {
         return PASS;
@@ -104,29 +116,74 @@ fn decide(addr: [u8; 16], port: u16, family: u16, protocol: u8, hook: u8) -> i32
         return PASS;
     };
 
+    let Some(config) = MG_CONFIG.get(0) else {
+        // Not configured yet: the agent writes MG_CONFIG before attaching.
+        return PASS;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // The proxy's own upstream connections: never redirected (no loop),
+    // and not the workload's traffic, so no event either.
+    if tgid == config.agent_tgid {
+        count(Counter::AgentOwn);
+        return PASS;
+    }
+
     count(Counter::EndpointHits);
     if protocol == IPPROTO_UDP {
         count(Counter::UdpHits);
     }
 
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let (verdict, rule, src, generation) = resolve_action(tgid, cgroup_id, endpoint.provider);
+    let (mut verdict, rule, src) = resolve_action(config, tgid, cgroup_id, endpoint.provider);
+    let generation = config.generation;
+    let proxied = verdict == action::REDIRECT || verdict == action::PASSTHROUGH;
+    // The proxy speaks TCP; QUIC is refused so the client falls back to it.
+    if proxied && (config.proxy_port == 0 || protocol == IPPROTO_UDP) {
+        verdict = action::BLOCK;
+    }
 
-    let pass = match verdict {
+    let result = match verdict {
         action::ALLOW => {
             count(Counter::Allowed);
-            true
+            PASS
         }
         action::MONITOR => {
             count(Counter::Monitored);
-            true
+            PASS
         }
-        // Redirect has no kernel path yet: refusing keeps it fail-closed.
+        action::REDIRECT | action::PASSTHROUGH => {
+            let redirect = Redirect {
+                addr,
+                port,
+                action: verdict,
+                _pad: 0,
+                tgid,
+                pid: pid_tgid as u32,
+                uid: bpf_get_current_uid_gid() as u32,
+                gid: (bpf_get_current_uid_gid() >> 32) as u32,
+                provider: endpoint.provider,
+                cgroup_id,
+                comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                rule,
+                _pad2: 0,
+                generation,
+                boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+            };
+            if redirect_to_proxy(ctx, &redirect, family, config.proxy_port) {
+                count(Counter::Redirected);
+                PASS
+            } else {
+                // Could not remember where it was going: refuse rather than
+                // let it out ungoverned.
+                count(Counter::Blocked);
+                verdict = action::BLOCK;
+                REJECT
+            }
+        }
         _ => {
             count(Counter::Blocked);
-            false
+            REJECT
         }
     };
 
@@ -144,8 +201,7 @@ fn decide(addr: [u8; 16], port: u16, family: u16, protocol: u8, hook: u8) -> i32
         rule,
         generation,
     });
-
-    if pass { PASS } else { REJECT }
+    result
 }
 
 #[inline(always)]
@@ -175,20 +231,12 @@ fn lookup_endpoint(addr: [u8; 16], port: u16, flags: u8) -> Option<EndpointValue
     None
 }
 
-/// Process entry, then cgroup entry, then the default: the agent has already
-/// folded the ordered rules into these, so the kernel only looks up.
+/// Process entry, then cgroup entry, then the policy-wide entry, then the
+/// default: the agent has already folded the ordered rules into these, so
+/// the kernel only looks up.
 #[inline(always)]
-fn resolve_action(tgid: u32, cgroup_id: u64, provider: u32) -> (u8, u16, u8, u32) {
-    let Some(config) = MG_CONFIG.get(0) else {
-        // Not configured yet: the agent writes MG_CONFIG before attaching.
-        return (action::MONITOR, RULE_DEFAULT, source::DEFAULT, 0);
-    };
-    let default = (
-        config.default_action,
-        RULE_DEFAULT,
-        source::DEFAULT,
-        config.generation,
-    );
+fn resolve_action(config: &AgentConfig, tgid: u32, cgroup_id: u64, provider: u32) -> (u8, u16, u8) {
+    let default = (config.default_action, RULE_DEFAULT, source::DEFAULT);
     let index = provider as usize;
     if index >= limits::MAX_PROVIDERS {
         count(Counter::BadProvider);
@@ -198,19 +246,19 @@ fn resolve_action(tgid: u32, cgroup_id: u64, provider: u32) -> (u8, u16, u8, u32
         && let Some(entry) = MG_PROC_POLICY.get_ptr(tgid)
         && let Some(hit) = entry_action(entry, index)
     {
-        return (hit.0, hit.1, source::PROCESS, config.generation);
+        return (hit.0, hit.1, source::PROCESS);
     }
     if let Some(entry) = MG_CGROUP_POLICY.get_ptr(cgroup_id)
         && let Some(hit) = entry_action(entry, index)
     {
-        return (hit.0, hit.1, source::CGROUP, config.generation);
+        return (hit.0, hit.1, source::CGROUP);
     }
     // Cgroup id 0 (no real cgroup has it) holds the verdicts of rules with
     // no identity condition, for cgroups that need no entry of their own.
     if let Some(entry) = MG_CGROUP_POLICY.get_ptr(GLOBAL_ENTRY)
         && let Some(hit) = entry_action(entry, index)
     {
-        return (hit.0, hit.1, source::DEFAULT, config.generation);
+        return (hit.0, hit.1, source::DEFAULT);
     }
     default
 }

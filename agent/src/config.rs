@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::{
+    audit::StorePrompts,
     policy::Action,
     yaml::{self, FileErrors},
 };
@@ -13,6 +14,7 @@ use crate::{
 pub const DEFAULT_CONFIG: &str = "/etc/modelgate/agent.yaml";
 pub const DEFAULT_POLICIES: &str = "/etc/modelgate/policies";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelgate";
+pub const DEFAULT_PROXY_PORT: u16 = 15443;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +41,14 @@ pub struct FileConfig {
     /// Overrides the policy's default action (e.g. `monitor` while rolling out).
     pub default_action: Option<Action>,
     pub log_format: Option<LogFormat>,
+    /// Port of the local policy proxy on 127.0.0.1 and ::1 (default 15443;
+    /// 0 picks a free one).
+    pub proxy_port: Option<u16>,
+    /// Extra CA (PEM) the proxy trusts for upstream servers, beside the
+    /// system's roots: a private gateway or a test's stand-in.
+    pub upstream_ca: Option<PathBuf>,
+    /// What the audit keeps of prompts and outputs: none, hash or full.
+    pub store_prompts: Option<StorePrompts>,
 }
 
 impl FileConfig {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{AgentConfig, ConnectEvent, Counter, ExecEvent, hook, source};
+use agent_common::{AgentConfig, ConnectEvent, Counter, ExecEvent, Redirect, hook, names, source};
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -19,8 +19,9 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    audit::AuditLog,
     catalog::{
-        Catalog,
+        Catalog, HostPattern,
         resolver::{self, Resolved, ResolvedHosts},
     },
     ebpf::{
@@ -40,6 +41,7 @@ use crate::{
         Action, CgroupFacts, Policy, ProcFacts,
         compile::{Compiled, Ids},
     },
+    proxy::{ConnInfo, Describe, Proxy, ProxySettings},
     record::{self, Decision, Destination},
     sink::Sink,
 };
@@ -52,7 +54,11 @@ pub struct Settings {
     pub cgroup_mount: PathBuf,
     pub events: String,
     pub default_action: Option<Action>,
+    pub proxy: ProxySettings,
 }
+
+/// How long proxied requests in flight may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Agent {
     maps: KernelMaps,
@@ -71,6 +77,7 @@ struct Agent {
     decode_errors: u64,
     lost_reported: u64,
     unknown_cgroups: HashMap<u64, Instant>,
+    proxy_port: u16,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -83,6 +90,11 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let mut programs = ebpf::load()?;
     let (maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
+    let redirects = ebpf::maps::take(&mut programs.ebpf, names::MAP_REDIRECT_PORT)?;
+    let (audit, audit_writer) = AuditLog::open(&settings.proxy.state_dir)?;
+    let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
+    let proxy = Proxy::bind(&settings.proxy, redirects, audit, describe_tx).await?;
+    let proxy_port = proxy.port;
     let mut ids = Ids::default();
     let compiled = Compiled::new(policy, &catalog, &mut ids)?;
     let (hosts_tx, hosts_rx) = watch::channel(catalog.exact_hosts());
@@ -111,12 +123,16 @@ pub async fn run(settings: Settings) -> Result<()> {
         decode_errors: 0,
         lost_reported: 0,
         unknown_cgroups: HashMap::new(),
+        proxy_port,
     };
     // Everything is in the maps before the hooks see their first connect.
     agent.apply_policy()?;
     agent.sync_endpoints()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let proxy = tokio::spawn(proxy.serve(shutdown_rx, SHUTDOWN_GRACE));
     programs.attach(&agent.settings.cgroup)?;
     info!(
+        proxy = %format!("127.0.0.1:{proxy_port}"),
         cgroup = %agent.settings.cgroup.display(),
         policies = %agent.settings.policies.display(),
         providers = agent.catalog.providers.len(),
@@ -152,6 +168,10 @@ pub async fn run(settings: Settings) -> Result<()> {
                     error!("{err:#}");
                 }
             }
+            Some(query) = describe_rx.recv() => {
+                let info = agent.describe(&query.redirect);
+                let _ = query.reply.send(info);
+            }
             _ = hup.recv() => agent.reload(),
             _ = tick.tick() => agent.tick(),
             _ = term.recv() => break,
@@ -159,6 +179,24 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
 
+    // Requests in flight finish (or are cancelled and say so); every audit
+    // record is on disk before we report that we stopped.
+    let _ = shutdown_tx.send(true);
+    let proxy_done = proxy;
+    tokio::pin!(proxy_done);
+    loop {
+        tokio::select! {
+            _ = &mut proxy_done => break,
+            Some(query) = describe_rx.recv() => {
+                let info = agent.describe(&query.redirect);
+                let _ = query.reply.send(info);
+            }
+        }
+    }
+    drop(describe_rx);
+    if let Err(err) = audit_writer.await {
+        error!("the audit writer failed: {err}");
+    }
     // Whatever the kernel queued before we stop is still recorded.
     agent.drain(ring.get_mut());
     agent.report_counters(true);
@@ -186,6 +224,9 @@ impl Agent {
             has_proc_rules: u8::from(has_proc_rules),
             _pad: [0; 2],
             generation: self.generation,
+            proxy_port: self.proxy_port,
+            _pad2: 0,
+            agent_tgid: std::process::id(),
         })?;
         self.refresh_cgroup_entries()?;
         if !has_proc_rules {
@@ -451,11 +492,7 @@ impl Agent {
         let identity = self.identity(ev);
         let ip = from_v6_bytes(ev.addr);
         let action = Action::from_kernel(ev.action).unwrap_or(Action::Block);
-        let rule = if ev.rule == agent_common::RULE_DEFAULT {
-            "default".to_string()
-        } else {
-            self.ids.rule_name(ev.rule).unwrap_or("unknown").to_string()
-        };
+        let rule = self.rule_name(ev.rule);
         let provider = self
             .ids
             .provider_name(ev.provider)
@@ -494,23 +531,89 @@ impl Agent {
     }
 
     fn identity(&mut self, ev: &ConnectEvent) -> Identity {
-        let tgid = ev.header.tgid;
-        let info = self.procs.lookup(tgid).cloned().unwrap_or_default();
-        self.ensure_cgroup_known(ev.cgroup_id);
-        let cgroup = self.cgroups.get(ev.cgroup_id).cloned();
-        Identity {
+        self.identity_of(Who {
+            tgid: ev.header.tgid,
             pid: ev.header.pid,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: &ev.comm,
+            cgroup_id: ev.cgroup_id,
+        })
+    }
+
+    fn identity_of(&mut self, who: Who<'_>) -> Identity {
+        let tgid = who.tgid;
+        let info = self.procs.lookup(tgid).cloned().unwrap_or_default();
+        self.ensure_cgroup_known(who.cgroup_id);
+        let cgroup = self.cgroups.get(who.cgroup_id).cloned();
+        Identity {
+            pid: who.pid,
             tgid,
             ppid: info.ppid,
-            uid: ev.uid,
-            user: self.users.name(ev.uid),
-            gid: ev.gid,
-            comm: c_str(&ev.comm),
+            uid: who.uid,
+            user: self.users.name(who.uid),
+            gid: who.gid,
+            comm: c_str(who.comm),
             exe: info.exe,
             cmdline: info.cmdline,
             parents: self.procs.parents(info.ppid),
             cgroup: cgroup.as_ref().map(|c| c.path.clone()),
             cgroup_info: cgroup.map(|c| c.info).unwrap_or_default(),
+        }
+    }
+}
+
+/// What the kernel told us about a process at a connect.
+struct Who<'a> {
+    tgid: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    comm: &'a [u8; 16],
+    cgroup_id: u64,
+}
+
+impl Agent {
+    /// Everything the proxy needs to know about a redirected connection.
+    fn describe(&mut self, redirect: &Redirect) -> ConnInfo {
+        let identity = self.identity_of(Who {
+            tgid: redirect.tgid,
+            pid: redirect.pid,
+            uid: redirect.uid,
+            gid: redirect.gid,
+            comm: &redirect.comm,
+            cgroup_id: redirect.cgroup_id,
+        });
+        let provider = self
+            .ids
+            .provider_name(redirect.provider)
+            .unwrap_or("unknown")
+            .to_string();
+        let entry = self.catalog.provider(&provider);
+        let ip = from_v6_bytes(redirect.addr);
+        let fallback_host = self.endpoints.names.get(&ip).cloned().or_else(|| {
+            entry.and_then(|p| {
+                p.hosts.iter().find_map(|h| match h {
+                    HostPattern::Exact(name) => Some(name.clone()),
+                    HostPattern::Suffix(_) => None,
+                })
+            })
+        });
+        ConnInfo {
+            identity,
+            api: entry.map(|p| p.api),
+            hosts: entry.map(|p| p.hosts.clone()).unwrap_or_default(),
+            fallback_host,
+            rule: self.rule_name(redirect.rule),
+            provider,
+        }
+    }
+
+    fn rule_name(&self, rule: u16) -> String {
+        if rule == agent_common::RULE_DEFAULT {
+            "default".to_string()
+        } else {
+            self.ids.rule_name(rule).unwrap_or("unknown").to_string()
         }
     }
 }

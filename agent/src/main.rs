@@ -1,6 +1,7 @@
 //! modelgate: finds, attributes and governs every connection to a model API
 //! on this host.
 
+mod audit;
 mod catalog;
 mod cli;
 mod config;
@@ -8,6 +9,7 @@ mod daemon;
 mod ebpf;
 mod identity;
 mod policy;
+mod proxy;
 mod record;
 mod sink;
 mod yaml;

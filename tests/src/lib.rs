@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod standin;
+
 /// The agent binary under test (set by `cargo xtask test`).
 pub fn agent_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("MODELGATE_BIN") {
@@ -158,6 +160,22 @@ pub struct AgentSpec<'a> {
     /// bind-mounted over /etc/hosts: catalog names resolve to loopback
     /// stand-ins without touching the host's resolver.
     pub hosts_file: Option<&'a str>,
+    /// Run the agent itself inside the attached cgroup, so its own upstream
+    /// connections meet its hooks (the no-loop check).
+    pub agent_in_cgroup: bool,
+}
+
+impl<'a> AgentSpec<'a> {
+    pub fn new(cgroup: &'a TestCgroup, endpoints: &'a str, policy: &'a str) -> AgentSpec<'a> {
+        AgentSpec {
+            cgroup,
+            endpoints,
+            policy,
+            extra_args: &[],
+            hosts_file: None,
+            agent_in_cgroup: false,
+        }
+    }
 }
 
 /// A running `modelgate run`, stopped with SIGTERM on drop.
@@ -177,7 +195,8 @@ impl Agent {
         fs::write(policies.join("policy.yaml"), spec.policy).unwrap();
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("agent.log");
-        fs::write(dir.path().join("agent.yaml"), "").unwrap();
+        // Tests run side by side: each proxy takes a free port.
+        fs::write(dir.path().join("agent.yaml"), "proxy_port: 0\n").unwrap();
         let mut cmd = match spec.hosts_file {
             None => Command::new(agent_bin()),
             Some(hosts) => {
@@ -191,6 +210,12 @@ impl Agent {
                 cmd
             }
         };
+        if spec.agent_in_cgroup {
+            let procs = spec.cgroup.path.join("cgroup.procs");
+            unsafe {
+                cmd.pre_exec(move || fs::write(&procs, b"0"));
+            }
+        }
         let child = cmd
             .arg("run")
             .arg("--policies")
@@ -223,6 +248,56 @@ impl Agent {
 
     pub fn policies_dir(&self) -> PathBuf {
         self.dir.path().join("policies")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The agent's local CA, which clients must trust for redirect.
+    pub fn ca(&self) -> PathBuf {
+        self.state_dir().join("ca.pem")
+    }
+
+    /// The proxy's port, from the ready line of the log.
+    pub fn proxy_port(&self) -> u16 {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("modelgate ready"))
+            .expect("ready line");
+        let ready: Value = serde_json::from_str(line).expect("JSON log line");
+        ready["proxy"]
+            .as_str()
+            .and_then(|p| p.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no proxy address in {line}"))
+    }
+
+    pub fn audit_now(&self) -> Vec<Value> {
+        fs::read_to_string(self.state_dir().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+            .collect()
+    }
+
+    /// The first audit record matching `pred`, waiting up to 10 s.
+    pub fn wait_for_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(record) = self.audit_now().into_iter().find(|r| pred(r)) {
+                return record;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no audit record for {what}; records: {:#?}\nagent log:\n{}",
+                    self.audit_now(),
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

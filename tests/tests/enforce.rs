@@ -42,6 +42,7 @@ fn fixture(name: &str, policy: &str) -> Fixture {
         policy,
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
     Fixture {
         agent,
@@ -137,6 +138,7 @@ fn block_fails_connect_with_eperm_and_names_the_rule() {
         policy: &policy,
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
 
     let (py_pid, result) = python_connect(&cgroup, "127.0.0.9", port);
@@ -269,6 +271,7 @@ fn ipv6_and_cidr_endpoints() {
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
 
     let (pid, result) = python_connect(&cgroup, "::1", port_v6);
@@ -312,6 +315,7 @@ fn udp_to_an_endpoint_port_443_is_refused_under_block() {
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
     let child = cgroup
         .command("python3")
@@ -397,6 +401,7 @@ fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
         policy: "default_action: monitor\nrules:\n  - name: batch-unit-blocked\n    match:\n      unit: [\"billing-*.service\"]\n    action: block\n  - name: this-container-blocked\n    match:\n      container: [4b7c2f9e1d3a]\n      runtime: [docker]\n    action: block\n",
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
 
     let (pid, result) = python_connect(&docker, "127.0.0.9", port);
@@ -445,6 +450,7 @@ fn catalog_host_names_are_resolved_into_the_endpoint_map() {
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
         hosts_file: Some("127.0.0.1 localhost\n127.0.0.11 api.anthropic.com\n"),
+        agent_in_cgroup: false,
     });
     // The answer lands shortly after start; poll until the connect is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -66,6 +66,7 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
         policy: "default_action: block\nrules: []\n",
         extra_args: &[],
         hosts_file: None,
+        agent_in_cgroup: false,
     });
     let connect = || {
         let out = output(

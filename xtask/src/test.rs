@@ -18,6 +18,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> Result<()> {
     // Checked first: no point building for minutes to fail on a missing tool.
     check_prerequisites()?;
+    let python = python_with_sdk()?;
     let bin = build_cmd::build(false)?;
     let mut cmd = util::cargo();
     cmd.arg("test");
@@ -27,7 +28,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     cmd.arg("--no-fail-fast")
         .args(&args.args)
-        .env("MODELGATE_BIN", &bin);
+        .env("MODELGATE_BIN", &bin)
+        .env("MODELGATE_TEST_PYTHON", &python);
     println!(
         "test: MODELGATE_BIN={} {}",
         bin.display(),
@@ -38,6 +40,56 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .with_context(|| format!("could not start `{}`", util::display(&cmd)))?;
     // cargo's own status, so CI sees exactly what cargo reported.
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Packages the SDK tests install from PyPI into a venv under target/, once.
+const PYTHON_PACKAGES: &[&str] = &["openai>=1.40,<3"];
+
+/// A python with the official `openai` SDK: the proxy tests drive it as a
+/// user's application would.
+fn python_with_sdk() -> Result<std::path::PathBuf> {
+    let venv = util::xtask_dir().join("pyenv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".modelgate-packages");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    println!(
+        "test: creating {} with {}",
+        venv.display(),
+        PYTHON_PACKAGES.join(", ")
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !status.success() {
+        bail!(
+            "`python3 -m venv {}` failed; install the venv module with `apt-get install -y python3-venv`",
+            venv.display()
+        );
+    }
+    let status = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PYTHON_PACKAGES)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!(
+            "installing {} from PyPI failed; the SDK tests need it (check network access to PyPI)",
+            PYTHON_PACKAGES.join(", ")
+        );
+    }
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
 }
 
 /// `true` when the forwarded cargo arguments pick packages themselves.

@@ -16,12 +16,17 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "MG_COUNTERS";
     pub const MAP_EVENTS: &str = "MG_EVENTS";
     pub const MAP_PENDING_ARGV: &str = "MG_PENDING_ARGV";
+    pub const MAP_REDIRECT_COOKIE: &str = "MG_REDIRECT_COOKIE";
+    pub const MAP_REDIRECT_PORT: &str = "MG_REDIRECT_PORT";
     pub const MAP_ARGV_SCRATCH: &str = "MG_ARGV_SCRATCH";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
     pub const PROG_CONNECT6: &str = "mg_connect6";
     pub const PROG_SENDMSG4: &str = "mg_sendmsg4";
     pub const PROG_SENDMSG6: &str = "mg_sendmsg6";
+    pub const PROG_GETPEERNAME4: &str = "mg_getpeername4";
+    pub const PROG_GETPEERNAME6: &str = "mg_getpeername6";
+    pub const PROG_SOCKOPS: &str = "mg_tcp_connect";
     pub const PROG_EXEC: &str = "mg_sched_exec";
     pub const PROG_EXIT: &str = "mg_sched_exit";
     pub const PROG_FORK: &str = "mg_sched_fork";
@@ -56,6 +61,8 @@ pub mod limits {
     pub const MAX_ARGS: usize = 32;
     /// execve() calls in flight whose argv waits for the exec to succeed.
     pub const PENDING_ARGV: u32 = 1024;
+    /// Redirected connections remembered (LRU: the oldest fall out).
+    pub const REDIRECTS: u32 = 65_536;
 }
 
 /// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
@@ -65,9 +72,12 @@ pub mod action {
     pub const ALLOW: u8 = 1;
     pub const MONITOR: u8 = 2;
     pub const BLOCK: u8 = 3;
-    /// Reserved for the proxy redirect; the kernel treats it as `BLOCK` until
-    /// the redirect path exists, so a policy can never silently fail open.
+    /// Rewrite the destination to the local policy proxy. Without a proxy
+    /// (port 0 in the config) the kernel treats it as `BLOCK`: a policy can
+    /// never silently fail open.
     pub const REDIRECT: u8 = 4;
+    /// Through the proxy without decrypting: it reads only the SNI.
+    pub const PASSTHROUGH: u8 = 5;
 }
 
 /// Which level of the policy produced a verdict.
@@ -108,10 +118,13 @@ pub enum Counter {
     ExecEvents = 7,
     /// A policy entry named a provider id past `MAX_PROVIDERS`.
     BadProvider = 8,
+    /// The agent's own connections to endpoints (the proxy's upstream
+    /// side), let through unredirected.
+    AgentOwn = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -122,6 +135,7 @@ impl Counter {
         Counter::UdpHits,
         Counter::ExecEvents,
         Counter::BadProvider,
+        Counter::AgentOwn,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -135,6 +149,7 @@ impl Counter {
             Counter::UdpHits => "udp_hits",
             Counter::ExecEvents => "exec_events",
             Counter::BadProvider => "bad_provider",
+            Counter::AgentOwn => "agent_own",
         }
     }
 }
@@ -202,8 +217,45 @@ pub struct AgentConfig {
     pub _pad: [u8; 2],
     /// Bumped on every policy load, echoed in events.
     pub generation: u32,
+    /// The proxy's port on 127.0.0.1 and ::1 (host order); 0 = no proxy.
+    pub proxy_port: u16,
+    pub _pad2: u16,
+    /// The agent's tgid: its own sockets (the proxy's upstream connections)
+    /// are never redirected, or the proxy would loop into itself.
+    pub agent_tgid: u32,
 }
-const _: () = assert!(core::mem::size_of::<AgentConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 16);
+
+/// A redirected connection: where it was going and who made it. Stored by
+/// socket cookie at connect(), copied under the client's local port once
+/// TCP picks it (sock_ops), where the proxy finds it from accept()'s peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Redirect {
+    /// Original destination, IPv6 form (IPv4 mapped).
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// `action::REDIRECT` or `action::PASSTHROUGH`.
+    pub action: u8,
+    pub _pad: u8,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub provider: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    pub rule: u16,
+    pub _pad2: u16,
+    pub generation: u32,
+    pub boot_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Redirect>() == 80);
+
+/// `MG_REDIRECT_PORT` key: the client's local port, plus this bit when the
+/// client reached the proxy over IPv6 (its v4 and v6 ports are separate).
+pub const REDIRECT_KEY_V6: u32 = 1 << 16;
 
 /// Event kinds; ids are stable and never reused.
 #[repr(u32)]
@@ -308,6 +360,7 @@ mod user {
     unsafe impl aya::Pod for EndpointValue {}
     unsafe impl aya::Pod for PolicyEntry {}
     unsafe impl aya::Pod for AgentConfig {}
+    unsafe impl aya::Pod for Redirect {}
 }
 
 /// IPv4 `a.b.c.d` as the `::ffff:a.b.c.d` bytes used in every key.

@@ -1,5 +1,6 @@
 //! Command line: one subcommand per file.
 
+mod ca;
 mod policy_check;
 mod run;
 
@@ -26,6 +27,9 @@ enum Command {
     /// Work with the catalog and policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The local CA that signs the proxy's certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,5 +42,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Policy(PolicyCommand::Check(args)) => policy_check::check(args),
+        Command::Ca(command) => ca::run(command).map(|()| ExitCode::SUCCESS),
     }
 }

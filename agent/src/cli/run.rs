@@ -7,10 +7,12 @@ use clap::Args;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
+    audit::StorePrompts,
     config::{self, FileConfig, LogFormat},
     daemon::{self, Settings},
     identity::cgroups,
     policy::Action,
+    proxy::ProxySettings,
 };
 
 #[derive(Debug, Args)]
@@ -35,6 +37,15 @@ pub struct RunArgs {
     default_action: Option<Action>,
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Port of the local policy proxy (0: any free port).
+    #[arg(long, value_name = "PORT")]
+    proxy_port: Option<u16>,
+    /// Extra CA file (PEM) trusted for upstream model servers.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
+    /// What the audit keeps of prompts and outputs.
+    #[arg(long, value_name = "MODE")]
+    store_prompts: Option<StorePrompts>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -79,6 +90,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .events
         .or(file.events)
         .unwrap_or_else(|| state_dir.join("events.jsonl").display().to_string());
+    let proxy = ProxySettings {
+        port: args
+            .proxy_port
+            .or(file.proxy_port)
+            .unwrap_or(config::DEFAULT_PROXY_PORT),
+        state_dir: state_dir.clone(),
+        upstream_ca: args.upstream_ca.or(file.upstream_ca),
+        store_prompts: args
+            .store_prompts
+            .or(file.store_prompts)
+            .unwrap_or_default(),
+    };
     let settings = Settings {
         policies: args
             .policies
@@ -88,6 +111,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         cgroup_mount,
         events,
         default_action: args.default_action.or(file.default_action),
+        proxy,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

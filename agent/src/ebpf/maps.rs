@@ -28,7 +28,7 @@ pub struct KernelMaps {
     proc_entries: HashMap<u32, PolicyEntry>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+pub fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {

@@ -11,7 +11,7 @@ use agent_common::names;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, TracePoint},
 };
 use tracing::{debug, warn};
 
@@ -97,6 +97,8 @@ impl Programs {
             names::PROG_CONNECT6,
             names::PROG_SENDMSG4,
             names::PROG_SENDMSG6,
+            names::PROG_GETPEERNAME4,
+            names::PROG_GETPEERNAME6,
         ] {
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -112,6 +114,18 @@ impl Programs {
                 .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
             debug!(program, cgroup = %cgroup.display(), "attached");
         }
+        let program = names::PROG_SOCKOPS;
+        let sock_ops: &mut SockOps = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        sock_ops
+            .load()
+            .with_context(|| format!("the kernel rejected program {program}"))?;
+        sock_ops
+            .attach(&cgroup_fd, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
         Ok(())
     }
 }

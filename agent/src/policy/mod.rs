@@ -25,8 +25,12 @@ pub enum Action {
     Monitor,
     /// Refuse it: connect() fails with EPERM.
     Block,
-    /// Send it through the local policy proxy.
+    /// Send it through the local policy proxy, which terminates TLS,
+    /// audits each request and forwards it.
     Redirect,
+    /// Through the proxy without decrypting (for clients that pin
+    /// certificates): host-level policy on the SNI, metadata-only audit.
+    Passthrough,
 }
 
 impl Action {
@@ -36,6 +40,7 @@ impl Action {
             Action::Monitor => agent_common::action::MONITOR,
             Action::Block => agent_common::action::BLOCK,
             Action::Redirect => agent_common::action::REDIRECT,
+            Action::Passthrough => agent_common::action::PASSTHROUGH,
         }
     }
 
@@ -45,6 +50,7 @@ impl Action {
             agent_common::action::MONITOR => Some(Action::Monitor),
             agent_common::action::BLOCK => Some(Action::Block),
             agent_common::action::REDIRECT => Some(Action::Redirect),
+            agent_common::action::PASSTHROUGH => Some(Action::Passthrough),
             _ => None,
         }
     }
@@ -55,6 +61,7 @@ impl Action {
             Action::Monitor => "monitor",
             Action::Block => "block",
             Action::Redirect => "redirect",
+            Action::Passthrough => "passthrough",
         }
     }
 }
@@ -101,15 +108,6 @@ impl Policy {
             field: Some(field),
             message,
         };
-        if parsed.default_action == Action::Redirect {
-            errors.push(FileError {
-                file: file.to_string(),
-                line: yaml::line_of(text, "default_action", "redirect", 0),
-                column: None,
-                field: Some("default_action".into()),
-                message: REDIRECT_UNAVAILABLE.into(),
-            });
-        }
         for (index, rule) in parsed.rules.iter().enumerate() {
             let earlier = parsed.rules[..index]
                 .iter()
@@ -143,14 +141,6 @@ impl Policy {
                         ),
                     ));
                 }
-            }
-            if rule.action == Action::Redirect {
-                errors.push(error_at(
-                    &rule.name,
-                    earlier,
-                    format!("rules[{index}].action"),
-                    REDIRECT_UNAVAILABLE.into(),
-                ));
             }
             if let Some(shadow) = parsed.rules[..index]
                 .iter()
@@ -198,9 +188,6 @@ impl Policy {
             .find(|(_, rule)| rule.matches.matches(proc, cgroup, provider))
     }
 }
-
-const REDIRECT_UNAVAILABLE: &str = "`redirect` needs the local policy proxy, which this version does not ship yet; \
-     use allow, monitor or block";
 
 #[cfg(test)]
 mod tests;

@@ -198,9 +198,12 @@ fn shadowed_rules_are_errors() {
 }
 
 #[test]
-fn redirect_is_refused_until_the_proxy_exists() {
-    let err = errors("rules:\n  - name: r\n    action: redirect\n");
-    assert!(err.contains("needs the local policy proxy"), "{err}");
+fn redirect_and_passthrough_are_actions() {
+    let p = policy(
+        "default_action: redirect\nrules:\n  - name: pinned\n    match:\n      comm: [pinned-app]\n    action: passthrough\n",
+    );
+    assert_eq!(p.default_action, Action::Redirect);
+    assert_eq!(p.rules[0].action, Action::Passthrough);
 }
 
 #[test]

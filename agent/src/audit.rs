@@ -1,0 +1,256 @@
+//! The audit trail: one JSON line per proxied request, in
+//! `<state>/audit.jsonl`, written by one task so the proxy never waits on
+//! the disk; everything queued is on disk (fsync) before shutdown completes.
+
+use std::{
+    fs::OpenOptions,
+    io::{BufWriter, Write},
+    net::IpAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{error, warn};
+
+use crate::identity::Identity;
+
+pub const FILE_NAME: &str = "audit.jsonl";
+/// Records queued for the writer; past this they are dropped and counted.
+const QUEUE: usize = 65_536;
+
+/// What the audit keeps of prompts and outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorePrompts {
+    /// Sizes and counts only.
+    #[default]
+    None,
+    /// SHA-256 of the text: proves what was sent without keeping it.
+    Hash,
+    /// The text itself (capped at 64 KiB each).
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Destination {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Tokens {
+    #[serde(
+        rename = "gen_ai.usage.input_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input: Option<u64>,
+    #[serde(
+        rename = "gen_ai.usage.output_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub time: String,
+    /// `redirect` (terminated and audited), `passthrough` (SNI only) or
+    /// `refused` (the proxy would not serve it).
+    pub decision: &'static str,
+    pub rule: String,
+    /// `ok`, `upstream_error`, `client_disconnected`, `too_large`,
+    /// `no_redirect_record`, `host_mismatch`, `bad_request`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(rename = "gen_ai.provider.name")]
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub destination: Destination,
+    /// `https`, `http` or `tls` (passthrough).
+    pub scheme: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Without the query string, which may carry a key (`?key=` on Gemini).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(
+        rename = "gen_ai.operation.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub operation: Option<&'static str>,
+    #[serde(
+        rename = "gen_ai.request.model",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub model: Option<String>,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<usize>,
+    pub prompt_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    #[serde(flatten)]
+    pub tokens: Tokens,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_events: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Same value for every request on one client connection.
+    pub connection: u64,
+    pub identity: Identity,
+}
+
+impl AuditRecord {
+    /// A record with what every one has; the rest is filled as the request
+    /// goes.
+    pub fn new(
+        decision: &'static str,
+        rule: String,
+        provider: String,
+        destination: Destination,
+        scheme: &'static str,
+        connection: u64,
+        identity: Identity,
+    ) -> AuditRecord {
+        AuditRecord {
+            time: crate::record::rfc3339(std::time::SystemTime::now()),
+            decision,
+            rule,
+            outcome: "ok",
+            error: None,
+            provider,
+            host: None,
+            destination,
+            scheme,
+            http_version: None,
+            method: None,
+            path: None,
+            operation: None,
+            model: None,
+            stream: false,
+            messages: None,
+            prompt_bytes: 0,
+            status: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            tokens: Tokens::default(),
+            request_bytes: 0,
+            response_bytes: 0,
+            stream_events: None,
+            prompt_sha256: None,
+            output_sha256: None,
+            prompt: None,
+            output: None,
+            connection,
+            identity,
+        }
+    }
+
+    /// Applies the storage choice to prompt and output text.
+    pub fn store_text(&mut self, mode: StorePrompts, prompt: &str, output: &str) {
+        match mode {
+            StorePrompts::None => {}
+            StorePrompts::Hash => {
+                self.prompt_sha256 = (!prompt.is_empty()).then(|| sha256(prompt));
+                self.output_sha256 = (!output.is_empty()).then(|| sha256(output));
+            }
+            StorePrompts::Full => {
+                self.prompt = (!prompt.is_empty()).then(|| prompt.to_string());
+                self.output = (!output.is_empty()).then(|| output.to_string());
+            }
+        }
+    }
+}
+
+pub fn sha256(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<AuditRecord>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// Opens `<state>/audit.jsonl` for append and starts the writer.
+    pub fn open(state_dir: &Path) -> Result<(AuditLog, JoinHandle<()>)> {
+        let path = state_dir.join(FILE_NAME);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = BufWriter::new(file);
+            let mut failed = 0u64;
+            while let Some(record) = rx.blocking_recv() {
+                let mut write = |record: &AuditRecord| {
+                    serde_json::to_writer(&mut out, record)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"))
+                };
+                if let Err(err) = write(&record) {
+                    failed += 1;
+                    error!(error = %err, failed, "cannot write an audit record");
+                }
+                // Batch while more are queued; flush when the queue is empty.
+                while let Ok(record) = rx.try_recv() {
+                    if let Err(err) = write(&record) {
+                        failed += 1;
+                        error!(error = %err, failed, "cannot write an audit record");
+                    }
+                }
+                if let Err(err) = out.flush() {
+                    error!(error = %err, "cannot flush the audit log");
+                }
+            }
+            if let Err(err) = out.flush().and_then(|()| out.get_ref().sync_all()) {
+                error!(error = %err, "cannot sync the audit log at shutdown");
+            }
+        });
+        Ok((
+            AuditLog {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            writer,
+        ))
+    }
+
+    pub fn record(&self, record: AuditRecord) {
+        if self.tx.try_send(record).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped.is_power_of_two() {
+                warn!(
+                    dropped,
+                    "the audit queue is full; records are being dropped"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Serving one client connection: each request is read, understood,
+//! forwarded upstream and streamed back while its audit record is built.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tracing::debug;
+
+use super::{
+    ConnInfo, Shared,
+    providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
+};
+use crate::audit::{AuditRecord, Destination, Tokens};
+
+/// Largest request body the proxy reads (it must see the whole prompt).
+pub const MAX_REQUEST_BODY: usize = 32 << 20;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// One redirected client connection.
+pub struct Conn {
+    pub id: u64,
+    pub destination: SocketAddr,
+    pub info: ConnInfo,
+}
+
+pub async fn serve<I>(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    io: I,
+    scheme: &'static str,
+    host: Option<String>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let host: Arc<str> = host
+        .or_else(|| conn.info.fallback_host.clone())
+        .unwrap_or_else(|| conn.destination.ip().to_string())
+        .into();
+    let service = service_fn(move |request| {
+        let (shared, conn, host) = (shared.clone(), conn.clone(), host.clone());
+        async move { Ok::<_, Infallible>(handle(shared, conn, request, scheme, host).await) }
+    });
+    if let Err(err) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await
+    {
+        debug!(error = %err, "client connection ended with an error");
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    request: Request<Incoming>,
+    scheme: &'static str,
+    host: Arc<str>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let family = conn.info.api.map(Family::of).unwrap_or(Family::OpenAi);
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut audit = new_record(&conn, scheme, &host);
+    audit.http_version = Some(format!("{:?}", parts.version));
+    audit.method = Some(parts.method.to_string());
+    audit.path = Some(parts.uri.path().to_string());
+
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            let too_large = err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (status, outcome, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("modelgate: request bodies over {MAX_REQUEST_BODY} bytes are refused"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("modelgate: reading the request failed: {err}"),
+                )
+            };
+            audit.outcome = outcome;
+            audit.status = Some(status.as_u16());
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(family, Refusal::TooLarge, status, &message);
+        }
+    };
+    let host = match admitted_host(&conn.info, scheme, &host, requested_host(&parts).as_deref()) {
+        Ok(host) => host,
+        Err(message) => {
+            audit.decision = "refused";
+            audit.outcome = "host_mismatch";
+            audit.status = Some(421);
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(
+                family,
+                Refusal::Policy,
+                StatusCode::MISDIRECTED_REQUEST,
+                &message,
+            );
+        }
+    };
+    audit.host = Some(host.to_string());
+    let info = providers::parse_request(parts.uri.path(), &body);
+    audit.request_bytes = body.len() as u64;
+    apply_request_info(&mut audit, &info);
+
+    let port = conn.destination.port();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let authority = if port == default_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    shared.pins.set(&host, port, conn.destination.ip());
+    let uri: Uri = match format!("{scheme}://{authority}{path_and_query}").parse() {
+        Ok(uri) => uri,
+        Err(err) => {
+            let message = format!("modelgate: cannot build the upstream URI: {err}");
+            audit.outcome = "bad_request";
+            audit.error = Some(message.clone());
+            audit.status = Some(400);
+            finish(&shared, audit, started, None);
+            return error_response(family, Refusal::Upstream, StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    let mut upstream = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(Full::new(body))
+        .expect("method and URI are valid");
+    *upstream.headers_mut() = forwardable(&parts.headers);
+    if let Ok(value) = HeaderValue::from_str(&authority) {
+        upstream.headers_mut().insert(header::HOST, value);
+    }
+
+    let response = match shared.client.request(upstream).await {
+        Ok(response) => response,
+        Err(err) => {
+            let message = format!(
+                "modelgate could not reach {authority} ({}): {}",
+                conn.destination,
+                error_chain(&err)
+            );
+            audit.outcome = "upstream_error";
+            audit.status = Some(502);
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(family, Refusal::Upstream, StatusCode::BAD_GATEWAY, &message);
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    audit.status = Some(parts.status.as_u16());
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    parts.headers = forwardable(&parts.headers);
+    let observed = ObservedBody {
+        inner: body,
+        observer: ResponseObserver::new(event_stream),
+        pending: Some(Pending {
+            shared,
+            audit,
+            prompt: info.prompt_text,
+            started,
+        }),
+        bytes: 0,
+        first_byte: None,
+        event_stream,
+    };
+    Response::from_parts(parts, observed.boxed())
+}
+
+/// The host a request may go to: the one its connection was admitted for
+/// (over TLS, the SNI), so one connection cannot front for another host.
+/// Plain HTTP has no SNI: there the Host itself must be one the provider
+/// allows (any name, for address-only self-hosted providers).
+fn admitted_host(
+    info: &ConnInfo,
+    scheme: &str,
+    connection_host: &Arc<str>,
+    asked: Option<&str>,
+) -> Result<Arc<str>, String> {
+    let Some(asked) = asked else {
+        return Ok(connection_host.clone());
+    };
+    if asked.eq_ignore_ascii_case(connection_host) {
+        return Ok(connection_host.clone());
+    }
+    if scheme == "http" && (info.hosts.is_empty() || info.hosts.iter().any(|h| h.matches(asked))) {
+        return Ok(asked.to_ascii_lowercase().into());
+    }
+    Err(format!(
+        "modelgate: this connection was admitted for `{connection_host}` (rule `{}`); a request for `{asked}` on it is refused",
+        info.rule
+    ))
+}
+
+/// The host a request names, without a port.
+fn requested_host(parts: &http::request::Parts) -> Option<String> {
+    let raw = parts
+        .uri
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.parse::<http::uri::Authority>()
+                        .map(|a| a.host().to_string())
+                        .unwrap_or_else(|_| v.to_string())
+                })
+        })?;
+    Some(raw.trim_matches(['[', ']']).to_string())
+}
+
+fn apply_request_info(audit: &mut AuditRecord, info: &RequestInfo) {
+    audit.operation = Some(info.operation);
+    audit.model = info.model.clone();
+    audit.stream = info.stream;
+    audit.messages = info.messages;
+    audit.prompt_bytes = info.prompt_bytes;
+}
+
+fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
+    let mut record = AuditRecord::new(
+        "redirect",
+        conn.info.rule.clone(),
+        conn.info.provider.clone(),
+        Destination {
+            ip: conn.destination.ip(),
+            port: conn.destination.port(),
+        },
+        scheme,
+        conn.id,
+        conn.info.identity.clone(),
+    );
+    record.host = Some(host.to_string());
+    record
+}
+
+fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
+    audit.latency_ms = ms(started.elapsed());
+    audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
+    shared.audit.record(audit);
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Headers minus the hop-by-hop ones, which describe one connection and
+/// must not be passed on (RFC 9110 §7.6.1).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ] {
+        out.remove(name);
+    }
+    for name in listed {
+        out.remove(name.as_str());
+    }
+    out
+}
+
+fn error_response(
+    family: Family,
+    refusal: Refusal,
+    status: StatusCode,
+    message: &str,
+) -> Response<ProxyBody> {
+    let body = providers::error_body(family, refusal, status.as_u16(), message);
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-modelgate-error", "1")
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .expect("static response parts are valid")
+}
+
+struct Pending {
+    shared: Arc<Shared>,
+    audit: AuditRecord,
+    prompt: String,
+    started: Instant,
+}
+
+/// The upstream body on its way to the client, chunk by chunk, observed as
+/// it passes. Its end — or its drop, when the client goes away — closes the
+/// audit record; dropping the upstream body cancels the upstream request.
+struct ObservedBody {
+    inner: Incoming,
+    observer: ResponseObserver,
+    pending: Option<Pending>,
+    bytes: u64,
+    first_byte: Option<Instant>,
+    event_stream: bool,
+}
+
+impl ObservedBody {
+    fn close(&mut self, outcome: &'static str, error: Option<String>) {
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        let (usage, output) = self.observer.finish();
+        pending.audit.outcome = outcome;
+        pending.audit.error = error;
+        pending.audit.response_bytes = self.bytes;
+        pending.audit.tokens = Tokens {
+            input: usage.input_tokens,
+            output: usage.output_tokens,
+        };
+        if self.event_stream {
+            pending.audit.stream_events = Some(self.observer.events);
+        }
+        let store = pending.shared.store_prompts;
+        pending.audit.store_text(store, &pending.prompt, &output);
+        finish(
+            &pending.shared,
+            pending.audit,
+            pending.started,
+            self.first_byte,
+        );
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.first_byte.get_or_insert_with(Instant::now);
+                    this.bytes += data.len() as u64;
+                    this.observer.feed(data);
+                }
+                // With a known length the server stops polling once the last
+                // byte is out, and drops the body without seeing its end.
+                if this.inner.is_end_stream() {
+                    this.close("ok", None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                let message = format!("the upstream response broke off: {}", error_chain(&err));
+                this.close("upstream_error", Some(message));
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(None) => {
+                this.close("ok", None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            let message = "the client went away before the response ended; the upstream request was cancelled";
+            self.close("client_disconnected", Some(message.to_string()));
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The local policy proxy: redirected connections arrive here; it finds
+//! where each was going and who made it, terminates TLS with a leaf minted
+//! for the requested name, audits every request and forwards it.
+
+pub mod ca;
+mod forward;
+mod origin;
+mod passthrough;
+pub mod providers;
+mod sse;
+mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_common::{Redirect, action};
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use hyper_util::rt::TokioIo;
+use rustls::{ServerConfig, server::Acceptor};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot, watch},
+    task::JoinSet,
+};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, info, warn};
+
+pub use self::origin::Origins;
+use self::{ca::Ca, forward::Conn, upstream::Pins};
+use crate::{
+    audit::{AuditLog, AuditRecord, Destination, StorePrompts},
+    catalog::{Api, HostPattern},
+    ebpf::endpoints::from_v6_bytes,
+    identity::Identity,
+};
+
+/// How long a client may take to send its first bytes / ClientHello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ProxySettings {
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub upstream_ca: Option<PathBuf>,
+    pub store_prompts: StorePrompts,
+}
+
+/// What the agent knows about a redirected connection's process and
+/// destination, answered by the daemon's task that owns the caches.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub identity: Identity,
+    pub provider: String,
+    pub api: Option<Api>,
+    /// The provider's catalog hosts: the SNI must be one of them.
+    pub hosts: Vec<HostPattern>,
+    /// Name to use when the client sends no SNI (what the address was
+    /// resolved from, or the provider's first host).
+    pub fallback_host: Option<String>,
+    pub rule: String,
+}
+
+pub struct Describe {
+    pub redirect: Redirect,
+    pub reply: oneshot::Sender<ConnInfo>,
+}
+
+pub(crate) struct Shared {
+    origins: Origins,
+    ca: Ca,
+    server_configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    client: upstream::UpstreamClient,
+    pins: Arc<Pins>,
+    audit: AuditLog,
+    describe: mpsc::Sender<Describe>,
+    store_prompts: StorePrompts,
+    connections: AtomicU64,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds 127.0.0.1:port and [::1]:port (port 0: the same free port on
+    /// both) and prepares TLS; nothing is served until `serve`.
+    pub async fn bind(
+        settings: &ProxySettings,
+        redirect_map: BpfHashMap<MapData, u32, Redirect>,
+        audit: AuditLog,
+        describe: mpsc::Sender<Describe>,
+    ) -> Result<Proxy> {
+        let ca = Ca::load_or_create(&settings.state_dir)?;
+        let pins = Arc::new(Pins::default());
+        let tls = upstream::client_config(settings.upstream_ca.as_deref())?;
+        let (port, listeners) = bind_loopback(settings.port).await?;
+        Ok(Proxy {
+            port,
+            listeners,
+            shared: Arc::new(Shared {
+                origins: Origins::new(redirect_map),
+                ca,
+                server_configs: Mutex::new(HashMap::new()),
+                client: upstream::client(tls, pins.clone()),
+                pins,
+                audit,
+                describe,
+                store_prompts: settings.store_prompts,
+                connections: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Accepts until `shutdown` flips; then gives connections in flight
+    /// `grace` to finish and cancels the rest (their records say so).
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut listeners = self.listeners.into_iter();
+        let first = listeners
+            .next()
+            .expect("bind returns at least one listener");
+        let second = listeners.next();
+        let mut conns = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = first.accept() => accepted,
+                accepted = accept_or_pend(second.as_ref()) => accepted,
+                _ = shutdown.changed() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    conns.spawn(handle(self.shared.clone(), stream, peer));
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %err, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(first);
+        drop(second);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !conns.is_empty() {
+            match tokio::time::timeout_at(deadline, conns.join_next()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    info!(
+                        connections = conns.len(),
+                        "cancelling proxied connections still open"
+                    );
+                    conns.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+async fn accept_or_pend(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn bind_loopback(port: u16) -> Result<(u16, Vec<TcpListener>)> {
+    let v4 = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+        .await
+        .with_context(|| {
+            format!("binding the proxy to 127.0.0.1:{port}; pick another with --proxy-port")
+        })?;
+    let port = v4.local_addr()?.port();
+    let mut listeners = vec![v4];
+    match TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)).await {
+        Ok(v6) => listeners.push(v6),
+        Err(err) => warn!(
+            error = %err,
+            "cannot bind the proxy on [::1]:{port}; IPv6 model traffic under redirect will be refused"
+        ),
+    }
+    Ok((port, listeners))
+}
+
+async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let connection = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(redirect) = shared.origins.take(peer) else {
+        // Not sent here by the kernel: someone dialled the port by hand.
+        // The proxy is not an open relay.
+        warn!(%peer, "refused a connection to the proxy port that the kernel did not redirect");
+        shared.audit.record(refusal(
+            connection,
+            "no_redirect_record",
+            format!("{peer} connected to the proxy port directly; only redirected connections are served"),
+            Identity::default(),
+        ));
+        return;
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared
+        .describe
+        .send(Describe { redirect, reply })
+        .await
+        .is_err()
+    {
+        return; // shutting down
+    }
+    let Ok(info) = answer.await else { return };
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(Conn {
+        id: connection,
+        destination: SocketAddr::new(from_v6_bytes(redirect.addr), redirect.port),
+        info,
+    });
+
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        debug!(%peer, "client sent nothing; closing");
+        return;
+    }
+    // 0x16: a TLS handshake record. Anything else is plain HTTP (self-hosted
+    // servers on http://).
+    if first[0] != 0x16 {
+        forward::serve(shared, conn, TokioIo::new(stream), "http", None).await;
+        return;
+    }
+    if redirect.action == action::PASSTHROUGH {
+        passthrough::run(shared, conn, stream).await;
+        return;
+    }
+    let start = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        LazyConfigAcceptor::new(Acceptor::default(), stream),
+    )
+    .await
+    {
+        Ok(Ok(start)) => start,
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "bad ClientHello");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let host = match upstream_host(&conn.info, sni.as_deref(), conn.destination.ip()) {
+        Ok(host) => host,
+        Err(message) => {
+            warn!(%peer, %message, "refused a redirected connection");
+            shared.audit.record(refusal(
+                connection,
+                "host_mismatch",
+                message,
+                conn.info.identity.clone(),
+            ));
+            return;
+        }
+    };
+    let config = match shared.server_config(&host) {
+        Ok(config) => config,
+        Err(err) => {
+            warn!(%host, error = %format!("{err:#}"), "cannot mint a certificate");
+            return;
+        }
+    };
+    match start.into_stream(config).await {
+        Ok(tls) => forward::serve(shared, conn, TokioIo::new(tls), "https", Some(host)).await,
+        Err(err) => {
+            // Most often a client that does not trust the CA (or pins).
+            info!(%peer, %host, error = %err, exe = ?conn.info.identity.exe,
+                "TLS handshake with the client failed; does it trust the modelgate CA?");
+        }
+    }
+}
+
+/// The name to present and to ask upstream for: the client's SNI when it
+/// is one of the provider's hosts, else a refusal — the proxy must not
+/// become a way to reach a host other than the one the kernel matched.
+fn upstream_host(info: &ConnInfo, sni: Option<&str>, ip: IpAddr) -> Result<String, String> {
+    match sni {
+        Some(sni) if info.hosts.is_empty() || info.hosts.iter().any(|h| h.matches(sni)) => {
+            Ok(sni.to_ascii_lowercase())
+        }
+        Some(sni) => Err(format!(
+            "the client asked for `{sni}`, which is not a host of provider `{}` whose address {ip} it connected to",
+            info.provider
+        )),
+        None => Ok(info.fallback_host.clone().unwrap_or_else(|| ip.to_string())),
+    }
+}
+
+impl Shared {
+    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>> {
+        if let Some(config) = self.server_configs.lock().expect("poisoned").get(host) {
+            return Ok(config.clone());
+        }
+        let leaf = self.ca.leaf(host)?;
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .context("configuring TLS versions")?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(leaf)));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let mut configs = self.server_configs.lock().expect("poisoned");
+        if configs.len() > 4096 {
+            configs.clear();
+        }
+        configs.insert(host.to_string(), config.clone());
+        Ok(config)
+    }
+}
+
+fn refusal(
+    connection: u64,
+    outcome: &'static str,
+    error: String,
+    identity: Identity,
+) -> AuditRecord {
+    let mut record = AuditRecord::new(
+        "refused",
+        "proxy".into(),
+        "unknown".into(),
+        Destination {
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+        },
+        "tls",
+        connection,
+        identity,
+    );
+    record.outcome = outcome;
+    record.error = Some(error);
+    record
+}

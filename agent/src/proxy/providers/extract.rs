@@ -1,0 +1,181 @@
+//! Token usage (and output text) from responses as they stream past.
+
+use serde_json::Value;
+
+use super::{TEXT_CAP, TextCollector, Usage};
+use crate::proxy::sse::{SseEvent, SseParser};
+
+/// Non-streamed bodies are parsed when complete; past this they are passed
+/// through unparsed (usage unknown) rather than held in memory.
+const MAX_JSON_BODY: usize = 8 << 20;
+
+/// Watches response bytes without holding up their delivery.
+#[derive(Debug)]
+pub struct ResponseObserver {
+    sse: Option<SseParser>,
+    buffer: Vec<u8>,
+    buffer_overflow: bool,
+    usage: Usage,
+    output: TextCollector,
+    /// SSE events seen (for a stream, the number of chunks).
+    pub events: u64,
+}
+
+impl ResponseObserver {
+    /// `event_stream`: the response's content type is text/event-stream.
+    pub fn new(event_stream: bool) -> ResponseObserver {
+        ResponseObserver {
+            sse: event_stream.then(SseParser::default),
+            buffer: Vec::new(),
+            buffer_overflow: false,
+            usage: Usage::default(),
+            output: TextCollector::default(),
+            events: 0,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if let Some(sse) = &mut self.sse {
+            let mut events = Vec::new();
+            sse.feed(bytes, |e| events.push(e));
+            for event in events {
+                self.on_event(event);
+            }
+        } else if !self.buffer_overflow {
+            if self.buffer.len() + bytes.len() > MAX_JSON_BODY {
+                self.buffer_overflow = true;
+                self.buffer = Vec::new();
+            } else {
+                self.buffer.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SseEvent) {
+        self.events += 1;
+        if event.data == "[DONE]" {
+            return;
+        }
+        if let Ok(value) = serde_json::from_str::<Value>(&event.data) {
+            self.absorb(&value, true);
+        }
+    }
+
+    /// Usage and output text once the body has ended.
+    pub fn finish(&mut self) -> (Usage, String) {
+        if self.sse.is_none() && !self.buffer.is_empty() {
+            let buffer = std::mem::take(&mut self.buffer);
+            match serde_json::from_slice::<Value>(&buffer) {
+                // Gemini's streamGenerateContent without alt=sse: an array
+                // of the chunks an SSE stream would have carried.
+                Ok(Value::Array(chunks)) => chunks.iter().for_each(|c| self.absorb(c, true)),
+                Ok(value) => self.absorb(&value, false),
+                Err(_) => {}
+            }
+        }
+        (self.usage, std::mem::take(&mut self.output.text))
+    }
+
+    fn absorb(&mut self, value: &Value, streamed: bool) {
+        let found = usage_of(value);
+        // Later reports are cumulative (Anthropic's message_delta, Gemini's
+        // chunks, OpenAI's final usage chunk): the latest wins.
+        if found.input_tokens.is_some() {
+            self.usage.input_tokens = found.input_tokens;
+        }
+        if found.output_tokens.is_some() {
+            self.usage.output_tokens = found.output_tokens;
+        }
+        if self.output.text.len() < TEXT_CAP {
+            collect_output(value, streamed, &mut self.output);
+        }
+    }
+}
+
+fn u64_at(value: &Value, path: &[&str]) -> Option<u64> {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_u64)
+}
+
+/// Every shape we know of, in one place.
+pub fn usage_of(value: &Value) -> Usage {
+    let candidates: [(&[&str], &[&str]); 6] = [
+        // OpenAI chat/completions/embeddings (and compatible servers).
+        (&["usage", "prompt_tokens"], &["usage", "completion_tokens"]),
+        // Anthropic messages; OpenAI responses.
+        (&["usage", "input_tokens"], &["usage", "output_tokens"]),
+        // Anthropic message_start.
+        (
+            &["message", "usage", "input_tokens"],
+            &["message", "usage", "output_tokens"],
+        ),
+        // OpenAI responses stream: response.completed.
+        (
+            &["response", "usage", "input_tokens"],
+            &["response", "usage", "output_tokens"],
+        ),
+        // Gemini / Vertex.
+        (
+            &["usageMetadata", "promptTokenCount"],
+            &["usageMetadata", "candidatesTokenCount"],
+        ),
+        // Bedrock converse.
+        (&["usage", "inputTokens"], &["usage", "outputTokens"]),
+    ];
+    let mut usage = Usage::default();
+    for (input, output) in candidates {
+        usage.input_tokens = usage.input_tokens.or_else(|| u64_at(value, input));
+        usage.output_tokens = usage.output_tokens.or_else(|| u64_at(value, output));
+    }
+    usage
+}
+
+fn collect_output(value: &Value, streamed: bool, out: &mut TextCollector) {
+    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    if let Some(choices) = value.get("choices").and_then(Value::as_array) {
+        for choice in choices {
+            let piece = if streamed {
+                text_of(choice.get("delta").and_then(|d| d.get("content")))
+            } else {
+                text_of(choice.get("message").and_then(|m| m.get("content")))
+            }
+            .or_else(|| text_of(choice.get("text")));
+            if let Some(piece) = piece {
+                out.push(&piece);
+            }
+        }
+    }
+    // Anthropic: content blocks, or content_block_delta in a stream.
+    if let Some(delta) = value.get("delta").and_then(|d| d.get("text")) {
+        if let Some(text) = delta.as_str() {
+            out.push(text);
+        }
+    } else if let Some(blocks) = value.get("content").and_then(Value::as_array) {
+        for block in blocks {
+            if let Some(text) = text_of(block.get("text")) {
+                out.push(&text);
+            }
+        }
+    }
+    // Gemini: candidates[].content.parts[].text
+    if let Some(candidates) = value.get("candidates").and_then(Value::as_array) {
+        for candidate in candidates {
+            if let Some(parts) = candidate
+                .get("content")
+                .and_then(|c| c.get("parts"))
+                .and_then(Value::as_array)
+            {
+                for part in parts {
+                    if let Some(text) = text_of(part.get("text")) {
+                        out.push(&text);
+                    }
+                }
+            }
+        }
+    }
+    // OpenAI responses API.
+    if let Some(text) = text_of(value.get("output_text")) {
+        out.push(&text);
+    }
+}

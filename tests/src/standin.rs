@@ -1,0 +1,124 @@
+//! Stand-in model APIs for proxy tests: a test CA, a TLS server speaking
+//! OpenAI/Anthropic shapes (tests/standin/model_server.py), and the log of
+//! what reached it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+/// A throwaway CA and a server certificate for `hosts`.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(hosts: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "modelgate test upstream CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let pki = Pki {
+            ca: dir.path().join("upstream-ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server-key.pem"),
+            dir,
+        };
+        fs::write(&pki.ca, ca_cert.pem()).unwrap();
+        fs::write(&pki.cert, cert.pem()).unwrap();
+        fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+}
+
+/// The Python stand-in, listening with TLS on `bind:port`.
+pub struct ModelServer {
+    child: Child,
+    pub log: PathBuf,
+    pub marker: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelServer {
+    pub fn start(pki: &Pki, bind: &str, port: u16, chunks: u32, chunk_delay: f64) -> ModelServer {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/model_server.py");
+        let ready = dir.path().join("ready");
+        let log = dir.path().join("upstream.jsonl");
+        let marker = dir.path().join("last-chunk-sent");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--bind", bind, "--port", &port.to_string()])
+            .arg("--cert")
+            .arg(&pki.cert)
+            .arg("--key")
+            .arg(&pki.key)
+            .arg("--log")
+            .arg(&log)
+            .arg("--marker")
+            .arg(&marker)
+            .arg("--ready")
+            .arg(&ready)
+            .args(["--chunks", &chunks.to_string()])
+            .args(["--chunk-delay", &chunk_delay.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the stand-in model server (python3)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the stand-in model server did not start on {bind}:{port}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        ModelServer {
+            child,
+            log,
+            marker,
+            _dir: dir,
+        }
+    }
+
+    /// Stops serving: the endpoint is down from now on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Every request the stand-in received.
+    pub fn requests(&self) -> Vec<Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

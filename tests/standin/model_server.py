@@ -1,0 +1,159 @@
+"""A stand-in model API for the integration tests: OpenAI, Anthropic and
+Gemini shapes, plain and streamed, over TLS with a test CA.
+
+Every request it receives is appended to --log as one JSON line (path,
+headers, body), so a test can check exactly what reached "upstream".
+Streams write --marker once their last chunk is sent, so a test can prove
+it saw the first chunk before the upstream finished.
+"""
+
+import argparse
+import json
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _record(self, body):
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+        }
+        with LOCK, open(self.server.args.log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _json(self, status, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sse(self, events):
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            self._send_events(events)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            # The client (the proxy, cancelling) went away: expected in tests.
+            self.close_connection = True
+
+    def _send_events(self, events):
+        delay = self.server.args.chunk_delay
+        for i, (name, payload) in enumerate(events):
+            text = ""
+            if name:
+                text += f"event: {name}\n"
+            text += f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+            raw = text.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+            self.wfile.flush()
+            if i + 1 < len(events):
+                time.sleep(delay)
+        with open(self.server.args.marker, "w") as f:
+            f.write(str(time.time()))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def do_GET(self):
+        self._record(b"")
+        if self.path.startswith("/v1/models"):
+            self._json(200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+        else:
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", "0"))
+        body = self.rfile.read(length)
+        self._record(body)
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            req = {}
+        model = req.get("model", "unknown")
+        chunks = self.server.args.chunks
+        path = self.path.split("?")[0]
+        if path.endswith("/chat/completions"):
+            if req.get("stream"):
+                events = [
+                    (None, {"id": "c1", "object": "chat.completion.chunk", "model": model,
+                            "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]})
+                    for i in range(chunks)
+                ]
+                if (req.get("stream_options") or {}).get("include_usage"):
+                    events.append((None, {"id": "c1", "object": "chat.completion.chunk", "model": model,
+                                          "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": chunks,
+                                                                   "total_tokens": 11 + chunks}}))
+                events.append((None, "[DONE]"))
+                self._sse(events)
+            else:
+                self._json(200, {
+                    "id": "c1", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "Hello from the stand-in."}}],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                })
+        elif path.endswith("/embeddings"):
+            self._json(200, {"object": "list", "model": model,
+                             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                             "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+        elif path.endswith("/messages"):
+            if req.get("stream"):
+                events = [("message_start", {"type": "message_start", "message": {
+                    "id": "m1", "type": "message", "role": "assistant", "model": model, "content": [],
+                    "usage": {"input_tokens": 13, "output_tokens": 1}}})]
+                events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": f"w{i} "}})
+                           for i in range(chunks)]
+                events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                                 "usage": {"output_tokens": chunks}}))
+                events.append(("message_stop", {"type": "message_stop"}))
+                self._sse(events)
+            else:
+                self._json(200, {"id": "m1", "type": "message", "role": "assistant", "model": model,
+                                 "content": [{"type": "text", "text": "Hello."}],
+                                 "usage": {"input_tokens": 13, "output_tokens": 3}})
+        else:
+            self._json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--marker", required=True)
+    parser.add_argument("--ready", required=True)
+    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    server.daemon_threads = True
+    server.args = args
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.cert, args.key)
+    context.set_alpn_protocols(["http/1.1"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with open(args.ready, "w") as f:
+        f.write(str(server.server_address[1]))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

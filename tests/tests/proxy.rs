@@ -1,0 +1,422 @@
+//! The redirect path end to end: real clients, the real kernel redirect,
+//! the proxy terminating TLS with its CA, a TLS stand-in upstream.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use modelgate_tests::{
+    Agent, AgentSpec, TestCgroup, output, require_root,
+    standin::{ModelServer, Pki},
+};
+use serde_json::Value;
+
+const HOST: &str = "api.openai.com";
+
+/// One redirect setup: a stand-in for HOST on `ip`:443 and an agent whose
+/// catalog maps HOST to `ip`, with `policy`.
+struct Setup {
+    agent: Agent,
+    server: ModelServer,
+    pki: Pki,
+    ip: &'static str,
+    cgroup: TestCgroup,
+}
+
+fn setup(
+    name: &str,
+    ip: &'static str,
+    policy: &str,
+    chunks: u32,
+    delay: f64,
+    agent_in_cgroup: bool,
+) -> Setup {
+    require_root();
+    let cgroup = TestCgroup::new(name);
+    let pki = Pki::new(&[HOST]);
+    let server = ModelServer::start(&pki, ip, 443, chunks, delay);
+    let endpoints = format!(
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"
+    );
+    let ca = pki.ca.display().to_string();
+    let args = [
+        "--proxy-port",
+        "0",
+        "--upstream-ca",
+        ca.as_str(),
+        "--store-prompts",
+        "hash",
+    ];
+    let mut spec = AgentSpec::new(&cgroup, &endpoints, policy);
+    spec.extra_args = &args;
+    spec.agent_in_cgroup = agent_in_cgroup;
+    let agent = Agent::start(spec);
+    Setup {
+        agent,
+        server,
+        pki,
+        ip,
+        cgroup,
+    }
+}
+
+impl Setup {
+    fn curl(&self, cacert: &std::path::Path, path: &str, body: Option<&str>) -> Command {
+        let mut cmd = self.cgroup.command("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(cacert)
+            .args(["--resolve", &format!("{HOST}:443:{}", self.ip)])
+            .arg(format!("https://{HOST}{path}"))
+            .args(["-H", "authorization: Bearer sk-test-not-a-real-key-0000"]);
+        if let Some(body) = body {
+            cmd.args(["-H", "content-type: application/json", "--data", body]);
+        }
+        cmd
+    }
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn by_pid(pid: u32) -> impl Fn(&Value) -> bool {
+    move |r: &Value| r["identity"]["pid"] == pid
+}
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#;
+const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
+
+#[test]
+fn curl_through_the_proxy_plain_and_streaming_with_audit() {
+    let s = setup(
+        "curl",
+        "127.0.0.9",
+        "default_action: redirect\nrules: []\n",
+        5,
+        0.0,
+        false,
+    );
+    let ca = s.agent.ca();
+
+    let (pid, body) = run_checked(
+        &mut s.curl(&ca, "/v1/chat/completions", Some(CHAT)),
+        "curl chat",
+    );
+    let answer: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from the stand-in."
+    );
+    let record = s.agent.wait_for_audit("curl's chat", by_pid(pid));
+    assert_eq!(record["decision"], "redirect", "{record:#}");
+    assert_eq!(record["outcome"], "ok", "{record:#}");
+    assert_eq!(record["identity"]["exe"], "/usr/bin/curl", "{record:#}");
+    assert_eq!(record["gen_ai.request.model"], "gpt-4o-mini", "{record:#}");
+    assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
+    assert_eq!(record["gen_ai.usage.output_tokens"], 7, "{record:#}");
+    assert_eq!(record["status"], 200, "{record:#}");
+    assert_eq!(record["host"], HOST, "{record:#}");
+    assert_eq!(record["destination"]["ip"], s.ip, "{record:#}");
+    assert!(
+        record["prompt_sha256"].is_string(),
+        "store_prompts=hash: {record:#}"
+    );
+    assert!(
+        record.get("prompt").is_none(),
+        "no prompt text under hash: {record:#}"
+    );
+
+    let mut cmd = s.curl(&ca, "/v1/chat/completions", Some(CHAT_STREAM));
+    cmd.arg("--http2");
+    let (pid, body) = run_checked(&mut cmd, "curl stream");
+    assert!(
+        body.contains("data: [DONE]"),
+        "the whole stream arrived: {body}"
+    );
+    let record = s.agent.wait_for_audit("curl's stream", by_pid(pid));
+    assert_eq!(record["stream"], true, "{record:#}");
+    assert_eq!(record["http_version"], "HTTP/2.0", "{record:#}");
+    assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
+    assert_eq!(record["gen_ai.usage.output_tokens"], 5, "{record:#}");
+    assert_eq!(record["outcome"], "ok", "{record:#}");
+
+    // What reached the upstream: the app's request, on the right host.
+    let seen = s.server.requests();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[0]["headers"]["host"], HOST, "{seen:#?}");
+    assert_eq!(seen[0]["body"], CHAT);
+
+    // No key ever reaches the audit trail.
+    let audit = std::fs::read_to_string(s.agent.state_dir().join("audit.jsonl")).unwrap();
+    assert!(
+        !audit.contains("sk-test-not-a-real-key"),
+        "a key leaked into the audit: {audit}"
+    );
+}
+
+#[test]
+fn a_stream_reaches_the_client_chunk_by_chunk() {
+    // 6 chunks, 300 ms apart: the upstream needs 1.5 s to finish.
+    let s = setup(
+        "chunks",
+        "127.0.0.19",
+        "default_action: redirect\nrules: []\n",
+        6,
+        0.3,
+        false,
+    );
+    let ca = s.agent.ca();
+    let mut cmd = s.curl(&ca, "/v1/chat/completions", Some(CHAT_STREAM));
+    cmd.arg("-N");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").expect("readable");
+    assert!(first.starts_with("data: "), "first SSE line: {first}");
+    assert!(
+        !s.server.marker.exists(),
+        "the client saw the first chunk only after the upstream had sent the last: the proxy buffered"
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l == "data: [DONE]"), "{rest:?}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn openai_python_sdk_through_the_proxy() {
+    let python = std::env::var("MODELGATE_TEST_PYTHON").expect(
+        "MODELGATE_TEST_PYTHON (a python with the `openai` package) is set by `cargo xtask test`",
+    );
+    let s = setup(
+        "sdk",
+        "127.0.0.29",
+        "default_action: redirect\nrules: []\n",
+        4,
+        0.0,
+        false,
+    );
+    let script = r#"
+import os, openai
+client = openai.OpenAI(api_key="sk-test-sdk-0000000000000000", base_url="https://api.openai.com/v1")
+r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print("PLAIN", r.choices[0].message.content, r.usage.prompt_tokens, r.usage.completion_tokens)
+parts = []
+for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, stream_options={"include_usage": True}):
+    if chunk.choices:
+        parts.append(chunk.choices[0].delta.content or "")
+    if chunk.usage:
+        print("USAGE", chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+print("STREAM", "".join(parts).strip())
+"#;
+    // The SDK resolves api.openai.com itself: give it a private /etc/hosts.
+    let hosts = s.pki.dir.path().join("client-hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{} {HOST}\n", s.ip)).unwrap();
+    let mut cmd = s.cgroup.command("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(&hosts)
+        .arg(&python)
+        .args(["-c", script])
+        .env("SSL_CERT_FILE", s.agent.ca());
+    let (pid, out) = run_checked(&mut cmd, "the openai SDK");
+    assert!(out.contains("PLAIN Hello from the stand-in. 11 7"), "{out}");
+    assert!(out.contains("USAGE 11 4"), "{out}");
+    assert!(out.contains("STREAM w0 w1 w2 w3"), "{out}");
+    let records: Vec<Value> = loop {
+        let records: Vec<Value> = s
+            .agent
+            .audit_now()
+            .into_iter()
+            .filter(by_pid(pid))
+            .collect();
+        if records.len() >= 2 {
+            break records;
+        }
+        s.agent.wait_for_audit("the SDK's calls", by_pid(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for record in &records {
+        assert_eq!(record["gen_ai.request.model"], "gpt-4o-mini", "{record:#}");
+        assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
+        let exe = record["identity"]["exe"].as_str().unwrap_or("");
+        assert!(exe.contains("python"), "the SDK's process: {record:#}");
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["stream"] == true && r["gen_ai.usage.output_tokens"] == 4)
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["stream"] == false && r["gen_ai.usage.output_tokens"] == 7)
+    );
+}
+
+#[test]
+fn a_direct_connection_to_the_proxy_port_is_refused_and_reported() {
+    let s = setup(
+        "direct",
+        "127.0.0.39",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+    );
+    let port = s.agent.proxy_port();
+    let mut cmd = s.cgroup.command("curl");
+    cmd.args(["-sS", "--max-time", "5", "-k"])
+        .arg(format!("https://127.0.0.1:{port}/v1/models"));
+    let out = output(&mut cmd);
+    assert!(
+        !out.status.success(),
+        "the proxy must not serve a direct connection"
+    );
+    let record = s
+        .agent
+        .wait_for_audit("the refusal", |r| r["outcome"] == "no_redirect_record");
+    assert_eq!(record["decision"], "refused", "{record:#}");
+    assert!(
+        s.server.requests().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+#[test]
+fn the_proxys_upstream_connection_is_not_redirected_again() {
+    // The agent runs inside the cgroup it governs: its upstream connect
+    // to the endpoint meets its own hook and must pass untouched.
+    let s = setup(
+        "noloop",
+        "127.0.0.49",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        true,
+    );
+    let (pid, _) = run_checked(
+        &mut s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT)),
+        "curl chat",
+    );
+    let record = s.agent.wait_for_audit("the request", by_pid(pid));
+    assert_eq!(record["outcome"], "ok", "{record:#}");
+    assert_eq!(s.server.requests().len(), 1, "exactly one request upstream");
+    let mut agent = s.agent;
+    let log = agent.stop();
+    let counters = log
+        .lines()
+        .find(|l| l.contains("final counters"))
+        .unwrap_or_else(|| panic!("no final counters in {log}"));
+    assert!(
+        counters.contains("agent_own=1"),
+        "the proxy's own connect was seen and exempted: {counters}"
+    );
+    assert!(
+        counters.contains("redirected=1"),
+        "only the client's connect was redirected: {counters}"
+    );
+}
+
+#[test]
+fn passthrough_works_for_a_client_that_does_not_trust_the_ca() {
+    let s = setup(
+        "passthrough",
+        "127.0.0.59",
+        "default_action: passthrough\nrules: []\n",
+        1,
+        0.0,
+        false,
+    );
+    // The client trusts only the upstream's CA: it would reject modelgate's.
+    let (pid, body) = run_checked(
+        &mut s.curl(&s.pki.ca, "/v1/chat/completions", Some(CHAT)),
+        "curl through passthrough",
+    );
+    assert!(body.contains("Hello from the stand-in."), "{body}");
+    let record = s.agent.wait_for_audit("the passthrough", by_pid(pid));
+    assert_eq!(record["decision"], "passthrough", "{record:#}");
+    assert_eq!(record["host"], HOST, "{record:#}");
+    assert!(
+        record["response_bytes"].as_u64().unwrap_or(0) > 0,
+        "{record:#}"
+    );
+}
+
+#[test]
+fn upstream_down_gives_a_provider_shaped_502_and_a_record() {
+    let mut s = setup(
+        "down",
+        "127.0.0.69",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+    );
+    s.server.stop(); // nothing listens on the endpoint any more
+    let mut cmd = s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT));
+    cmd.args(["-o", "-", "-w", "\n%{http_code}"]);
+    let child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "502", "{text}");
+    let error: Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(
+        error["error"]["type"], "upstream_error",
+        "OpenAI's error shape: {error:#}"
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not reach"),
+        "{error:#}"
+    );
+    let record = s.agent.wait_for_audit("the failed request", by_pid(pid));
+    assert_eq!(record["outcome"], "upstream_error", "{record:#}");
+    assert_eq!(record["status"], 502, "{record:#}");
+}
+
+#[test]
+fn getpeername_reports_the_original_destination() {
+    let s = setup(
+        "peername",
+        "127.0.0.79",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+    );
+    let script =
+        "import socket,sys\ns=socket.create_connection((sys.argv[1],443))\nprint(s.getpeername())";
+    let (_, out) = run_checked(
+        s.cgroup.command("python3").args(["-c", script, s.ip]),
+        "python getpeername",
+    );
+    assert_eq!(
+        out.trim(),
+        format!("('{}', 443)", s.ip),
+        "the redirect is invisible"
+    );
+}
