@@ -156,9 +156,19 @@ fn curl_through_the_proxy_plain_and_streaming_with_audit() {
     assert_eq!(record["gen_ai.usage.output_tokens"], 5, "{record:#}");
     assert_eq!(record["outcome"], "ok", "{record:#}");
 
+    // An Anthropic-shaped stream: usage from message_start + message_delta.
+    let messages = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (pid, body) = run_checked(&mut s.curl(&ca, "/v1/messages", Some(messages)), "curl messages");
+    assert!(body.contains("message_stop"), "{body}");
+    let record = s.agent.wait_for_audit("the messages stream", by_pid(pid));
+    assert_eq!(record["gen_ai.operation.name"], "messages", "{record:#}");
+    assert_eq!(record["gen_ai.request.model"], "claude-sonnet-4-5", "{record:#}");
+    assert_eq!(record["gen_ai.usage.input_tokens"], 13, "{record:#}");
+    assert_eq!(record["gen_ai.usage.output_tokens"], 5, "{record:#}");
+
     // What reached the upstream: the app's request, on the right host.
     let seen = s.server.requests();
-    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_eq!(seen[0]["headers"]["host"], HOST, "{seen:#?}");
     assert_eq!(seen[0]["body"], CHAT);
 
@@ -418,5 +428,27 @@ fn getpeername_reports_the_original_destination() {
         out.trim(),
         format!("('{}', 443)", s.ip),
         "the redirect is invisible"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
+    // 6 chunks, 400 ms apart; the client gives up after about one second.
+    let s = setup("cancel", "127.0.0.89", "default_action: redirect\nrules: []\n", 6, 0.4, false);
+    let mut cmd = s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT_STREAM));
+    cmd.args(["-N", "--max-time", "1"]);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(28), "curl gave up (timeout)");
+    let record = s.agent.wait_for_audit("the abandoned stream", by_pid(pid));
+    assert_eq!(record["outcome"], "client_disconnected", "{record:#}");
+    assert!(record["stream_events"].as_u64().unwrap_or(0) >= 1, "{record:#}");
+    // The upstream would have finished after 2 s: it never gets there,
+    // because the proxy closed its side when the client went away.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !s.server.marker.exists(),
+        "the upstream kept streaming to nobody: the proxy did not cancel it"
     );
 }
