@@ -2,24 +2,14 @@
 //! `<state>/audit.jsonl`, written by one task so the proxy never waits on
 //! the disk; everything queued is on disk (fsync) before shutdown completes.
 
-use std::{
-    fs::OpenOptions,
-    io::{BufWriter, Write},
-    net::IpAddr,
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::IpAddr, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{error, warn};
+use tokio::task::JoinHandle;
 
-use crate::identity::Identity;
+use crate::{identity::Identity, jsonl::JsonlLog};
 
 pub const FILE_NAME: &str = "audit.jsonl";
 /// Records queued for the writer; past this they are dropped and counted.
@@ -105,6 +95,12 @@ pub struct AuditRecord {
     pub ttfb_ms: Option<f64>,
     #[serde(flatten)]
     pub tokens: Tokens,
+    /// Estimated from the price table, when the model is in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// What data rules replaced before the request left: class → count.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub redacted: std::collections::BTreeMap<String, usize>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +152,8 @@ impl AuditRecord {
             latency_ms: 0.0,
             ttfb_ms: None,
             tokens: Tokens::default(),
+            cost_usd: None,
+            redacted: Default::default(),
             request_bytes: 0,
             response_bytes: 0,
             stream_events: None,
@@ -189,68 +187,9 @@ pub fn sha256(text: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<AuditRecord>,
-    pub dropped: Arc<AtomicU64>,
-}
+/// The audit log: `<state>/audit.jsonl`.
+pub type AuditLog = JsonlLog<AuditRecord>;
 
-impl AuditLog {
-    /// Opens `<state>/audit.jsonl` for append and starts the writer.
-    pub fn open(state_dir: &Path) -> Result<(AuditLog, JoinHandle<()>)> {
-        let path = state_dir.join(FILE_NAME);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening the audit log {}", path.display()))?;
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut out = BufWriter::new(file);
-            let mut failed = 0u64;
-            while let Some(record) = rx.blocking_recv() {
-                let mut write = |record: &AuditRecord| {
-                    serde_json::to_writer(&mut out, record)
-                        .map_err(std::io::Error::from)
-                        .and_then(|()| out.write_all(b"\n"))
-                };
-                if let Err(err) = write(&record) {
-                    failed += 1;
-                    error!(error = %err, failed, "cannot write an audit record");
-                }
-                // Batch while more are queued; flush when the queue is empty.
-                while let Ok(record) = rx.try_recv() {
-                    if let Err(err) = write(&record) {
-                        failed += 1;
-                        error!(error = %err, failed, "cannot write an audit record");
-                    }
-                }
-                if let Err(err) = out.flush() {
-                    error!(error = %err, "cannot flush the audit log");
-                }
-            }
-            if let Err(err) = out.flush().and_then(|()| out.get_ref().sync_all()) {
-                error!(error = %err, "cannot sync the audit log at shutdown");
-            }
-        });
-        Ok((
-            AuditLog {
-                tx,
-                dropped: Arc::new(AtomicU64::new(0)),
-            },
-            writer,
-        ))
-    }
-
-    pub fn record(&self, record: AuditRecord) {
-        if self.tx.try_send(record).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped == 1 || dropped.is_power_of_two() {
-                warn!(
-                    dropped,
-                    "the audit queue is full; records are being dropped"
-                );
-            }
-        }
-    }
+pub fn open(state_dir: &Path) -> Result<(AuditLog, JoinHandle<()>)> {
+    JsonlLog::open(&state_dir.join(FILE_NAME), "audit", QUEUE)
 }

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -19,7 +20,9 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    audit::AuditLog,
+    alerts::{self, Alert, Alerts, Severity},
+    audit,
+    budget::{Budgets, Prices},
     catalog::{
         Catalog, HostPattern,
         resolver::{self, Resolved, ResolvedHosts},
@@ -38,10 +41,10 @@ use crate::{
         users::Users,
     },
     policy::{
-        Action, CgroupFacts, Policy, ProcFacts,
+        Action, CgroupFacts, Policy, PolicyState, ProcFacts,
         compile::{Compiled, Ids},
     },
-    proxy::{ConnInfo, Describe, Proxy, ProxySettings},
+    proxy::{ConnInfo, Control, Describe, Proxy, ProxyLinks, ProxySettings, SharedPolicy},
     record::{self, Decision, Destination},
     sink::Sink,
 };
@@ -78,6 +81,12 @@ struct Agent {
     lost_reported: u64,
     unknown_cgroups: HashMap<u64, Instant>,
     proxy_port: u16,
+    shared_policy: SharedPolicy,
+    budgets: Arc<Mutex<Budgets>>,
+    alerts: Alerts,
+    /// Processes whose model connects are blocked until the instant, by
+    /// the named rule (a proxy quarantine verdict).
+    quarantined: HashMap<u32, (Instant, String)>,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -87,13 +96,36 @@ pub async fn run(settings: Settings) -> Result<()> {
     let policy = Policy::load(&settings.policies, &catalog)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the policy is invalid; fix it (see `modelgate policy check`)")?;
+    let prices = Prices::load_dir(&settings.policies)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the price table is invalid; fix it (see `modelgate policy check`)")?;
+    let shared_policy: SharedPolicy = Arc::new(RwLock::new(Arc::new(PolicyState {
+        policy: policy.clone(),
+        prices,
+        default_override: settings.default_action,
+    })));
+    let (budgets, warning) = Budgets::load(&settings.proxy.state_dir);
+    if let Some(warning) = warning {
+        warn!("{warning}");
+    }
+    let budgets = Arc::new(Mutex::new(budgets));
 
     let mut programs = ebpf::load()?;
     let (maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
     let redirects = ebpf::maps::take(&mut programs.ebpf, names::MAP_REDIRECT_PORT)?;
-    let (audit, audit_writer) = AuditLog::open(&settings.proxy.state_dir)?;
+    let (audit, audit_writer) = audit::open(&settings.proxy.state_dir)?;
+    let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir)?;
     let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
-    let proxy = Proxy::bind(&settings.proxy, redirects, audit, describe_tx).await?;
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
+    let links = ProxyLinks {
+        audit,
+        alerts: alerts.clone(),
+        describe: describe_tx,
+        control: control_tx,
+        policy: shared_policy.clone(),
+        budgets: budgets.clone(),
+    };
+    let proxy = Proxy::bind(&settings.proxy, redirects, links).await?;
     let proxy_port = proxy.port;
     let mut ids = Ids::default();
     let compiled = Compiled::new(policy, &catalog, &mut ids)?;
@@ -124,6 +156,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         lost_reported: 0,
         unknown_cgroups: HashMap::new(),
         proxy_port,
+        shared_policy,
+        budgets,
+        alerts,
+        quarantined: HashMap::new(),
     };
     // Everything is in the maps before the hooks see their first connect.
     agent.apply_policy()?;
@@ -153,6 +189,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(TICK);
+    let (_watcher, mut changes) = watch_policies(&agent.settings.policies);
 
     loop {
         tokio::select! {
@@ -172,7 +209,9 @@ pub async fn run(settings: Settings) -> Result<()> {
                 let info = agent.describe(&query.redirect);
                 let _ = query.reply.send(info);
             }
-            _ = hup.recv() => agent.reload(),
+            Some(control) = control_rx.recv() => agent.control(control),
+            _ = hup.recv() => agent.reload("SIGHUP"),
+            Some(()) = changes.recv() => agent.reload("a policy file changed"),
             _ = tick.tick() => agent.tick(),
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -197,11 +236,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     if let Err(err) = audit_writer.await {
         error!("the audit writer failed: {err}");
     }
+    agent.save_budgets();
     // Whatever the kernel queued before we stop is still recorded.
     agent.drain(ring.get_mut());
     agent.report_counters(true);
     resolver.abort();
     drop(agent);
+    if let Err(err) = alerts_writer.await {
+        error!("the alert writer failed: {err}");
+    }
     drop(programs);
     info!("detached; modelgate stopped");
     Ok(())
@@ -218,7 +261,9 @@ impl Agent {
     /// current policy.
     fn apply_policy(&mut self) -> Result<()> {
         self.generation = self.generation.wrapping_add(1);
-        let has_proc_rules = self.compiled.policy.has_process_rules();
+        // Quarantines are per-process entries too.
+        let has_proc_rules =
+            self.compiled.policy.has_process_rules() || !self.quarantined.is_empty();
         self.maps.set_config(AgentConfig {
             default_action: self.default_action().to_kernel(),
             has_proc_rules: u8::from(has_proc_rules),
@@ -270,6 +315,13 @@ impl Agent {
     /// A per-process entry only where the process's own facts change the
     /// verdict that its cgroup (or the global entry) would give.
     fn refresh_proc_entry(&mut self, tgid: u32) -> Result<()> {
+        if let Some((_, rule)) = self.quarantined.get(&tgid) {
+            let rule_id = self.ids.rule(rule)?;
+            let mut entry = agent_common::PolicyEntry::EMPTY;
+            entry.actions = [agent_common::action::BLOCK; agent_common::limits::MAX_PROVIDERS];
+            entry.rules = [rule_id; agent_common::limits::MAX_PROVIDERS];
+            return self.maps.set_proc_entry(tgid, Some(entry));
+        }
         if !self.compiled.policy.has_process_rules() {
             return Ok(());
         }
@@ -279,11 +331,14 @@ impl Agent {
             return Ok(());
         };
         let user = self.users.name(info.uid);
+        let group = self.users.group(info.gid);
         let proc_facts = ProcFacts {
             exe: info.exe.as_deref(),
             comm: &info.comm,
             uid: info.uid,
             user: user.as_deref(),
+            gid: info.gid,
+            group: group.as_deref(),
         };
         let cgroup = self.cgroups.get(info.cgroup_id);
         let cgroup_facts = cgroup.map(|c| cgroup_facts(&c.path, &c.info));
@@ -317,19 +372,49 @@ impl Agent {
         Ok(())
     }
 
-    /// SIGHUP: load catalog and policy again; keep the old ones on error.
-    fn reload(&mut self) {
+    /// SIGHUP or a file change: load catalog, policy and prices again;
+    /// keep the old ones on error, and say so in an alert.
+    fn reload(&mut self, trigger: &str) {
         let loaded = Catalog::load(&self.settings.policies).and_then(|catalog| {
             let policy = Policy::load(&self.settings.policies, &catalog)?;
             Ok((catalog, policy))
         });
-        let (catalog, policy) = match loaded {
-            Ok(pair) => pair,
+        let loaded = loaded.and_then(|(catalog, policy)| {
+            let prices = Prices::load_dir(&self.settings.policies)?;
+            Ok((catalog, policy, prices))
+        });
+        let (catalog, policy, prices) = match loaded {
+            Ok(loaded) => loaded,
             Err(errors) => {
-                error!("reload refused, the previous policy stays in force:\n{errors}");
+                error!(
+                    trigger,
+                    "reload refused, the previous policy stays in force:\n{errors}"
+                );
+                let mut alert = Alert::new(
+                    "policy-invalid",
+                    Severity::High,
+                    format!(
+                        "a policy change was refused; the previous policy stays in force: {errors}"
+                    ),
+                );
+                alert.details.insert(
+                    "errors".into(),
+                    errors
+                        .0
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                self.alerts.send(alert.with_id());
                 return;
             }
         };
+        let state = Arc::new(PolicyState {
+            policy: policy.clone(),
+            prices,
+            default_override: self.settings.default_action,
+        });
         let compiled = match Compiled::new(policy, &catalog, &mut self.ids) {
             Ok(compiled) => compiled,
             Err(err) => {
@@ -339,6 +424,9 @@ impl Agent {
         };
         self.catalog = catalog;
         self.compiled = compiled;
+        // New requests decide with the new policy; those in flight keep the
+        // Arc they started with.
+        *self.shared_policy.write().expect("policy lock poisoned") = state;
         self.users.clear();
         let _ = self.hosts_tx.send(self.catalog.exact_hosts());
         if let Err(err) = self.sync_endpoints().and_then(|()| self.apply_policy()) {
@@ -350,12 +438,69 @@ impl Agent {
             rules = self.compiled.policy.rules.len(),
             generation = self.generation,
             default_action = %self.default_action(),
+            trigger,
             "policy reloaded"
         );
     }
 
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Quarantine { tgid, until, rule } => {
+                info!(tgid, %rule, "quarantining a process's model access");
+                self.quarantined.insert(tgid, (until, rule));
+                if let Err(err) = self.apply_policy() {
+                    error!("applying a quarantine failed: {err:#}");
+                }
+            }
+        }
+    }
+
+    fn expire_quarantines(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u32> = self
+            .quarantined
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for tgid in &expired {
+            self.quarantined.remove(tgid);
+            info!(tgid, "quarantine over");
+            if let Err(err) = self.maps.set_proc_entry(*tgid, None) {
+                error!("{err:#}");
+            }
+        }
+        if let Err(err) = self.apply_policy() {
+            error!("{err:#}");
+        }
+    }
+
+    /// The write (with fsync) happens outside the lock, so the proxy's
+    /// budget checks never wait on the disk.
+    fn save_budgets(&self) {
+        let job = {
+            let mut budgets = self.budgets.lock().expect("budget lock poisoned");
+            budgets.prune(std::time::SystemTime::now());
+            budgets.take_save()
+        };
+        if let Some(job) = job
+            && let Err(err) = job.write()
+        {
+            self.budgets
+                .lock()
+                .expect("budget lock poisoned")
+                .mark_unsaved();
+            warn!(error = %err, "cannot save budget counters; they will restart from the last save");
+        }
+    }
+
     fn tick(&mut self) {
         self.procs.purge();
+        self.expire_quarantines();
+        self.save_budgets();
         match self.cgroups.rescan() {
             Ok(true) => {
                 if let Err(err) = self.refresh_cgroup_entries() {
@@ -443,6 +588,7 @@ impl Agent {
             tgid: ev.header.tgid,
             ppid: None,
             uid: ev.uid,
+            gid: ev.gid,
             comm: c_str(&ev.comm),
             exe: (!filename.is_empty()).then_some(filename),
             cmdline,
@@ -553,6 +699,7 @@ impl Agent {
             uid: who.uid,
             user: self.users.name(who.uid),
             gid: who.gid,
+            group: self.users.group(who.gid),
             comm: c_str(who.comm),
             exe: info.exe,
             cmdline: info.cmdline,
@@ -618,6 +765,43 @@ impl Agent {
     }
 }
 
+/// Reloads on any change under the policies directory, debounced: an
+/// editor's save is several events.
+fn watch_policies(
+    dir: &std::path::Path,
+) -> (Option<notify::RecommendedWatcher>, mpsc::Receiver<()>) {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = raw_tx.send(());
+        }
+    })
+    .and_then(|mut watcher| {
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+        Ok(watcher)
+    });
+    let watcher = match watcher {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(error = %err, dir = %dir.display(),
+                "cannot watch the policies directory; reload with SIGHUP");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while raw_rx.try_recv().is_ok() {}
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    (watcher, rx)
+}
+
 fn cgroup_facts<'a>(
     path: &'a str,
     info: &'a crate::identity::cgroup_path::CgroupInfo,
@@ -627,5 +811,6 @@ fn cgroup_facts<'a>(
         unit: info.unit.as_deref(),
         container_id: info.container_id.as_deref(),
         runtime: info.container_runtime,
+        pod_uid: info.pod_uid.as_deref(),
     }
 }

@@ -1,13 +1,17 @@
 //! modelgate: finds, attributes and governs every connection to a model API
 //! on this host.
 
+mod alerts;
 mod audit;
+mod budget;
 mod catalog;
+mod classify;
 mod cli;
 mod config;
 mod daemon;
 mod ebpf;
 mod identity;
+mod jsonl;
 mod policy;
 mod proxy;
 mod record;

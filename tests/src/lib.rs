@@ -184,6 +184,9 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub events: PathBuf,
     pub log: PathBuf,
+    cgroup: PathBuf,
+    extra_args: Vec<String>,
+    starts: u32,
 }
 
 impl Agent {
@@ -193,8 +196,6 @@ impl Agent {
         fs::create_dir(&policies).unwrap();
         fs::write(policies.join("endpoints.yaml"), spec.endpoints).unwrap();
         fs::write(policies.join("policy.yaml"), spec.policy).unwrap();
-        let events = dir.path().join("events.jsonl");
-        let log = dir.path().join("agent.log");
         // Tests run side by side: each proxy takes a free port.
         fs::write(dir.path().join("agent.yaml"), "proxy_port: 0\n").unwrap();
         let mut cmd = match spec.hosts_file {
@@ -216,34 +217,52 @@ impl Agent {
                 cmd.pre_exec(move || fs::write(&procs, b"0"));
             }
         }
+        let mut agent = Agent {
+            child: None,
+            events: dir.path().join("events.jsonl"),
+            log: dir.path().join("agent.log"),
+            dir,
+            cgroup: spec.cgroup.path.clone(),
+            extra_args: spec.extra_args.iter().map(|a| a.to_string()).collect(),
+            starts: 0,
+        };
+        agent.spawn(cmd);
+        agent
+    }
+
+    fn spawn(&mut self, mut cmd: Command) {
+        self.starts += 1;
+        self.log = self.dir.path().join(format!("agent-{}.log", self.starts));
         let child = cmd
             .arg("run")
             .arg("--policies")
-            .arg(&policies)
+            .arg(self.policies_dir())
             .arg("--cgroup")
-            .arg(&spec.cgroup.path)
+            .arg(&self.cgroup)
             .arg("--events")
-            .arg(&events)
+            .arg(&self.events)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(self.state_dir())
             .arg("--config")
-            .arg(dir.path().join("agent.yaml"))
+            .arg(self.dir.path().join("agent.yaml"))
             .args(["--log-format", "json"])
-            .args(spec.extra_args)
+            .args(&self.extra_args)
             .env("MODELGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
+            .stderr(fs::File::create(&self.log).unwrap())
             .spawn()
             .expect("start the agent");
-        let mut agent = Agent {
-            child: Some(child),
-            dir,
-            events,
-            log,
-        };
-        agent.wait_for_log("modelgate ready", Duration::from_secs(30));
-        agent
+        self.child = Some(child);
+        self.wait_for_log("modelgate ready", Duration::from_secs(30));
+    }
+
+    /// Stops the agent and starts it again on the same state directory, as
+    /// a service restart would.
+    pub fn restart(&mut self) -> String {
+        let log = self.stop();
+        self.spawn(Command::new(agent_bin()));
+        log
     }
 
     pub fn policies_dir(&self) -> PathBuf {
@@ -272,6 +291,14 @@ impl Agent {
             .and_then(|p| p.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no proxy address in {line}"))
+    }
+
+    pub fn alerts_now(&self) -> Vec<Value> {
+        fs::read_to_string(self.state_dir().join("alerts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad alert line {l}: {e}")))
+            .collect()
     }
 
     pub fn audit_now(&self) -> Vec<Value> {

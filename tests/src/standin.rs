@@ -13,6 +13,8 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
+use crate::{Agent, AgentSpec, TestCgroup, require_root};
+
 /// A throwaway CA and a server certificate for `hosts`.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -121,4 +123,90 @@ impl Drop for ModelServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub const HOST: &str = "api.openai.com";
+
+/// One redirect setup: a stand-in for HOST on `ip`:443 and an agent whose
+/// catalog maps HOST to `ip`, with `policy`.
+pub struct Setup {
+    pub agent: Agent,
+    pub server: ModelServer,
+    pub pki: Pki,
+    pub ip: &'static str,
+    pub cgroup: TestCgroup,
+}
+
+pub fn setup(
+    name: &str,
+    ip: &'static str,
+    policy: &str,
+    chunks: u32,
+    delay: f64,
+    agent_in_cgroup: bool,
+) -> Setup {
+    require_root();
+    let cgroup = TestCgroup::new(name);
+    let pki = Pki::new(&[HOST]);
+    let server = ModelServer::start(&pki, ip, 443, chunks, delay);
+    let endpoints = format!(
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"
+    );
+    let ca = pki.ca.display().to_string();
+    let args = [
+        "--proxy-port",
+        "0",
+        "--upstream-ca",
+        ca.as_str(),
+        "--store-prompts",
+        "hash",
+    ];
+    let mut spec = AgentSpec::new(&cgroup, &endpoints, policy);
+    spec.extra_args = &args;
+    spec.agent_in_cgroup = agent_in_cgroup;
+    let agent = Agent::start(spec);
+    Setup {
+        agent,
+        server,
+        pki,
+        ip,
+        cgroup,
+    }
+}
+
+impl Setup {
+    pub fn curl(&self, cacert: &std::path::Path, path: &str, body: Option<&str>) -> Command {
+        let mut cmd = self.cgroup.command("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(cacert)
+            .args(["--resolve", &format!("{HOST}:443:{}", self.ip)])
+            .arg(format!("https://{HOST}{path}"))
+            .args(["-H", "authorization: Bearer sk-test-not-a-real-key-0000"]);
+        if let Some(body) = body {
+            cmd.args(["-H", "content-type: application/json", "--data", body]);
+        }
+        cmd
+    }
+}
+
+pub fn run_checked(cmd: &mut Command, what: &str) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn by_pid(pid: u32) -> impl Fn(&Value) -> bool {
+    move |r: &Value| r["identity"]["pid"] == pid
 }

@@ -3,101 +3,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
 use modelgate_tests::{
-    Agent, AgentSpec, TestCgroup, output, require_root,
-    standin::{ModelServer, Pki},
+    output,
+    standin::{HOST, by_pid, run_checked, setup},
 };
 use serde_json::Value;
-
-const HOST: &str = "api.openai.com";
-
-/// One redirect setup: a stand-in for HOST on `ip`:443 and an agent whose
-/// catalog maps HOST to `ip`, with `policy`.
-struct Setup {
-    agent: Agent,
-    server: ModelServer,
-    pki: Pki,
-    ip: &'static str,
-    cgroup: TestCgroup,
-}
-
-fn setup(
-    name: &str,
-    ip: &'static str,
-    policy: &str,
-    chunks: u32,
-    delay: f64,
-    agent_in_cgroup: bool,
-) -> Setup {
-    require_root();
-    let cgroup = TestCgroup::new(name);
-    let pki = Pki::new(&[HOST]);
-    let server = ModelServer::start(&pki, ip, 443, chunks, delay);
-    let endpoints = format!(
-        "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"
-    );
-    let ca = pki.ca.display().to_string();
-    let args = [
-        "--proxy-port",
-        "0",
-        "--upstream-ca",
-        ca.as_str(),
-        "--store-prompts",
-        "hash",
-    ];
-    let mut spec = AgentSpec::new(&cgroup, &endpoints, policy);
-    spec.extra_args = &args;
-    spec.agent_in_cgroup = agent_in_cgroup;
-    let agent = Agent::start(spec);
-    Setup {
-        agent,
-        server,
-        pki,
-        ip,
-        cgroup,
-    }
-}
-
-impl Setup {
-    fn curl(&self, cacert: &std::path::Path, path: &str, body: Option<&str>) -> Command {
-        let mut cmd = self.cgroup.command("curl");
-        cmd.args(["-sS", "--max-time", "10", "--cacert"])
-            .arg(cacert)
-            .args(["--resolve", &format!("{HOST}:443:{}", self.ip)])
-            .arg(format!("https://{HOST}{path}"))
-            .args(["-H", "authorization: Bearer sk-test-not-a-real-key-0000"]);
-        if let Some(body) = body {
-            cmd.args(["-H", "content-type: application/json", "--data", body]);
-        }
-        cmd
-    }
-}
-
-fn run_checked(cmd: &mut Command, what: &str) -> (u32, String) {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn by_pid(pid: u32) -> impl Fn(&Value) -> bool {
-    move |r: &Value| r["identity"]["pid"] == pid
-}
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#;
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -158,11 +72,17 @@ fn curl_through_the_proxy_plain_and_streaming_with_audit() {
 
     // An Anthropic-shaped stream: usage from message_start + message_delta.
     let messages = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let (pid, body) = run_checked(&mut s.curl(&ca, "/v1/messages", Some(messages)), "curl messages");
+    let (pid, body) = run_checked(
+        &mut s.curl(&ca, "/v1/messages", Some(messages)),
+        "curl messages",
+    );
     assert!(body.contains("message_stop"), "{body}");
     let record = s.agent.wait_for_audit("the messages stream", by_pid(pid));
     assert_eq!(record["gen_ai.operation.name"], "messages", "{record:#}");
-    assert_eq!(record["gen_ai.request.model"], "claude-sonnet-4-5", "{record:#}");
+    assert_eq!(
+        record["gen_ai.request.model"], "claude-sonnet-4-5",
+        "{record:#}"
+    );
     assert_eq!(record["gen_ai.usage.input_tokens"], 13, "{record:#}");
     assert_eq!(record["gen_ai.usage.output_tokens"], 5, "{record:#}");
 
@@ -434,16 +354,30 @@ fn getpeername_reports_the_original_destination() {
 #[test]
 fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
     // 6 chunks, 400 ms apart; the client gives up after about one second.
-    let s = setup("cancel", "127.0.0.89", "default_action: redirect\nrules: []\n", 6, 0.4, false);
+    let s = setup(
+        "cancel",
+        "127.0.0.89",
+        "default_action: redirect\nrules: []\n",
+        6,
+        0.4,
+        false,
+    );
     let mut cmd = s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT_STREAM));
     cmd.args(["-N", "--max-time", "1"]);
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(28), "curl gave up (timeout)");
     let record = s.agent.wait_for_audit("the abandoned stream", by_pid(pid));
     assert_eq!(record["outcome"], "client_disconnected", "{record:#}");
-    assert!(record["stream_events"].as_u64().unwrap_or(0) >= 1, "{record:#}");
+    assert!(
+        record["stream_events"].as_u64().unwrap_or(0) >= 1,
+        "{record:#}"
+    );
     // The upstream would have finished after 2 s: it never gets there,
     // because the proxy closed its side when the client went away.
     std::thread::sleep(Duration::from_millis(2500));

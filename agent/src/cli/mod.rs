@@ -1,7 +1,10 @@
 //! Command line: one subcommand per file.
 
+mod bench_classify;
 mod ca;
 mod policy_check;
+mod policy_explain;
+mod policy_test;
 mod run;
 
 use std::process::ExitCode;
@@ -30,18 +33,28 @@ enum Command {
     /// The local CA that signs the proxy's certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Throughput of the data classifiers (used by `cargo xtask bench classify`).
+    #[command(hide = true)]
+    BenchClassify(bench_classify::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate endpoints.yaml and policy.yaml; exit 1 on any error.
+    /// Validate endpoints.yaml, policy.yaml (+ policy.d/) and prices.yaml; exit 1 on any error.
     Check(policy_check::CheckArgs),
+    /// Show what the policy does with a request, without sending it.
+    Explain(Box<policy_explain::ExplainArgs>),
+    /// Run the policy's test cases (DIR/tests/*.yaml).
+    Test(policy_test::TestArgs),
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Policy(PolicyCommand::Check(args)) => policy_check::check(args),
+        Command::Policy(PolicyCommand::Explain(args)) => policy_explain::run(*args),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test::run(args),
         Command::Ca(command) => ca::run(command).map(|()| ExitCode::SUCCESS),
+        Command::BenchClassify(args) => bench_classify::run(args),
     }
 }

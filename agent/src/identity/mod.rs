@@ -31,6 +31,8 @@ pub struct Identity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub comm: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub struct Users {
     names: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
 }
 
 impl Users {
@@ -17,8 +18,18 @@ impl Users {
             .clone()
     }
 
+    pub fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+
     /// Accounts can be added or renamed; forget what we cached.
     pub fn clear(&mut self) {
         self.names.clear();
+        self.groups.clear();
     }
 }

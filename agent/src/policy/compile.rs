@@ -101,7 +101,14 @@ impl Compiled {
                 continue;
             };
             let slot = *id as usize;
-            entry.actions[slot] = rule.action.to_kernel();
+            // A rule that looks inside requests (or changes them) can only
+            // be applied by the proxy: the kernel sends the traffic there,
+            // and the proxy evaluates the whole list per request.
+            entry.actions[slot] = if rule.needs_proxy() {
+                agent_common::action::REDIRECT
+            } else {
+                rule.action.to_kernel()
+            };
             entry.rules[slot] = self.rule_ids[index];
         }
         entry

@@ -2,17 +2,20 @@
 //! First match wins; every verdict names the rule that made it.
 
 pub mod compile;
+pub mod controls;
+pub mod decide;
+mod load;
 mod rules;
 
-use std::{fmt, path::Path};
+use std::{fmt, path::Path, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::rules::{CgroupFacts, ProcFacts, Rule};
-use crate::{
-    catalog::Catalog,
-    yaml::{self, FileError, FileErrors},
+pub use self::{
+    load::data_action,
+    rules::{CgroupFacts, ProcFacts, RequestFacts, Rule},
 };
+use crate::{catalog::Catalog, classify::Classifier, yaml::FileErrors};
 
 pub const FILE_NAME: &str = "policy.yaml";
 
@@ -31,6 +34,9 @@ pub enum Action {
     /// Through the proxy without decrypting (for clients that pin
     /// certificates): host-level policy on the SNI, metadata-only audit.
     Passthrough,
+    /// A proxy verdict: refuse the request and block the identity's
+    /// connects in the kernel for `quarantine_for`, with an alert.
+    Quarantine,
 }
 
 impl Action {
@@ -41,6 +47,8 @@ impl Action {
             Action::Block => agent_common::action::BLOCK,
             Action::Redirect => agent_common::action::REDIRECT,
             Action::Passthrough => agent_common::action::PASSTHROUGH,
+            // Only the proxy can quarantine: the kernel sends it there.
+            Action::Quarantine => agent_common::action::REDIRECT,
         }
     }
 
@@ -62,6 +70,7 @@ impl Action {
             Action::Block => "block",
             Action::Redirect => "redirect",
             Action::Passthrough => "passthrough",
+            Action::Quarantine => "quarantine",
         }
     }
 }
@@ -72,99 +81,50 @@ impl fmt::Display for Action {
     }
 }
 
-fn default_action() -> Action {
-    Action::Monitor
+/// What the proxy decides requests with; replaced whole on reload, so a
+/// request in flight keeps the one it started with.
+#[derive(Debug)]
+pub struct PolicyState {
+    pub policy: Policy,
+    pub prices: crate::budget::Prices,
+    /// `--default-action`, which wins over the policy's.
+    pub default_override: Option<Action>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    #[serde(default = "default_action")]
-    default_action: Action,
-    #[serde(default)]
-    rules: Vec<Rule>,
+impl PolicyState {
+    pub fn default_action(&self) -> Action {
+        self.default_override.unwrap_or(self.policy.default_action)
+    }
 }
 
-#[derive(Debug, Clone)]
+/// The merged policy: `policy.yaml`, then `policy.d/*.yaml` in name order.
+#[derive(Clone)]
 pub struct Policy {
     pub default_action: Action,
     pub rules: Vec<Rule>,
+    /// Built-in detectors plus the policy's `data_classes`.
+    pub classifier: Arc<Classifier>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("default_action", &self.default_action)
+            .field("rules", &self.rules)
+            .field("classes", &self.classifier.classes().len())
+            .finish()
+    }
 }
 
 impl Policy {
     pub fn load(dir: &Path, catalog: &Catalog) -> Result<Policy, FileErrors> {
-        let path = dir.join(FILE_NAME);
-        let text = yaml::read(&path)?;
-        Self::parse(&path.display().to_string(), &text, catalog)
+        load::load(dir, catalog)
     }
 
+    /// One file on its own.
+    #[cfg(test)]
     pub fn parse(file: &str, text: &str, catalog: &Catalog) -> Result<Policy, FileErrors> {
-        let parsed: PolicyFile = yaml::parse(file, text)?;
-        let mut errors = Vec::new();
-        let error_at = |name: &str, nth: usize, field: String, message: String| FileError {
-            file: file.to_string(),
-            line: yaml::line_of(text, "name", name, nth),
-            column: None,
-            field: Some(field),
-            message,
-        };
-        for (index, rule) in parsed.rules.iter().enumerate() {
-            let earlier = parsed.rules[..index]
-                .iter()
-                .filter(|r| r.name == rule.name)
-                .count();
-            if earlier > 0 {
-                errors.push(error_at(
-                    &rule.name,
-                    earlier,
-                    format!("rules[{index}].name"),
-                    format!(
-                        "rule name `{}` is used twice; names must be unique",
-                        rule.name
-                    ),
-                ));
-            }
-            for provider in &rule.matches.provider {
-                if catalog.provider(&provider.0).is_none() {
-                    errors.push(error_at(
-                        &rule.name,
-                        earlier,
-                        format!("rules[{index}].match.provider"),
-                        format!(
-                            "unknown provider `{provider}`; the catalog defines: {}",
-                            catalog
-                                .providers
-                                .iter()
-                                .map(|p| p.name.0.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-            }
-            if let Some(shadow) = parsed.rules[..index]
-                .iter()
-                .find(|r| r.matches.covers(&rule.matches))
-            {
-                errors.push(error_at(
-                    &rule.name,
-                    earlier,
-                    format!("rules[{index}]"),
-                    format!(
-                        "rule `{}` can never match: the earlier rule `{}` matches everything it does",
-                        rule.name, shadow.name
-                    ),
-                ));
-            }
-        }
-        if errors.is_empty() {
-            Ok(Policy {
-                default_action: parsed.default_action,
-                rules: parsed.rules,
-            })
-        } else {
-            Err(FileErrors(errors))
-        }
+        load::merge(vec![(file.to_string(), text.to_string())], catalog)
     }
 
     /// True when some rule depends on the process (exe, comm, user), which
@@ -175,7 +135,23 @@ impl Policy {
             .any(|r| r.matches.has_process_conditions())
     }
 
-    /// The first rule that matches, for one provider, with its index.
+    /// The rule that decides a request, seen by the proxy with everything
+    /// known: identity, provider and the request itself.
+    pub fn decide_request(
+        &self,
+        proc: Option<&ProcFacts<'_>>,
+        cgroup: Option<&CgroupFacts<'_>>,
+        provider: &str,
+        request: &RequestFacts<'_>,
+    ) -> Option<(usize, &Rule)> {
+        self.rules.iter().enumerate().find(|(_, rule)| {
+            rule.matches
+                .matches_request(proc, cgroup, provider, request)
+        })
+    }
+
+    /// The first rule whose identity and provider conditions match (request
+    /// conditions not looked at), with its index: the kernel's view.
     pub fn evaluate(
         &self,
         proc: Option<&ProcFacts<'_>>,

@@ -3,8 +3,11 @@
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
-use super::Action;
-use crate::{catalog::ProviderName, identity::cgroup_path::ContainerRuntime};
+use super::{Action, controls::Controls};
+use crate::{
+    catalog::{HostPattern, ProviderName},
+    identity::cgroup_path::ContainerRuntime,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +20,20 @@ pub struct Rule {
     #[serde(default, rename = "match")]
     pub matches: Match,
     pub action: Action,
+    /// Request-level controls, applied by the proxy when this rule decides
+    /// a request.
+    #[serde(default)]
+    pub controls: Controls,
+}
+
+impl Rule {
+    /// Whether only the proxy can apply this rule (it looks inside
+    /// requests, or changes them): the kernel must then redirect.
+    pub fn needs_proxy(&self) -> bool {
+        self.matches.has_request_conditions()
+            || !self.controls.is_empty()
+            || self.action == Action::Quarantine
+    }
 }
 
 /// All listed conditions must hold; within one condition, any listed value
@@ -46,6 +63,31 @@ pub struct Match {
     pub cgroup: Vec<PathGlob>,
     #[serde(default)]
     pub provider: Vec<ProviderName>,
+    /// Group names or numeric gids (the process's primary group).
+    #[serde(default)]
+    pub group: Vec<UserSpec>,
+    /// Kubernetes pod UIDs (from the cgroup path).
+    #[serde(default)]
+    pub pod: Vec<String>,
+    /// Request conditions, seen only by the proxy: the host the client
+    /// asked for, the model, the API path and whether it streams.
+    #[serde(default)]
+    pub host: Vec<HostPattern>,
+    #[serde(default)]
+    pub model: Vec<ModelGlob>,
+    #[serde(default)]
+    pub path: Vec<PathGlob>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+/// What the proxy knows about a request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts<'a> {
+    pub host: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub path: &'a str,
+    pub stream: bool,
 }
 
 /// What the agent knows about a process.
@@ -55,6 +97,8 @@ pub struct ProcFacts<'a> {
     pub comm: &'a str,
     pub uid: u32,
     pub user: Option<&'a str>,
+    pub gid: u32,
+    pub group: Option<&'a str>,
 }
 
 /// What the agent knows about a cgroup.
@@ -64,11 +108,15 @@ pub struct CgroupFacts<'a> {
     pub unit: Option<&'a str>,
     pub container_id: Option<&'a str>,
     pub runtime: Option<ContainerRuntime>,
+    pub pod_uid: Option<&'a str>,
 }
 
 impl Match {
     pub fn has_process_conditions(&self) -> bool {
-        !self.exe.is_empty() || !self.comm.is_empty() || !self.user.is_empty()
+        !self.exe.is_empty()
+            || !self.comm.is_empty()
+            || !self.user.is_empty()
+            || !self.group.is_empty()
     }
 
     pub fn has_cgroup_conditions(&self) -> bool {
@@ -76,8 +124,41 @@ impl Match {
             || !self.container.is_empty()
             || !self.runtime.is_empty()
             || !self.cgroup.is_empty()
+            || !self.pod.is_empty()
     }
 
+    pub fn has_request_conditions(&self) -> bool {
+        !self.host.is_empty()
+            || !self.model.is_empty()
+            || !self.path.is_empty()
+            || self.stream.is_some()
+    }
+
+    /// Everything, including the request: the proxy's view.
+    pub fn matches_request(
+        &self,
+        proc: Option<&ProcFacts<'_>>,
+        cgroup: Option<&CgroupFacts<'_>>,
+        provider: &str,
+        request: &RequestFacts<'_>,
+    ) -> bool {
+        if !self.matches(proc, cgroup, provider) {
+            return false;
+        }
+        let host_ok = self.host.is_empty()
+            || request
+                .host
+                .is_some_and(|host| self.host.iter().any(|h| h.matches(host)));
+        let model_ok = self.model.is_empty()
+            || request
+                .model
+                .is_some_and(|model| self.model.iter().any(|g| g.is_match(model)));
+        let path_ok = self.path.is_empty() || self.path.iter().any(|g| g.is_match(request.path));
+        let stream_ok = self.stream.is_none_or(|s| s == request.stream);
+        host_ok && model_ok && path_ok && stream_ok
+    }
+
+    /// Identity and provider only; request conditions are not looked at.
     /// `proc`/`cgroup` are None when that level is unknown: a rule that needs
     /// it does not match (the kernel falls through to the next level).
     pub fn matches(
@@ -101,7 +182,12 @@ impl Match {
                     UserSpec::Uid(uid) => *uid == proc.uid,
                     UserSpec::Name(name) => proc.user == Some(name.as_str()),
                 });
-            if !(exe_ok && comm_ok && user_ok) {
+            let group_ok = self.group.is_empty()
+                || self.group.iter().any(|g| match g {
+                    UserSpec::Uid(gid) => *gid == proc.gid,
+                    UserSpec::Name(name) => proc.group == Some(name.as_str()),
+                });
+            if !(exe_ok && comm_ok && user_ok && group_ok) {
                 return false;
             }
         }
@@ -119,7 +205,11 @@ impl Match {
                 || cgroup.runtime.is_some_and(|r| self.runtime.contains(&r));
             let cgroup_ok =
                 self.cgroup.is_empty() || self.cgroup.iter().any(|g| g.is_match(cgroup.path));
-            if !(unit_ok && container_ok && runtime_ok && cgroup_ok) {
+            let pod_ok = self.pod.is_empty()
+                || cgroup
+                    .pod_uid
+                    .is_some_and(|pod| self.pod.iter().any(|p| p.eq_ignore_ascii_case(pod)));
+            if !(unit_ok && container_ok && runtime_ok && cgroup_ok && pod_ok) {
                 return false;
             }
         }
@@ -141,6 +231,12 @@ impl Match {
             && covers(&self.runtime, &other.runtime)
             && covers(&self.cgroup, &other.cgroup)
             && covers(&self.provider, &other.provider)
+            && covers(&self.group, &other.group)
+            && covers(&self.pod, &other.pod)
+            && covers(&self.host, &other.host)
+            && covers(&self.model, &other.model)
+            && covers(&self.path, &other.path)
+            && (self.stream.is_none() || self.stream == other.stream)
     }
 }
 
@@ -171,6 +267,43 @@ impl<'de> Deserialize<'de> for PathGlob {
             .build()
             .map_err(|err| serde::de::Error::custom(format!("invalid glob `{source}`: {err}")))?;
         Ok(PathGlob {
+            matcher: glob.compile_matcher(),
+            source,
+        })
+    }
+}
+
+/// A model-name glob: `*` matches anything (model names have no path
+/// segments, though some contain `/`, e.g. `meta-llama/Llama-3.1-8B`).
+#[derive(Debug, Clone)]
+pub struct ModelGlob {
+    source: String,
+    matcher: GlobMatcher,
+}
+
+impl ModelGlob {
+    pub fn is_match(&self, model: &str) -> bool {
+        self.matcher.is_match(model)
+    }
+}
+
+impl PartialEq for ModelGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelGlob {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(de)?;
+        let glob = GlobBuilder::new(&source)
+            .literal_separator(false)
+            .case_insensitive(true)
+            .build()
+            .map_err(|err| {
+                serde::de::Error::custom(format!("invalid model glob `{source}`: {err}"))
+            })?;
+        Ok(ModelGlob {
             matcher: glob.compile_matcher(),
             source,
         })

@@ -66,6 +66,7 @@ fn first_match_wins_across_levels() {
         comm: "curl",
         uid: 0,
         user: Some("root"),
+        ..Default::default()
     };
     let proc = compiled.entry(Some(&curl), Some(&batch));
     assert_eq!(proc.actions[openai], action::ALLOW);

@@ -19,10 +19,11 @@ use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tracing::debug;
 
 use super::{
-    ConnInfo, Shared,
+    ConnInfo, Shared, credentials,
+    govern::{self, Verdict},
     providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
 };
-use crate::audit::{AuditRecord, Destination, Tokens};
+use crate::audit::{AuditRecord, Destination, StorePrompts, Tokens};
 
 /// Largest request body the proxy reads (it must see the whole prompt).
 pub const MAX_REQUEST_BODY: usize = 32 << 20;
@@ -129,6 +130,57 @@ async fn handle(
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
 
+    let mut headers = forwardable(&parts.headers);
+    let verdict = govern::decide(
+        &shared,
+        &conn,
+        family,
+        &host,
+        parts.uri.path(),
+        parts.uri.query(),
+        &info,
+        &body,
+        &mut headers,
+    )
+    .await;
+    let forward = match verdict {
+        Verdict::Forward(forward) => forward,
+        Verdict::Refuse(refuse) => {
+            audit.decision = "refused";
+            audit.rule = refuse.rule;
+            audit.outcome = refuse.outcome;
+            audit.status = Some(refuse.status.as_u16());
+            audit.error = Some(refuse.message.clone());
+            let store = shared.store_prompts;
+            audit.store_text(store, &info.prompt_text, "");
+            finish(&shared, audit, started, None);
+            let mut response =
+                error_response(family, refuse.refusal, refuse.status, &refuse.message);
+            if let Some(seconds) = refuse.retry_after
+                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    };
+    audit.rule = forward.rule.clone();
+    audit.redacted = forward.redacted.iter().cloned().collect();
+    let body = match forward.body {
+        Some(replaced) => {
+            headers.remove(header::CONTENT_LENGTH);
+            replaced
+        }
+        None => body,
+    };
+    // A Gemini key in the query string is the app's: a managed credential
+    // replaces it in the headers, so the query must not carry it on.
+    let path_and_query = if forward.strip_query_key {
+        credentials::strip_query_key(&parts.uri)
+    } else {
+        path_and_query
+    };
+
     let port = conn.destination.port();
     let default_port = if scheme == "https" { 443 } else { 80 };
     let authority = if port == default_port {
@@ -153,7 +205,7 @@ async fn handle(
         .uri(uri)
         .body(Full::new(body))
         .expect("method and URI are valid");
-    *upstream.headers_mut() = forwardable(&parts.headers);
+    *upstream.headers_mut() = headers;
     if let Ok(value) = HeaderValue::from_str(&authority) {
         upstream.headers_mut().insert(header::HOST, value);
     }
@@ -189,6 +241,8 @@ async fn handle(
             audit,
             prompt: info.prompt_text,
             started,
+            store_prompts: forward.store_prompts,
+            budget: forward.budget,
         }),
         bytes: 0,
         first_byte: None,
@@ -270,7 +324,7 @@ fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
 fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
     audit.latency_ms = ms(started.elapsed());
     audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
-    shared.audit.record(audit);
+    shared.audit.send(audit);
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -338,6 +392,10 @@ struct Pending {
     audit: AuditRecord,
     prompt: String,
     started: Instant,
+    /// The deciding rule's storage choice, over the agent's.
+    store_prompts: Option<StorePrompts>,
+    /// (rule, key) whose budget pays for the tokens.
+    budget: Option<(String, String)>,
 }
 
 /// The upstream body on its way to the client, chunk by chunk, observed as
@@ -368,7 +426,32 @@ impl ObservedBody {
         if self.event_stream {
             pending.audit.stream_events = Some(self.observer.events);
         }
-        let store = pending.shared.store_prompts;
+        let shared = &pending.shared;
+        let tokens = usage.input_tokens.unwrap_or(0) + usage.output_tokens.unwrap_or(0);
+        let cost = pending.audit.model.as_deref().and_then(|model| {
+            let state = shared.policy.read().expect("policy lock poisoned").clone();
+            state.prices.cost(
+                &pending.audit.provider,
+                model,
+                usage.input_tokens.unwrap_or(0),
+                usage.output_tokens.unwrap_or(0),
+            )
+        });
+        pending.audit.cost_usd = cost;
+        if let Some((rule, key)) = &pending.budget {
+            shared
+                .budgets
+                .lock()
+                .expect("budget lock poisoned")
+                .record_usage(
+                    rule,
+                    key,
+                    tokens,
+                    cost.unwrap_or(0.0),
+                    std::time::SystemTime::now(),
+                );
+        }
+        let store = pending.store_prompts.unwrap_or(shared.store_prompts);
         pending.audit.store_text(store, &pending.prompt, &output);
         finish(
             &pending.shared,

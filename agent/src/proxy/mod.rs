@@ -3,7 +3,9 @@
 //! for the requested name, audits every request and forwards it.
 
 pub mod ca;
+mod credentials;
 mod forward;
+mod govern;
 mod origin;
 mod passthrough;
 pub mod providers;
@@ -37,10 +39,13 @@ use tracing::{debug, info, warn};
 pub use self::origin::Origins;
 use self::{ca::Ca, forward::Conn, upstream::Pins};
 use crate::{
+    alerts::Alerts,
     audit::{AuditLog, AuditRecord, Destination, StorePrompts},
+    budget::Budgets,
     catalog::{Api, HostPattern},
     ebpf::endpoints::from_v6_bytes,
     identity::Identity,
+    policy::PolicyState,
 };
 
 /// How long a client may take to send its first bytes / ClientHello.
@@ -73,6 +78,30 @@ pub struct Describe {
     pub reply: oneshot::Sender<ConnInfo>,
 }
 
+/// What the proxy asks of the daemon's task (which owns the kernel maps).
+#[derive(Debug)]
+pub enum Control {
+    /// Block this process's model connects in the kernel until `until`.
+    Quarantine {
+        tgid: u32,
+        until: std::time::Instant,
+        rule: String,
+    },
+}
+
+/// The policy the proxy decides requests with, swapped whole on reload.
+pub type SharedPolicy = Arc<std::sync::RwLock<Arc<PolicyState>>>;
+
+/// What the proxy shares with the rest of the agent.
+pub struct ProxyLinks {
+    pub audit: AuditLog,
+    pub alerts: Alerts,
+    pub describe: mpsc::Sender<Describe>,
+    pub control: mpsc::Sender<Control>,
+    pub policy: SharedPolicy,
+    pub budgets: Arc<Mutex<Budgets>>,
+}
+
 pub(crate) struct Shared {
     origins: Origins,
     ca: Ca,
@@ -80,7 +109,12 @@ pub(crate) struct Shared {
     client: upstream::UpstreamClient,
     pins: Arc<Pins>,
     audit: AuditLog,
+    alerts: Alerts,
     describe: mpsc::Sender<Describe>,
+    control: mpsc::Sender<Control>,
+    policy: SharedPolicy,
+    budgets: Arc<Mutex<Budgets>>,
+    credentials: credentials::Credentials,
     store_prompts: StorePrompts,
     connections: AtomicU64,
 }
@@ -97,8 +131,7 @@ impl Proxy {
     pub async fn bind(
         settings: &ProxySettings,
         redirect_map: BpfHashMap<MapData, u32, Redirect>,
-        audit: AuditLog,
-        describe: mpsc::Sender<Describe>,
+        links: ProxyLinks,
     ) -> Result<Proxy> {
         let ca = Ca::load_or_create(&settings.state_dir)?;
         let pins = Arc::new(Pins::default());
@@ -113,8 +146,13 @@ impl Proxy {
                 server_configs: Mutex::new(HashMap::new()),
                 client: upstream::client(tls, pins.clone()),
                 pins,
-                audit,
-                describe,
+                audit: links.audit,
+                alerts: links.alerts,
+                describe: links.describe,
+                control: links.control,
+                policy: links.policy,
+                budgets: links.budgets,
+                credentials: credentials::Credentials::default(),
                 store_prompts: settings.store_prompts,
                 connections: AtomicU64::new(0),
             }),
@@ -199,7 +237,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         // Not sent here by the kernel: someone dialled the port by hand.
         // The proxy is not an open relay.
         warn!(%peer, "refused a connection to the proxy port that the kernel did not redirect");
-        shared.audit.record(refusal(
+        shared.audit.send(refusal(
             connection,
             "no_redirect_record",
             format!("{peer} connected to the proxy port directly; only redirected connections are served"),
@@ -258,7 +296,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(host) => host,
         Err(message) => {
             warn!(%peer, %message, "refused a redirected connection");
-            shared.audit.record(refusal(
+            shared.audit.send(refusal(
                 connection,
                 "host_mismatch",
                 message,

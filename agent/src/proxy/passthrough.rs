@@ -30,7 +30,7 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
         Ok(host) => host,
         Err(message) => {
             warn!(%message, "refused a passthrough connection");
-            shared.audit.record(refusal(
+            shared.audit.send(refusal(
                 conn.id,
                 "host_mismatch",
                 message,
@@ -73,7 +73,7 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
         }
     }
     record.latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    shared.audit.record(record);
+    shared.audit.send(record);
 }
 
 /// Peeks (never consumes) until the whole ClientHello is buffered, and

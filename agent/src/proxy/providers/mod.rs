@@ -234,6 +234,7 @@ pub enum Refusal {
     Policy,
     Upstream,
     TooLarge,
+    Budget,
 }
 
 /// An error response in the provider's own shape, so the SDK shows the
@@ -257,6 +258,12 @@ pub fn error_body(family: Family, refusal: Refusal, status: u16, message: &str) 
             "request_too_large",
             "INVALID_ARGUMENT",
             "request_too_large",
+        ),
+        Refusal::Budget => (
+            "rate_limit_exceeded",
+            "rate_limit_error",
+            "RESOURCE_EXHAUSTED",
+            "budget_exceeded",
         ),
     };
     let body = match family {

@@ -1,0 +1,201 @@
+//! The built-in classes: their names, categories, patterns and checks.
+//!
+//! Patterns use only ASCII classes and ASCII word boundaries (`(?-u:\b)`):
+//! a Unicode `\b` or `\d` makes `regex` leave its lazy DFA for a much slower
+//! engine as soon as the text holds a non-ASCII byte, and prompts often do.
+//!
+//! Every pattern except `private-key`'s is single-line in a strong sense:
+//! none can match any of the bytes in [`is_block_delimiter`]. `scan` relies on
+//! that to run the gate set block by block.
+
+use super::{
+    Category, numbers,
+    validate::{self, Span},
+};
+
+/// Validates a regex match at `start..end` of the full text and pushes the
+/// spans (possibly narrowed, possibly several) that are real findings.
+pub(super) type Check = fn(&[u8], usize, usize, &mut Vec<Span>);
+
+pub(super) struct Builtin {
+    pub name: &'static str,
+    pub category: Category,
+    /// Finds candidate spans, which `check` then validates.
+    pub pattern: &'static str,
+    /// For a class whose matches can span blocks: a single-line pattern for
+    /// the gate set, and `pattern` then runs over the whole text.
+    pub gate: Option<&'static str>,
+    pub check: Check,
+}
+
+/// `high-entropy` is the catch-all: it only reports tokens no other class
+/// claims, so it is resolved separately.
+pub(super) const HIGH_ENTROPY: usize = 10;
+
+pub(super) static BUILTINS: [Builtin; 16] = [
+    Builtin {
+        name: "aws-access-key",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?-u:\b)",
+        gate: None,
+        check: validate::accept,
+    },
+    Builtin {
+        name: "aws-secret-key",
+        category: Category::Secret,
+        // A bare 40-character base64 string is far too common (hashes, IDs)
+        // to flag, so the key must follow its name within 20 bytes of
+        // assignment punctuation: `aws_secret_access_key = "…"`,
+        // `"SecretAccessKey": "…"`, `AWS_SECRET_ACCESS_KEY=…`.
+        pattern: r#"(?i-u:aws[_ .-]?secret(?:[_ .-]?access)?(?:[_ .-]?key)?|secret[_ .-]?access[_ .-]?key)[\t "'`:=>(),\\]{1,20}[A-Za-z0-9/+]{40}"#,
+        gate: None,
+        check: validate::aws_secret,
+    },
+    Builtin {
+        name: "github-token",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
+        gate: None,
+        check: validate::accept,
+    },
+    Builtin {
+        name: "gitlab-token",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
+        gate: None,
+        check: validate::accept,
+    },
+    Builtin {
+        name: "slack-token",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)xox[abpors]-[A-Za-z0-9-]{10,}",
+        gate: None,
+        check: validate::slack,
+    },
+    Builtin {
+        name: "openai-key",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
+        gate: None,
+        check: validate::openai,
+    },
+    Builtin {
+        name: "anthropic-key",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
+        gate: None,
+        check: validate::accept,
+    },
+    Builtin {
+        name: "google-api-key",
+        category: Category::Secret,
+        pattern: r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
+        gate: None,
+        check: validate::google,
+    },
+    Builtin {
+        name: "private-key",
+        category: Category::Secret,
+        // BEGIN through the first END over PEM body bytes (base64, headers
+        // like `DEK-Info: AES-128-CBC,…`, and `\n` escapes when a JSON body
+        // is scanned as text). Without an END, the BEGIN line plus any
+        // base64 lines right after it: a truncated key still leaks.
+        pattern: concat!(
+            "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----",
+            r"(?:[A-Za-z0-9+/=\r\n\t ,:.\\-]*?-----END (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----",
+            r"|(?:\r?\n[A-Za-z0-9+/=]{16,})*)",
+        ),
+        gate: Some(PEM_GATE),
+        check: validate::accept,
+    },
+    Builtin {
+        name: "jwt",
+        category: Category::Secret,
+        // Three segments (JWS) or five (JWE); the signature may be empty for
+        // `alg: none`, which still carries the claims.
+        pattern: r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?",
+        gate: None,
+        check: validate::jwt,
+    },
+    Builtin {
+        name: "high-entropy",
+        category: Category::Secret,
+        pattern: r"[A-Za-z0-9+/=_-]{32,}",
+        gate: None,
+        check: validate::high_entropy,
+    },
+    Builtin {
+        name: "email",
+        category: Category::Pii,
+        pattern: r"[A-Za-z0-9._%+_-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}",
+        gate: None,
+        check: validate::email,
+    },
+    Builtin {
+        name: "us-ssn",
+        category: Category::Pii,
+        pattern: r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
+        gate: None,
+        check: validate::us_ssn,
+    },
+    Builtin {
+        name: "credit-card",
+        category: Category::Pii,
+        pattern: r"[0-9](?:[ -]?[0-9]){12,}",
+        gate: None,
+        check: numbers::credit_card,
+    },
+    Builtin {
+        name: "iban",
+        category: Category::Pii,
+        pattern: r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
+        gate: None,
+        check: numbers::iban,
+    },
+    Builtin {
+        name: "phone",
+        category: Category::Pii,
+        // International: `+`, then digits with single separators and
+        // optional parenthesised area codes. North American: 3-3-4 with a
+        // separator before the last four, so a bare 10-digit number (an ID,
+        // a timestamp) does not match. National trunk-`0` formats (UK, DE
+        // `020 7946 0958`, `030 1234 5678`; FR `01 23 45 67 89`) need a
+        // separator for the same reason and 3+-digit groups so that dates
+        // (`2024-03-15` holds `024-03-15`) do not even reach the check.
+        pattern: concat!(
+            r"\+[0-9](?:[ .-]?[0-9]|[ .-]?\([0-9]{1,4}\)){7,18}",
+            r"|(?:1[ .-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}",
+            r"|\(?0[0-9]{1,4}\)?(?:[ .-][0-9]{3,4}[ .-]?[0-9]{3,4}|[0-9]{3,4}[ .-][0-9]{3,4})",
+            r"|0[1-9](?:[ .][0-9]{2}){4}",
+        ),
+        gate: None,
+        check: validate::phone,
+    },
+];
+
+const PEM_GATE: &str = "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----";
+
+/// Bytes no single-line pattern above can match, so a block boundary placed
+/// right after one never cuts a finding in two.
+pub(super) fn is_block_delimiter(b: u8) -> bool {
+    matches!(
+        b,
+        b'\n'
+            | b'\r'
+            | b';'
+            | b'!'
+            | b'?'
+            | b'{'
+            | b'}'
+            | b'['
+            | b']'
+            | b'<'
+            | b'|'
+            | b'*'
+            | b'#'
+            | b'&'
+            | b'~'
+            | b'^'
+            | b'$'
+    )
+}

@@ -1,0 +1,331 @@
+//! Data classification of prompts: finds secrets and personal data in text
+//! and in the string values of JSON request bodies, and redacts them without
+//! breaking the JSON.
+//!
+//! # How a scan runs
+//!
+//! Every prompt goes through here before it leaves the host, so the common
+//! case (ordinary text, no findings) must cost about one pass of one DFA.
+//!
+//! 1. The text is cut into blocks of at least [`BLOCK`] bytes, each ending
+//!    right after a byte that no built-in single-line pattern can contain
+//!    (newline, `;`, `{`, … see [`detectors::is_block_delimiter`]).
+//! 2. One [`RegexSet`] holding every built-in class runs over each block and
+//!    says which classes occur there. Blocks with nothing cost only that.
+//! 3. Only for the classes it reports does the class's own regex run, and
+//!    only over that block, to get positions; a check then validates each
+//!    match (Luhn, mod-97, ranges, entropy, …).
+//! 4. Overlaps are resolved: the longer finding wins, a tie goes to the
+//!    earlier class, and `high-entropy` never wins against another class.
+//!
+//! `private-key` spans lines, so the set holds only its BEGIN line and the
+//! full pattern runs over the whole text. Custom patterns are not gated at
+//! all and always run over the whole text: they may match across lines,
+//! which per-block gating cannot see. A custom pattern that starts with a
+//! literal (`ACME-[0-9]{6}`) is cheap because `regex` then skips ahead with
+//! a substring search.
+
+mod bench;
+mod detectors;
+mod json;
+mod numbers;
+mod redact;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_json;
+#[cfg(test)]
+mod tests_pii;
+
+use std::collections::BTreeMap;
+
+use regex::{Regex, RegexSet};
+
+pub use self::bench::bench_json;
+#[cfg(test)]
+pub use self::bench::bench_text;
+use self::detectors::{BUILTINS, HIGH_ENTROPY};
+
+/// Category of a class, for policy: block/redact/alert can be set per class
+/// or per category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Secret,
+    Pii,
+    Custom,
+}
+
+/// A detected kind of data. Names are stable, kebab-case, used in policy
+/// files and in `[REDACTED:<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClassInfo {
+    pub name: String,
+    pub category: Category,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Index into [`Classifier::classes`].
+    pub class: usize,
+    /// Byte offsets into the scanned text; always on `char` boundaries.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// `(class, count)` pairs, sorted by class, zero counts left out.
+pub type Counts = Vec<(usize, usize)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("custom pattern `{name}`: {source}")]
+    BadPattern {
+        name: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error(
+        "custom class name `{0}` must be kebab-case (a-z, 0-9, single dashes, at most \
+         {MAX_NAME_LEN} bytes) and must not repeat a built-in or another custom name"
+    )]
+    BadName(String),
+}
+
+const MAX_NAME_LEN: usize = 64;
+
+/// Shortest text any built-in class can match (`a@b.io`).
+const MIN_BUILTIN_LEN: usize = 6;
+
+/// Nesting limit for JSON bodies. Real request bodies nest under 10 levels;
+/// deeper documents are treated like invalid JSON rather than walked.
+pub(crate) const MAX_JSON_DEPTH: usize = 64;
+
+pub struct Classifier {
+    classes: Vec<ClassInfo>,
+    /// The first pass: all built-in gate patterns as one alternation.
+    locator: Regex,
+    /// The same patterns as a set, run only on the windows `locator` finds.
+    gate: RegexSet,
+    /// One per class: built-ins, then custom.
+    finders: Vec<Regex>,
+}
+
+/// A validated match before overlap resolution.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    class: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Classifier {
+    /// Built-in detectors plus custom `(name, regex)` pairs (custom names
+    /// must be kebab-case and not clash with built-ins).
+    pub fn new(custom: &[(String, String)]) -> Result<Classifier, ClassifyError> {
+        let mut classes: Vec<ClassInfo> = BUILTINS
+            .iter()
+            .map(|b| ClassInfo {
+                name: b.name.to_owned(),
+                category: b.category,
+            })
+            .collect();
+        // The built-in patterns are constants covered by tests, so failing
+        // to compile one is a programming error; still, report it rather
+        // than panic in a long-running agent.
+        let builtin_err = |name: &str, source| ClassifyError::BadPattern {
+            name: name.to_owned(),
+            source,
+        };
+        let gates = || BUILTINS.iter().map(|b| b.gate.unwrap_or(b.pattern));
+        let gate = RegexSet::new(gates()).map_err(|e| builtin_err("built-in gate", e))?;
+        let union: Vec<String> = gates().map(|g| format!("(?:{g})")).collect();
+        let locator =
+            Regex::new(&union.join("|")).map_err(|e| builtin_err("built-in locator", e))?;
+        let mut finders = Vec::with_capacity(BUILTINS.len() + custom.len());
+        for b in &BUILTINS {
+            finders.push(Regex::new(b.pattern).map_err(|e| builtin_err(b.name, e))?);
+        }
+        for (name, pattern) in custom {
+            if !is_kebab(name) || classes.iter().any(|c| &c.name == name) {
+                return Err(ClassifyError::BadName(name.clone()));
+            }
+            let re = Regex::new(pattern).map_err(|source| ClassifyError::BadPattern {
+                name: name.clone(),
+                source,
+            })?;
+            finders.push(re);
+            classes.push(ClassInfo {
+                name: name.clone(),
+                category: Category::Custom,
+            });
+        }
+        Ok(Classifier {
+            classes,
+            locator,
+            gate,
+            finders,
+        })
+    }
+
+    pub fn classes(&self) -> &[ClassInfo] {
+        &self.classes
+    }
+
+    pub fn class_index(&self, name: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c.name == name)
+    }
+
+    /// All findings in `text`, validated, non-overlapping (on overlap keep
+    /// the longer; on a tie, the earlier class), sorted by start.
+    pub fn scan(&self, text: &str) -> Vec<Finding> {
+        resolve(self.candidates(text), |_| true)
+    }
+
+    /// Every validated match in `text`, overlapping ones included.
+    fn candidates(&self, text: &str) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        let mut spans = Vec::new();
+        if text.len() >= MIN_BUILTIN_LEN {
+            let bytes = text.as_bytes();
+            let mut covered = 0;
+            let mut whole_done = false;
+            for m in self.locator.find_iter(text) {
+                if m.start() < covered {
+                    continue;
+                }
+                // Every built-in match starts inside some hit (the locator is
+                // leftmost-first over all their patterns) and cannot contain
+                // a delimiter, so the matches behind this hit lie between its
+                // start and the next delimiter.
+                let from = m.start();
+                let to = bytes[m.end()..]
+                    .iter()
+                    .position(|&b| detectors::is_block_delimiter(b))
+                    .map_or(bytes.len(), |p| m.end() + p + 1);
+                covered = to;
+                let Some(hay) = text.get(..to) else { continue };
+                for class in self.gate.matches_at(hay, from).iter() {
+                    if BUILTINS[class].gate.is_none() {
+                        self.find(class, hay, from, &mut spans, &mut out);
+                    } else if !whole_done {
+                        whole_done = true;
+                        self.find(class, text, 0, &mut spans, &mut out);
+                    }
+                }
+            }
+        }
+        for class in BUILTINS.len()..self.finders.len() {
+            for m in self.finders[class].find_iter(text) {
+                if m.end() > m.start() {
+                    out.push(Candidate {
+                        class,
+                        start: m.start(),
+                        end: m.end(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `class`'s regex over `hay` (a prefix of the scanned text) from
+    /// `from` on, and validates each match. Searching with `find_at` rather
+    /// than on a sub-slice keeps the bytes before `from` as context for `\b`.
+    fn find(
+        &self,
+        class: usize,
+        hay: &str,
+        from: usize,
+        spans: &mut Vec<validate::Span>,
+        out: &mut Vec<Candidate>,
+    ) {
+        let re = &self.finders[class];
+        let check = BUILTINS[class].check;
+        let mut at = from;
+        while let Some(m) = re.find_at(hay, at) {
+            spans.clear();
+            check(hay.as_bytes(), m.start(), m.end(), spans);
+            out.extend(
+                spans
+                    .iter()
+                    .map(|&(start, end)| Candidate { class, start, end }),
+            );
+            // Built-in patterns never match empty; stop rather than spin if
+            // one ever did.
+            if m.end() <= at {
+                break;
+            }
+            at = m.end();
+        }
+    }
+
+    pub(crate) fn class_name(&self, class: usize) -> &str {
+        self.classes
+            .get(class)
+            .map_or("unknown", |c| c.name.as_str())
+    }
+}
+
+fn is_kebab(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// Turns candidates into findings. `keep` filters classes before overlaps are
+/// resolved, so that a class being redacted is never hidden by an overlapping
+/// finding of a class that is not.
+fn resolve(cands: Vec<Candidate>, keep: impl Fn(usize) -> bool) -> Vec<Finding> {
+    let (entropy, mut others): (Vec<_>, Vec<_>) =
+        cands.into_iter().partition(|c| c.class == HIGH_ENTROPY);
+    // "Not already another finding": a high-entropy token that overlaps any
+    // other validated match (a JWT segment, the body of an API key) is that
+    // match's, whether or not the other class is kept.
+    others.sort_by_key(|c| c.start);
+    let mut max_end = Vec::with_capacity(others.len());
+    let mut running = 0;
+    for c in &others {
+        running = running.max(c.end);
+        max_end.push(running);
+    }
+    let claimed = |s: usize, e: usize| {
+        let n = others.partition_point(|c| c.start < e);
+        n > 0 && max_end[n - 1] > s
+    };
+    let entropy: Vec<Candidate> = entropy
+        .into_iter()
+        .filter(|c| !claimed(c.start, c.end))
+        .collect();
+
+    others.retain(|c| keep(c.class));
+    others.sort_by(|a, b| {
+        (b.end - b.start)
+            .cmp(&(a.end - a.start))
+            .then(a.class.cmp(&b.class))
+            .then(a.start.cmp(&b.start))
+    });
+    let mut taken: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for c in others
+        .into_iter()
+        .chain(entropy.into_iter().filter(|c| keep(c.class)))
+    {
+        let overlaps = taken
+            .range(..c.end)
+            .next_back()
+            .is_some_and(|(_, &(end, _))| end > c.start);
+        if !overlaps {
+            taken.insert(c.start, (c.end, c.class));
+        }
+    }
+    taken
+        .into_iter()
+        .map(|(start, (end, class))| Finding { class, start, end })
+        .collect()
+}

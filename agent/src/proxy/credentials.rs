@@ -1,0 +1,215 @@
+//! Provider credentials held by the gateway: read from a file, an
+//! environment variable of the agent, or a command that prints a
+//! short-lived token (cached for its ttl). Never logged.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use http::{HeaderMap, HeaderValue, Uri, header};
+
+use super::providers::Family;
+use crate::policy::controls::CredentialSpec;
+
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Credentials {
+    cache: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Credentials {
+    /// The secret for `spec`, from the cache while it is fresh.
+    pub async fn resolve(&self, spec: &CredentialSpec) -> Result<String> {
+        let key = cache_key(spec);
+        if let Some((secret, expires)) = self.cache.lock().expect("poisoned").get(&key)
+            && Instant::now() < *expires
+        {
+            return Ok(secret.clone());
+        }
+        let (secret, ttl) = fetch(spec).await?;
+        self.cache
+            .lock()
+            .expect("poisoned")
+            .insert(key, (secret.clone(), Instant::now() + ttl));
+        Ok(secret)
+    }
+}
+
+fn cache_key(spec: &CredentialSpec) -> String {
+    if let Some(env) = &spec.env {
+        format!("env:{env}")
+    } else if let Some(file) = &spec.file {
+        format!("file:{}", file.display())
+    } else {
+        format!("command:{:?}", spec.command)
+    }
+}
+
+async fn fetch(spec: &CredentialSpec) -> Result<(String, Duration)> {
+    let ttl = spec.ttl.unwrap_or(DEFAULT_TTL);
+    if let Some(name) = &spec.env {
+        let value = std::env::var(name)
+            .with_context(|| format!("the agent's environment has no {name} (credential env)"))?;
+        return non_empty(value, &format!("environment variable {name}")).map(|v| (v, ttl));
+    }
+    if let Some(path) = &spec.file {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .with_context(|| format!("reading the credential file {}", path.display()))?;
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        return non_empty(first, &format!("credential file {}", path.display())).map(|v| (v, ttl));
+    }
+    let Some(command) = spec.command.as_ref().filter(|c| !c.is_empty()) else {
+        bail!("the credential names no source");
+    };
+    let output = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("credential command `{}` took over 10 s", command[0]))?
+    .with_context(|| format!("running credential command `{}`", command[0]))?;
+    if !output.status.success() {
+        bail!(
+            "credential command `{}` failed ({})",
+            command[0],
+            output.status
+        );
+    }
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    non_empty(token, &format!("credential command `{}`", command[0])).map(|v| (v, ttl))
+}
+
+fn non_empty(value: String, source: &str) -> Result<String> {
+    if value.is_empty() {
+        bail!("{source} is empty");
+    }
+    if value.contains(['\r', '\n']) {
+        bail!("{source} holds more than one line");
+    }
+    Ok(value)
+}
+
+/// The key an application sent, by provider convention, if any.
+pub fn app_key(headers: &HeaderMap, uri_query: Option<&str>) -> Option<String> {
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    {
+        return Some(bearer.trim().to_string());
+    }
+    for name in ["x-api-key", "api-key", "x-goog-api-key"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(value.trim().to_string());
+        }
+    }
+    uri_query
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("key="))
+                .map(str::to_string)
+        })
+        .filter(|k| !k.is_empty())
+}
+
+/// Replaces whatever credential the app sent with `secret`, the way the
+/// provider expects it.
+pub fn inject(family: Family, azure: bool, headers: &mut HeaderMap, secret: &str) -> Result<()> {
+    for name in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
+        headers.remove(name);
+    }
+    let value =
+        |v: String| HeaderValue::from_str(&v).context("the credential is not a valid header value");
+    match family {
+        Family::Anthropic => {
+            headers.insert("x-api-key", value(secret.to_string())?);
+        }
+        Family::Gemini => {
+            headers.insert("x-goog-api-key", value(secret.to_string())?);
+        }
+        Family::OpenAi if azure => {
+            headers.insert("api-key", value(secret.to_string())?);
+        }
+        Family::OpenAi | Family::Bedrock => {
+            headers.insert(header::AUTHORIZATION, value(format!("Bearer {secret}"))?);
+        }
+    }
+    Ok(())
+}
+
+/// `path?query` without a `key=` parameter (Gemini's query-string key).
+pub fn strip_query_key(uri: &Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("key="))
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_replaces_keys_per_provider() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-app"),
+        );
+        assert_eq!(app_key(&headers, None).as_deref(), Some("sk-app"));
+        inject(Family::Anthropic, false, &mut headers, "sk-ant-managed").unwrap();
+        assert!(
+            headers.get(header::AUTHORIZATION).is_none(),
+            "the app's key is gone"
+        );
+        assert_eq!(headers["x-api-key"], "sk-ant-managed");
+        assert_eq!(
+            app_key(&HeaderMap::new(), Some("alt=sse&key=AIzaX")).as_deref(),
+            Some("AIzaX")
+        );
+        let uri: Uri = "/v1beta/models/m:generateContent?key=AIzaX&alt=sse"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            strip_query_key(&uri),
+            "/v1beta/models/m:generateContent?alt=sse"
+        );
+    }
+
+    #[tokio::test]
+    async fn command_tokens_are_cached_for_their_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("n");
+        let script = format!("echo x >> {0}; wc -l < {0}", counter.display());
+        let spec = CredentialSpec {
+            env: None,
+            file: None,
+            command: Some(vec!["sh".into(), "-c".into(), script]),
+            ttl: Some(Duration::from_secs(60)),
+        };
+        let credentials = Credentials::default();
+        assert_eq!(credentials.resolve(&spec).await.unwrap(), "1");
+        assert_eq!(credentials.resolve(&spec).await.unwrap(), "1", "cached");
+    }
+}

@@ -1,0 +1,309 @@
+//! Request-time policy: the rule that decides this request, and what its
+//! controls do — models, prompt size, data rules, credentials, budgets.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::{
+    Shared, credentials,
+    forward::Conn,
+    providers::{Family, Refusal, RequestInfo},
+};
+use crate::{
+    alerts::{Alert, Severity, fingerprint},
+    audit::StorePrompts,
+    budget::BudgetKey,
+    catalog::Api,
+    policy::{
+        CgroupFacts, ProcFacts, RequestFacts,
+        controls::DataAction,
+        data_action,
+        decide::{self, DataFinding, RefuseKind},
+    },
+};
+
+const DEFAULT_QUARANTINE: Duration = Duration::from_secs(600);
+
+/// What the proxy does with one request.
+pub enum Verdict {
+    Forward(Forward),
+    Refuse(Refuse),
+}
+
+pub struct Forward {
+    pub rule: String,
+    /// A replaced (redacted) body, when the original must not leave.
+    pub body: Option<Bytes>,
+    pub store_prompts: Option<StorePrompts>,
+    /// (rule, key) to charge tokens and dollars to once the answer is in.
+    pub budget: Option<(String, String)>,
+    /// `class: count` of what was redacted, for the audit record.
+    pub redacted: Vec<(String, usize)>,
+    /// A managed credential replaced the app's: drop a `key=` query too.
+    pub strip_query_key: bool,
+}
+
+pub struct Refuse {
+    pub rule: String,
+    pub status: StatusCode,
+    pub refusal: Refusal,
+    pub outcome: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+/// The facts a rule can look at, from what the agent knows of the process.
+fn facts(conn: &Conn) -> (ProcFacts<'_>, CgroupFacts<'_>) {
+    let id = &conn.info.identity;
+    (
+        ProcFacts {
+            exe: id.exe.as_deref(),
+            comm: &id.comm,
+            uid: id.uid,
+            user: id.user.as_deref(),
+            gid: id.gid,
+            group: id.group.as_deref(),
+        },
+        CgroupFacts {
+            path: id.cgroup.as_deref().unwrap_or("/"),
+            unit: id.cgroup_info.unit.as_deref(),
+            container_id: id.cgroup_info.container_id.as_deref(),
+            runtime: id.cgroup_info.container_runtime,
+            pod_uid: id.cgroup_info.pod_uid.as_deref(),
+        },
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+pub async fn decide(
+    shared: &Shared,
+    conn: &Conn,
+    family: Family,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    info: &RequestInfo,
+    body: &Bytes,
+    headers: &mut HeaderMap,
+) -> Verdict {
+    let state = shared.policy.read().expect("policy lock poisoned").clone();
+    let (proc, cgroup) = facts(conn);
+    let request = RequestFacts {
+        host: Some(host),
+        model: info.model.as_deref(),
+        path,
+        stream: info.stream,
+    };
+    let decision = decide::decide(
+        &state.policy,
+        state.default_action(),
+        &proc,
+        &cgroup,
+        &conn.info.provider,
+        &request,
+        info,
+        body,
+    );
+    let rule_name = decision.rule_name.clone();
+    report_findings(shared, conn, &rule_name, &decision.findings);
+    if let Some((kind, message)) = decision.refuse {
+        let (status, refusal) = match kind {
+            RefuseKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Refusal::TooLarge),
+            _ => (StatusCode::FORBIDDEN, Refusal::Policy),
+        };
+        let mut message = message;
+        if matches!(kind, RefuseKind::Quarantined | RefuseKind::DataQuarantined) {
+            let until = decision
+                .rule
+                .and_then(|r| r.controls.quarantine_for)
+                .unwrap_or(DEFAULT_QUARANTINE);
+            quarantine(shared, conn, &rule_name, until);
+            message.push_str(&format!(
+                "; model access from this process is blocked for {}",
+                humantime::format_duration(until)
+            ));
+        }
+        return Verdict::Refuse(Refuse {
+            rule: rule_name,
+            status,
+            refusal,
+            outcome: kind.outcome(),
+            message,
+            retry_after: None,
+        });
+    }
+    let Some(rule) = decision.rule else {
+        return Verdict::Forward(Forward {
+            rule: rule_name,
+            body: None,
+            store_prompts: None,
+            budget: None,
+            redacted: Vec::new(),
+            strip_query_key: false,
+        });
+    };
+    let controls = &rule.controls;
+    let mut forward = Forward {
+        rule: rule_name.clone(),
+        body: None,
+        store_prompts: controls.store_prompts,
+        budget: None,
+        redacted: Vec::new(),
+        strip_query_key: controls.credential.is_some(),
+    };
+    if decision.redact {
+        let classifier = &state.policy.classifier;
+        let redact =
+            |class: usize| data_action(rule, classifier, class) == Some(DataAction::Redact);
+        if let Some((replaced, counts)) = classifier.redact_json(body, redact) {
+            forward.body = Some(Bytes::from(replaced));
+            forward.redacted = counts
+                .into_iter()
+                .map(|(class, n)| (classifier.classes()[class].name.clone(), n))
+                .collect();
+        }
+    }
+
+    if controls.managed_keys || controls.credential.is_some() {
+        if let Some(key) = credentials::app_key(headers, query) {
+            let who = conn
+                .info
+                .identity
+                .exe
+                .as_deref()
+                .unwrap_or(&conn.info.identity.comm);
+            let mut alert = Alert::new(
+                "unmanaged-key",
+                Severity::High,
+                format!(
+                    "{who} sent its own provider key ({}) where policy rule `{rule_name}` says keys are managed by the gateway",
+                    fingerprint(&key)
+                ),
+            );
+            alert.rule = Some(rule_name.clone());
+            alert.provider = Some(conn.info.provider.clone());
+            alert.host = Some(host.to_string());
+            alert.identity = Some(conn.info.identity.clone());
+            alert
+                .details
+                .insert("key_fingerprint".into(), json!(fingerprint(&key)));
+            shared.alerts.send(alert.with_id());
+        }
+        if let Some(spec) = &controls.credential {
+            let azure = conn.info.api == Some(Api::AzureOpenai);
+            let injected = match shared.credentials.resolve(spec).await {
+                Ok(secret) => credentials::inject(family, azure, headers, &secret),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = injected {
+                return Verdict::Refuse(Refuse {
+                    rule: rule_name.clone(),
+                    status: StatusCode::BAD_GATEWAY,
+                    refusal: Refusal::Upstream,
+                    outcome: "credential_error",
+                    message: format!(
+                        "modelgate: the credential of rule `{rule_name}` is unavailable: {err:#}"
+                    ),
+                    retry_after: None,
+                });
+            }
+        }
+    }
+
+    if let Some(budget) = &controls.budget {
+        let key = budget_key(budget.per, conn, &rule_name);
+        let checked = shared.budgets.lock().expect("budget lock poisoned").check(
+            &rule_name,
+            &key,
+            &budget.limits(),
+            SystemTime::now(),
+        );
+        if let Err(exceeded) = checked {
+            return Verdict::Refuse(Refuse {
+                rule: rule_name.clone(),
+                status: StatusCode::TOO_MANY_REQUESTS,
+                refusal: Refusal::Budget,
+                outcome: "budget_exceeded",
+                message: format!("modelgate: {} (policy rule `{rule_name}`)", exceeded.reason),
+                retry_after: Some(exceeded.retry_after_secs),
+            });
+        }
+        forward.budget = Some((rule_name.clone(), key));
+    }
+    Verdict::Forward(forward)
+}
+
+/// Findings the rule acts on (or asks to hear about) are security's
+/// business: one alert per request, naming the classes.
+fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFinding]) {
+    let flagged: Vec<&DataFinding> = findings
+        .iter()
+        .filter(|f| matches!(f.action, Some("alert" | "block" | "quarantine")))
+        .collect();
+    if flagged.is_empty() {
+        return;
+    }
+    let severe = flagged.iter().any(|f| f.action != Some("alert"));
+    let classes: Vec<String> = flagged.iter().map(|f| f.class.clone()).collect();
+    let mut alert = Alert::new(
+        "data-finding",
+        if severe {
+            Severity::High
+        } else {
+            Severity::Warning
+        },
+        format!(
+            "a prompt contained {} (policy rule `{rule}`)",
+            classes.join(", ")
+        ),
+    );
+    alert.rule = Some(rule.to_string());
+    alert.provider = Some(conn.info.provider.clone());
+    alert.identity = Some(conn.info.identity.clone());
+    alert.details.insert("classes".into(), Value::from(classes));
+    shared.alerts.send(alert.with_id());
+}
+
+fn budget_key(per: BudgetKey, conn: &Conn, rule: &str) -> String {
+    let id = &conn.info.identity;
+    let or_unknown = |v: Option<&str>| v.unwrap_or("unknown").to_string();
+    match per {
+        BudgetKey::Exe => or_unknown(id.exe.as_deref()),
+        BudgetKey::Unit => or_unknown(id.cgroup_info.unit.as_deref()),
+        BudgetKey::Container => or_unknown(id.cgroup_info.container_id.as_deref()),
+        BudgetKey::User => id.user.clone().unwrap_or_else(|| id.uid.to_string()),
+        BudgetKey::Rule => rule.to_string(),
+    }
+}
+
+fn quarantine(shared: &Shared, conn: &Conn, rule: &str, duration: Duration) {
+    let mut alert = Alert::new(
+        "quarantine",
+        Severity::Critical,
+        format!(
+            "model access of {} (pid {}) is blocked in the kernel for {} by rule `{rule}`",
+            conn.info
+                .identity
+                .exe
+                .as_deref()
+                .unwrap_or(&conn.info.identity.comm),
+            conn.info.identity.tgid,
+            humantime::format_duration(duration)
+        ),
+    );
+    alert.rule = Some(rule.to_string());
+    alert.provider = Some(conn.info.provider.clone());
+    alert.identity = Some(conn.info.identity.clone());
+    shared.alerts.send(alert.with_id());
+    let _ = shared.control.try_send(super::Control::Quarantine {
+        tgid: conn.info.identity.tgid,
+        until: std::time::Instant::now() + duration,
+        rule: rule.to_string(),
+    });
+}
