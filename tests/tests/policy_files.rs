@@ -101,3 +101,88 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
     agent.wait_for_log("policy reloaded", Duration::from_secs(10));
     assert_eq!(connect(), "connected", "a valid reload takes effect");
 }
+
+/// Every shipped example is a valid policy against the shipped catalog and
+/// passes its own test cases, run the way an operator runs them.
+#[test]
+fn shipped_examples_check_and_pass_their_tests() {
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let examples = policies.join("examples");
+    let mut ran_cases = 0;
+    for entry in fs::read_dir(&examples).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(
+            policies.join("endpoints.yaml"),
+            dir.path().join("endpoints.yaml"),
+        )
+        .unwrap();
+        fs::copy(policies.join("prices.yaml"), dir.path().join("prices.yaml")).unwrap();
+        fs::copy(&path, dir.path().join("policy.yaml")).unwrap();
+        let out = output(
+            Command::new(agent_bin())
+                .args(["policy", "check"])
+                .arg(dir.path()),
+        );
+        assert!(
+            out.status.success(),
+            "example {name} does not pass policy check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cases = examples.join("tests").join(format!("{name}.yaml"));
+        if cases.exists() {
+            fs::create_dir(dir.path().join("tests")).unwrap();
+            fs::copy(&cases, dir.path().join("tests/cases.yaml")).unwrap();
+            let out = output(
+                Command::new(agent_bin())
+                    .args(["policy", "test"])
+                    .arg(dir.path()),
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "example {name}'s tests fail:\n{stdout}"
+            );
+            ran_cases += stdout.matches("PASS").count();
+        }
+    }
+    assert!(ran_cases >= 2, "the example test cases ran ({ran_cases})");
+}
+
+#[test]
+fn policy_test_reports_a_failing_case_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    fs::copy(
+        shipped.join("endpoints.yaml"),
+        dir.path().join("endpoints.yaml"),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("policy.yaml"),
+        "default_action: block\nrules: []\n",
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("tests")).unwrap();
+    fs::write(
+        dir.path().join("tests/t.yaml"),
+        "tests:\n  - name: expects monitor\n    given:\n      exe: /usr/bin/curl\n      host: api.openai.com\n    expect:\n      connect: monitor\n",
+    )
+    .unwrap();
+    let out = output(
+        Command::new(agent_bin())
+            .args(["policy", "test"])
+            .arg(dir.path()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL expects monitor"), "{stdout}");
+    assert!(
+        stdout.contains("expected `monitor`, got `block`"),
+        "{stdout}"
+    );
+}

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{catalog::Catalog, config, policy::Policy};
+use crate::{budget::Prices, catalog::Catalog, config, policy::Policy};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -22,6 +22,10 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Err(err) = Prices::load_dir(&dir) {
+        eprintln!("{err}");
+        return Ok(ExitCode::FAILURE);
+    }
     match Policy::load(&dir, &catalog) {
         Ok(policy) => {
             println!(
