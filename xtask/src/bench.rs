@@ -1,5 +1,6 @@
 //! `cargo xtask bench connect`: connect() throughput on the miss path, with
-//! and without modelgate's programs, measured in the same run.
+//! and without modelgate's programs, measured in the same run. (`bench
+//! proxy`, in `bench/proxy.rs`, reuses its cgroups, agent and client.)
 //!
 //! Two sibling cgroups; the agent attaches to "on" only. A client process
 //! placed in one of them (and pinned to CPU 0) connects to a loopback
@@ -10,6 +11,9 @@
 
 mod agent;
 mod client;
+mod http_client;
+mod proxy;
+mod upstream;
 
 use std::{
     fs,
@@ -21,6 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
+pub use self::http_client::ProxyClientArgs;
 use crate::{
     build_cmd,
     cgroup::{self, ChildCgroup},
@@ -57,6 +62,9 @@ enum Bench {
     /// connect() throughput on the miss path, with and without modelgate's
     /// programs; prints the ratio (needs root).
     Connect(ConnectArgs),
+    /// Latency, streaming and throughput of model API calls through the
+    /// redirect proxy against the same calls made directly (needs root).
+    Proxy(proxy::ProxyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,11 +88,16 @@ pub struct ClientArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Connect(args) => connect(args),
+        Bench::Proxy(args) => proxy::run(args),
     }
 }
 
 pub fn client(args: &ClientArgs) -> Result<()> {
     client::run(args)
+}
+
+pub fn proxy_client(args: &ProxyClientArgs) -> Result<()> {
+    http_client::run(args)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -129,7 +142,13 @@ fn connect(args: &ConnectArgs) -> Result<()> {
 
     let dir = util::xtask_dir();
     let policies = dir.join("bench-policies");
-    write_policies(&policies)?;
+    write_files(
+        &policies,
+        &[
+            ("endpoints.yaml", ENDPOINTS_YAML),
+            ("policy.yaml", POLICY_YAML),
+        ],
+    )?;
     let events = dir.join("bench-events.jsonl");
     let log = dir.join("bench-agent.log");
     // A stale file would make its records look like this run's.
@@ -146,10 +165,13 @@ fn connect(args: &ConnectArgs) -> Result<()> {
         events: &events,
         state_dir: &dir.join("bench-state"),
         log: &log,
+        config: None,
+        upstream_ca: None,
+        cpu: None,
     })?;
 
     let exe = std::env::current_exe().context("finding the xtask binary for the bench client")?;
-    let pin = client::can_pin_cpu0();
+    let pin = client::can_use_cpu(0);
     if !pin {
         println!("bench: CPU 0 is not in this process's affinity mask; the client is not pinned");
     }
@@ -222,6 +244,25 @@ fn connect(args: &ConnectArgs) -> Result<()> {
 
 /// Prints the agent's final counters; endpoint_hits must be 0 on a miss path.
 fn report_counters(status: std::process::ExitStatus, log_text: &str, log: &Path) {
+    let Some(counters) = print_final_counters(status, log_text, log) else {
+        return;
+    };
+    match agent::counter(&counters, "endpoint_hits") {
+        Some(0) => {}
+        Some(hits) => eprintln!(
+            "bench: WARNING: endpoint_hits={hits}, expected 0: connects to {LISTEN} matched a \
+             catalog endpoint, so this run did not measure the miss path"
+        ),
+        None => eprintln!("bench: WARNING: no endpoint_hits in the agent's final counters"),
+    }
+}
+
+/// Warns when the agent failed, prints its final counters and returns them.
+fn print_final_counters(
+    status: std::process::ExitStatus,
+    log_text: &str,
+    log: &Path,
+) -> Option<String> {
     if !status.success() {
         eprintln!(
             "bench: WARNING: the agent exited with {status}; see {}",
@@ -233,25 +274,16 @@ fn report_counters(status: std::process::ExitStatus, log_text: &str, log: &Path)
             "bench: WARNING: the agent logged no `final counters` line; see {}",
             log.display()
         );
-        return;
+        return None;
     };
     println!("agent final counters: {counters}");
-    match agent::counter(&counters, "endpoint_hits") {
-        Some(0) => {}
-        Some(hits) => eprintln!(
-            "bench: WARNING: endpoint_hits={hits}, expected 0: connects to {LISTEN} matched a \
-             catalog endpoint, so this run did not measure the miss path"
-        ),
-        None => eprintln!("bench: WARNING: no endpoint_hits in the agent's final counters"),
-    }
+    Some(counters)
 }
 
-fn write_policies(dir: &Path) -> Result<()> {
+/// Writes `(name, text)` files into `dir`, creating it.
+fn write_files(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, text) in [
-        ("endpoints.yaml", ENDPOINTS_YAML),
-        ("policy.yaml", POLICY_YAML),
-    ] {
+    for (name, text) in files {
         let path = dir.join(name);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }

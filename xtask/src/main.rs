@@ -46,6 +46,9 @@ enum Command {
     /// The bench's connect() loop, run in a child process placed in a cgroup.
     #[command(hide = true)]
     BenchClient(bench::ClientArgs),
+    /// `bench proxy`'s HTTP client, run in a child process placed in a cgroup.
+    #[command(hide = true)]
+    BenchProxyClient(bench::ProxyClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::Bench(args) => bench::run(&args),
         Command::BenchClient(args) => bench::client(&args),
+        Command::BenchProxyClient(args) => bench::proxy_client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,12 @@ pub struct Paths<'a> {
     pub events: &'a Path,
     pub state_dir: &'a Path,
     pub log: &'a Path,
+    /// `--config FILE`, when the bench needs settings beyond the flags.
+    pub config: Option<&'a Path>,
+    /// `--upstream-ca FILE`: the CA of the bench's stand-in model server.
+    pub upstream_ca: Option<&'a Path>,
+    /// The one CPU the agent may run on.
+    pub cpu: Option<usize>,
 }
 
 /// A running agent; dropping it stops it (SIGTERM, then SIGKILL).
@@ -46,13 +52,20 @@ impl Agent {
             .arg(p.events)
             .arg("--state-dir")
             .arg(p.state_dir)
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
+            .args(["--log-format", "json"]);
+        if let Some(config) = p.config {
+            cmd.arg("--config").arg(config);
+        }
+        if let Some(ca) = p.upstream_ca {
+            cmd.arg("--upstream-ca").arg(ca);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log)
             // Its own process group: Ctrl-C reaches only us, and we stop the
             // agent in order (SIGTERM, wait) so its final counters are logged.
             .process_group(0);
+        super::client::place(&mut cmd, None, p.cpu)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("starting the agent `{}`", crate::util::display(&cmd)))?;
@@ -89,6 +102,20 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent is running").id()
+    }
+
+    /// A string field of the agent's `modelgate ready` log record, e.g.
+    /// `proxy` (`127.0.0.1:PORT`).
+    pub fn ready_field(&self, key: &str) -> Option<String> {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains(READY))?;
+        let record: serde_json::Value = serde_json::from_str(line).ok()?;
+        Some(record.get(key)?.as_str()?.to_owned())
     }
 
     /// Stops the agent with SIGTERM and returns its exit status and log.
@@ -194,6 +221,9 @@ mod tests {
             events: none,
             state_dir: none,
             log: &log,
+            config: None,
+            upstream_ca: None,
+            cpu: None,
         })
         .err()
         .expect("the agent cannot start");

@@ -165,10 +165,57 @@ fn affinity() -> Option<libc::cpu_set_t> {
     }
 }
 
-/// `true` when this process may run on CPU 0, so the client can be pinned there.
-pub fn can_pin_cpu0() -> bool {
+/// `true` when this process may run on `cpu`, so a child can be pinned there.
+pub fn can_use_cpu(cpu: usize) -> bool {
     // SAFETY: CPU_ISSET reads the local set.
-    affinity().is_some_and(|set| unsafe { libc::CPU_ISSET(0, &set) })
+    affinity().is_some_and(|set| unsafe { libc::CPU_ISSET(cpu, &set) })
+}
+
+/// A set holding `cpu` alone.
+fn only(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; CPU_SET only touches the local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread(cpu: usize) -> io::Result<()> {
+    let set = only(cpu);
+    // SAFETY: a valid set; pid 0 is the calling thread.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `cmd`'s child join `cgroup` and run only on `cpu` (each when
+/// given) before it execs, so it never runs a line of its own elsewhere.
+pub fn place(cmd: &mut Command, cgroup: Option<&ChildCgroup>, cpu: Option<usize>) -> Result<()> {
+    // Everything pre_exec needs is prepared here: after fork only
+    // async-signal-safe calls are allowed (no allocation).
+    let procs = cgroup
+        .map(|c| CString::new(c.procs_file().as_os_str().as_bytes()))
+        .transpose()
+        .context("cgroup path contains a NUL byte")?;
+    let set = cpu.map(only);
+    // SAFETY: the closure only makes raw syscalls on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                join_cgroup(procs)?;
+            }
+            if let Some(set) = &set
+                && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), set) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Runs `exe bench-client` inside `cgroup` (and on CPU 0 when `pin`).
@@ -179,32 +226,13 @@ pub fn measure(
     connects: u32,
     pin: bool,
 ) -> Result<Sample> {
-    // Everything pre_exec needs is prepared here: after fork only
-    // async-signal-safe calls are allowed (no allocation).
-    let procs = CString::new(cgroup.procs_file().as_os_str().as_bytes())
-        .context("cgroup path contains a NUL byte")?;
-    // SAFETY: cpu_set_t is plain data; CPU_SET only touches the local set.
-    let cpu0 = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        set
-    };
     let mut cmd = Command::new(exe);
     cmd.args(["bench-client", "--addr", &addr.to_string()])
         .args(["--connects", &connects.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure only makes raw syscalls on data prepared above.
-    unsafe {
-        cmd.pre_exec(move || {
-            join_cgroup(&procs)?;
-            if pin && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpu0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    place(&mut cmd, Some(cgroup), pin.then_some(0))?;
     let out = cmd.output().with_context(|| {
         format!(
             "starting the bench client in {} (`{}`)",

@@ -1,0 +1,543 @@
+//! `cargo xtask bench proxy`: what the redirect proxy adds to a model API
+//! call, against the same calls made directly, in the same run.
+//!
+//! A stand-in model server listens on 127.0.0.9:443 (an endpoint of the
+//! bench catalog, default action `redirect`) inside this process. Two
+//! sibling cgroups; the agent attaches to "on" only, so a client there is
+//! sent through the agent's TLS-terminating proxy while one in "off"
+//! reaches the server directly. The client and the server share CPU 0, the
+//! agent has CPU 1 to itself.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{
+    CGROUP_PREFIX, agent,
+    client::{self, place},
+    http_client::Mode,
+    upstream::{Counts, Pki, Upstream},
+};
+use crate::{
+    build_cmd,
+    cgroup::{self, ChildCgroup},
+    util,
+};
+
+const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 443);
+const HOST: &str = "api.openai.com";
+const CLIENT_CPU: usize = 0;
+const AGENT_CPU: usize = 1;
+/// Set in the optimized build we re-run as, so it never re-runs itself.
+const REEXEC_ENV: &str = "MODELGATE_BENCH_OPTIMIZED";
+
+const ENDPOINTS_YAML: &str = "\
+# Written by `cargo xtask bench proxy`: the stand-in model server.
+providers:
+  - name: openai
+    api: openai
+    hosts: [api.openai.com]
+    addresses: [127.0.0.9]
+";
+const POLICY_YAML: &str = "\
+# Written by `cargo xtask bench proxy`.
+default_action: redirect
+rules: []
+";
+const AGENT_YAML: &str = "\
+# Written by `cargo xtask bench proxy`.
+proxy_port: 0
+";
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Measured requests of the one-client run (the streaming run makes a
+    /// quarter as many).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(4..))]
+    requests: u32,
+    /// Length of each concurrent run, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+    /// Concurrent clients (connections) of the throughput run.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
+}
+
+pub fn run(args: &ProxyArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the bench creates cgroups, listens on {UPSTREAM} and loads eBPF programs: run as \
+             root (sudo -E cargo xtask bench proxy)"
+        );
+    }
+    reexec_optimized()?;
+    let bin = build_cmd::build(true)?;
+    super::catch_ctrl_c();
+
+    let mount = cgroup::mount()?;
+    super::remove_stale_cgroups(&mount);
+    let pid = std::process::id();
+    // Declared before the agent, so they are dropped (removed) after it stops.
+    let off = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}proxy-off-{pid}"))?;
+    let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}proxy-on-{pid}"))?;
+
+    let dir = util::xtask_dir();
+    let state_dir = dir.join("bench-proxy-state");
+    fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let pki = Pki::new(HOST)?;
+    let upstream_ca = dir.join("bench-proxy-upstream-ca.pem");
+    fs::write(&upstream_ca, &pki.ca_pem)
+        .with_context(|| format!("writing {}", upstream_ca.display()))?;
+    let pin = client::can_use_cpu(CLIENT_CPU) && client::can_use_cpu(AGENT_CPU);
+    if !pin {
+        println!(
+            "bench: CPUs {CLIENT_CPU} and {AGENT_CPU} are not both in this process's affinity \
+             mask; nothing is pinned"
+        );
+    }
+    let upstream = Upstream::start(SocketAddr::V4(UPSTREAM), &pki, pin.then_some(CLIENT_CPU))?;
+
+    let policies = dir.join("bench-proxy-policies");
+    super::write_files(
+        &policies,
+        &[
+            ("endpoints.yaml", ENDPOINTS_YAML),
+            ("policy.yaml", POLICY_YAML),
+        ],
+    )?;
+    let config = dir.join("bench-proxy-agent.yaml");
+    fs::write(&config, AGENT_YAML).with_context(|| format!("writing {}", config.display()))?;
+    let events = dir.join("bench-proxy-events.jsonl");
+    let audit = state_dir.join("audit.jsonl");
+    let log = dir.join("bench-proxy-agent.log");
+    // Stale files would make their records look like this run's.
+    let _ = fs::remove_file(&events);
+    let _ = fs::remove_file(&audit);
+    println!(
+        "bench: starting the agent on {} (log: {})",
+        on.path().display(),
+        log.display()
+    );
+    let agent = agent::Agent::start(&agent::Paths {
+        bin: &bin,
+        policies: &policies,
+        cgroup: on.path(),
+        events: &events,
+        state_dir: &state_dir,
+        log: &log,
+        config: Some(&config),
+        upstream_ca: Some(&upstream_ca),
+        cpu: pin.then_some(AGENT_CPU),
+    })?;
+    let agent_pid = agent.pid();
+    println!(
+        "bench: agent pid {agent_pid}, proxy {}{}; upstream {UPSTREAM} as {HOST}{}",
+        agent
+            .ready_field("proxy")
+            .as_deref()
+            .unwrap_or("(not logged)"),
+        if pin {
+            format!(" on CPU {AGENT_CPU}")
+        } else {
+            String::new()
+        },
+        if pin {
+            format!(", it and the client on CPU {CLIENT_CPU}")
+        } else {
+            String::new()
+        },
+    );
+
+    let runner = Runner {
+        off: &off,
+        on: &on,
+        exe: std::env::current_exe().context("finding the xtask binary for the bench client")?,
+        cas: [upstream_ca, state_dir.join("ca.pem")],
+        args,
+        cpu: pin.then_some(CLIENT_CPU),
+        upstream: &upstream,
+    };
+    let latency = [
+        runner.run(Mode::Latency, false)?,
+        runner.run(Mode::Latency, true)?,
+    ];
+    let stream = [
+        runner.run(Mode::Stream, false)?,
+        runner.run(Mode::Stream, true)?,
+    ];
+    let load_off = runner.run(Mode::Load, false)?;
+    let (cpu_before, wall) = (cpu_seconds(agent_pid)?, Instant::now());
+    let load_on = runner.run(Mode::Load, true)?;
+    let proxy_cpu = cpu_seconds(agent_pid)? - cpu_before;
+    let proxy_busy = proxy_cpu / wall.elapsed().as_secs_f64();
+    let rss_kib = vm_rss_kib(agent_pid)?;
+
+    let (status, log_text) = agent.stop()?;
+    drop(upstream);
+    let runs = [
+        &latency[0],
+        &latency[1],
+        &stream[0],
+        &stream[1],
+        &load_off,
+        &load_on,
+    ];
+    let report = Report {
+        runs: &runs,
+        clients: args.clients,
+        proxy_cpu,
+        proxy_busy,
+        rss_kib,
+    };
+    report.print();
+    report.check_upstream();
+    report.check_audit(&audit);
+    super::print_final_counters(status, &log_text, &log);
+    Ok(())
+}
+
+/// The client and the stand-in server are this binary, which `cargo xtask`
+/// builds unoptimized: TLS and HTTP there would cost several times what
+/// they cost an SDK, and the direct baseline would mostly measure that. So
+/// build xtask with the release profile and re-run this command with it.
+fn reexec_optimized() -> Result<()> {
+    if !cfg!(debug_assertions) || std::env::var_os(REEXEC_ENV).is_some() {
+        return Ok(());
+    }
+    println!("bench: building an optimized xtask for the client and the stand-in server");
+    let mut cmd = util::cargo();
+    cmd.args(["build", "--release", "--package", "xtask"]);
+    util::run_checked(
+        &mut cmd,
+        "building xtask with the release profile",
+        "fix the compile errors above",
+    )?;
+    let exe = util::target_dir().join("release").join("xtask");
+    let err = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, "1")
+        .exec();
+    Err(err).with_context(|| format!("running the optimized xtask {}", exe.display()))
+}
+
+struct Runner<'a> {
+    off: &'a ChildCgroup,
+    on: &'a ChildCgroup,
+    exe: PathBuf,
+    cas: [PathBuf; 2],
+    args: &'a ProxyArgs,
+    cpu: Option<usize>,
+    upstream: &'a Upstream,
+}
+
+/// One client run: its JSON result and what the server counted meanwhile.
+struct Run {
+    mode: Mode,
+    proxied: bool,
+    out: serde_json::Value,
+    upstream: Counts,
+}
+
+impl Run {
+    fn get(&self, key: &str) -> f64 {
+        self.out
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN)
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.out.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+
+    fn label(&self) -> String {
+        let side = if self.proxied { "proxied" } else { "direct" };
+        format!("{} {side}", mode_name(self.mode))
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Latency => "latency",
+        Mode::Stream => "stream",
+        Mode::Load => "load",
+    }
+}
+
+impl Runner<'_> {
+    /// Runs `exe bench-proxy-client` in the "on" cgroup when `proxied`, else
+    /// in "off", and reads its result line.
+    fn run(&self, mode: Mode, proxied: bool) -> Result<Run> {
+        super::check_interrupted()?;
+        let cgroup = if proxied { self.on } else { self.off };
+        let requests = match mode {
+            Mode::Stream => self.args.requests / 4,
+            _ => self.args.requests,
+        };
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("bench-proxy-client")
+            .args(["--mode", mode_name(mode)])
+            .args(["--addr", &UPSTREAM.to_string(), "--host", HOST])
+            .args(["--requests", &requests.to_string()])
+            .args(["--seconds", &self.args.seconds.to_string()])
+            .args(["--clients", &self.args.clients.to_string()]);
+        for ca in &self.cas {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        place(&mut cmd, Some(cgroup), self.cpu)?;
+        let before = self.upstream.counts();
+        let out = cmd.output();
+        super::check_interrupted()?;
+        let out = out.with_context(|| {
+            format!(
+                "starting the bench client in {} (`{}`)",
+                cgroup.path().display(),
+                util::display(&cmd)
+            )
+        })?;
+        if !out.status.success() {
+            bail!(
+                "the bench client failed ({}) in {}",
+                out.status,
+                cgroup.path().display()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        let run = Run {
+            mode,
+            proxied,
+            out: serde_json::from_str(line)
+                .with_context(|| format!("the bench client printed {text:?}, not a JSON line"))?,
+            upstream: self.upstream.counts().since(before),
+        };
+        println!("  {}: {}", run.label(), summary(&run));
+        Ok(run)
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let completed = super::group(run.count("completed"));
+    match run.mode {
+        Mode::Latency => format!(
+            "p50 {:.0} µs, p99 {:.0} µs ({completed} requests)",
+            run.get("p50_us"),
+            run.get("p99_us")
+        ),
+        Mode::Stream => format!(
+            "first byte p50 {:.0} µs p99 {:.0} µs, last byte p50 {:.0} µs p99 {:.0} µs \
+             ({completed} requests)",
+            run.get("first_p50_us"),
+            run.get("first_p99_us"),
+            run.get("last_p50_us"),
+            run.get("last_p99_us")
+        ),
+        Mode::Load => {
+            let errors = run.count("errors");
+            let first = run.out.get("first_error").and_then(|e| e.as_str());
+            format!(
+                "{completed} requests in {:.1} s, {} errors{}",
+                run.get("seconds"),
+                super::group(errors),
+                first.map(|e| format!(" (first: {e})")).unwrap_or_default()
+            )
+        }
+    }
+}
+
+struct Report<'a> {
+    /// latency off/on, stream off/on, load off/on.
+    runs: &'a [&'a Run; 6],
+    clients: u32,
+    proxy_cpu: f64,
+    /// Share of one core the agent used during the proxied load run.
+    proxy_busy: f64,
+    rss_kib: u64,
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let [lat_off, lat_on, str_off, str_on, load_off, load_on] = *self.runs;
+        let upstream = match (load_on.upstream.http1, load_on.upstream.http2) {
+            (0, n) if n > 0 => "h2 upstream",
+            (n, 0) if n > 0 => "HTTP/1.1 upstream",
+            _ => "HTTP/1.1 and h2 upstream",
+        };
+        let ms = |on: &Run, off: &Run, key: &str| (on.get(key) - off.get(key)) / 1000.0;
+        println!("proxy bench (TLS client→proxy→TLS upstream, HTTP/1.1 client, {upstream})");
+        println!(
+            "1 client, non-streaming: direct p50 {:.0} µs p99 {:.0} µs; proxied p50 {:.0} µs p99 \
+             {:.0} µs; added p50 {:.2} ms (target < 0.2 ms), p99 {:.2} ms (target < 1 ms)",
+            lat_off.get("p50_us"),
+            lat_off.get("p99_us"),
+            lat_on.get("p50_us"),
+            lat_on.get("p99_us"),
+            ms(lat_on, lat_off, "p50_us"),
+            ms(lat_on, lat_off, "p99_us"),
+        );
+        let pair = |run: &Run, key: &str| {
+            format!(
+                "p50 {:.0} µs p99 {:.0} µs",
+                run.get(&format!("{key}_p50_us")),
+                run.get(&format!("{key}_p99_us"))
+            )
+        };
+        println!(
+            "1 client, {}-chunk stream: time to first byte direct {}, proxied {}; to last byte \
+             direct {}, proxied {}; added to last byte p50 {:.2} ms (target < 0.5 ms), p99 {:.2} ms",
+            super::upstream::STREAM_CHUNKS,
+            pair(str_off, "first"),
+            pair(str_on, "first"),
+            pair(str_off, "last"),
+            pair(str_on, "last"),
+            ms(str_on, str_off, "last_p50_us"),
+            ms(str_on, str_off, "last_p99_us"),
+        );
+        let rate = |run: &Run| run.count("completed") as f64 / run.get("seconds");
+        let per_request = self.proxy_cpu * 1000.0 / load_on.count("completed").max(1) as f64;
+        println!(
+            "{} clients, proxy on 1 core: direct {} req/s; proxied {} req/s (target ≥ 10,000); \
+             proxy CPU {per_request:.3} ms/request (target ≤ 0.1 ms){}",
+            self.clients,
+            super::group(rate(load_off) as u64),
+            super::group(rate(load_on) as u64),
+            match (load_off.count("errors"), load_on.count("errors")) {
+                (0, 0) => String::new(),
+                (a, b) => format!("; errors: direct {a}, proxied {b}"),
+            }
+        );
+        // Below a saturated core, the proxied rate says more about the
+        // client and server (sharing one core) than about the proxy.
+        println!(
+            "  the proxy's core was {:.0}% busy; at 100% its CPU per request would serve ≈ {} \
+             req/s{}",
+            self.proxy_busy * 100.0,
+            super::group((1000.0 / per_request.max(1e-6)) as u64),
+            if self.proxy_busy < 0.9 {
+                " (the proxied rate above is bound by the client and server's core, not the proxy)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "proxy RSS after the run: {:.1} MB (target < 40 MB)",
+            self.rss_kib as f64 / 1024.0
+        );
+    }
+
+    /// Every request a client completed reached the server, once.
+    fn check_upstream(&self) {
+        let mut parts = Vec::new();
+        for run in self.runs {
+            let (completed, counted) = (run.count("completed"), run.upstream.total());
+            if completed != counted {
+                eprintln!(
+                    "bench: WARNING: {}: the clients completed {completed} requests but the \
+                     server counted {counted}",
+                    run.label()
+                );
+            }
+            parts.push(format!(
+                "{} {}/{} (HTTP/1.1 {}, h2 {})",
+                run.label(),
+                counted,
+                completed,
+                run.upstream.http1,
+                run.upstream.http2
+            ));
+        }
+        println!("upstream counted / clients completed: {}", parts.join("; "));
+    }
+
+    /// One audit record per proxied request.
+    fn check_audit(&self, audit: &Path) {
+        let proxied: u64 = self
+            .runs
+            .iter()
+            .filter(|r| r.proxied)
+            .map(|r| r.count("completed"))
+            .sum();
+        let text = fs::read_to_string(audit).unwrap_or_default();
+        let records = text.lines().count() as u64;
+        let not_ok = text
+            .lines()
+            .filter(|l| !l.contains(r#""outcome":"ok""#))
+            .count();
+        if records == proxied && not_ok == 0 {
+            println!(
+                "audit: {} records in {} for {} proxied requests completed: match",
+                super::group(records),
+                audit.display(),
+                super::group(proxied)
+            );
+            return;
+        }
+        eprintln!(
+            "bench: WARNING: AUDIT MISMATCH: {} has {records} records ({not_ok} not `ok`) for \
+             {proxied} proxied requests the clients completed",
+            audit.display()
+        );
+    }
+}
+
+/// A process's user + system CPU time, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which may hold spaces and ")":
+    // state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(14 - 3), ticks(15 - 3)) else {
+        bail!("no utime/stime in {path}: {text:?}");
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok((utime + stime) as f64 / hz.max(1) as f64)
+}
+
+/// A process's resident set, in KiB.
+fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn reads_our_own_cpu_and_rss() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(vm_rss_kib(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn mode_names_are_the_clients_values() {
+        for mode in [Mode::Latency, Mode::Stream, Mode::Load] {
+            let value = mode.to_possible_value().expect("not skipped");
+            assert_eq!(value.get_name(), mode_name(mode));
+        }
+    }
+}

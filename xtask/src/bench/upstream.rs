@@ -1,0 +1,295 @@
+//! `bench proxy`'s model server: a throwaway PKI, and an OpenAI-style
+//! `POST /v1/chat/completions` over TLS (ALPN h2 and http/1.1) that answers
+//! at once, on a tokio runtime inside the xtask process.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::{
+    Method, Request, Response, StatusCode, Version,
+    body::{Body, Frame, Incoming},
+    header::CONTENT_TYPE,
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+};
+use tokio::{net::TcpListener, runtime::Runtime};
+use tokio_rustls::TlsAcceptor;
+
+const PATH: &str = "/v1/chat/completions";
+/// Content chunks of a streamed answer, each its own body frame.
+pub const STREAM_CHUNKS: usize = 20;
+const CHUNK_HEAD: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini""#;
+const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":8,"completion_tokens":9,"total_tokens":17}}"#;
+
+/// A CA, and a server certificate it signed for one host name.
+pub struct Pki {
+    pub ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Pki {
+    pub fn new(host: &str) -> Result<Pki> {
+        let ca_key = KeyPair::generate().context("generating the bench CA key")?;
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "modelgate bench upstream CA");
+        let ca_cert = ca.self_signed(&ca_key).context("signing the bench CA")?;
+        let key = KeyPair::generate().context("generating the bench server key")?;
+        let server = CertificateParams::new(vec![host.to_owned()])
+            .with_context(|| format!("certificate parameters for {host}"))?
+            .signed_by(&key, &Issuer::new(ca, ca_key))
+            .with_context(|| format!("signing the bench certificate for {host}"))?;
+        Ok(Pki {
+            ca_pem: ca_cert.pem(),
+            chain: vec![server.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        })
+    }
+}
+
+/// Requests answered, by the HTTP version they arrived in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub http1: u64,
+    pub http2: u64,
+}
+
+impl Counts {
+    pub fn total(self) -> u64 {
+        self.http1 + self.http2
+    }
+
+    pub fn since(self, before: Counts) -> Counts {
+        Counts {
+            http1: self.http1 - before.http1,
+            http2: self.http2 - before.http2,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    http1: AtomicU64,
+    http2: AtomicU64,
+}
+
+/// The running server; dropping it shuts its runtime down.
+pub struct Upstream {
+    _runtime: Runtime,
+    counters: Arc<Counters>,
+}
+
+impl Upstream {
+    /// Listens on `addr` and serves until dropped; every runtime thread is
+    /// pinned to `cpu` when given.
+    pub fn start(addr: SocketAddr, pki: &Pki, cpu: Option<usize>) -> Result<Upstream> {
+        let mut tls =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .context("configuring TLS versions")?
+                .with_no_client_auth()
+                .with_single_cert(pki.chain.clone(), PrivateKeyDer::Pkcs8(pki.key.clone_key()))
+                .context("loading the bench server certificate")?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-upstream")
+            .on_thread_start(move || {
+                if let Some(cpu) = cpu
+                    && let Err(err) = super::client::pin_thread(cpu)
+                {
+                    eprintln!("bench: warning: cannot pin the upstream server to CPU {cpu}: {err}");
+                }
+            })
+            .enable_all()
+            .build()
+            .context("starting the upstream server's runtime")?;
+        let listener = runtime.block_on(TcpListener::bind(addr)).with_context(|| {
+            format!(
+                "listening on {addr} for the stand-in model server; if another server holds it \
+                 (EADDRINUSE), find it with `ss -ltnp 'src {}'` and retry when it is gone",
+                addr.ip()
+            )
+        })?;
+        let counters = Arc::new(Counters::default());
+        let answers = Arc::new(Answers::new());
+        runtime.spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(tls)),
+            counters.clone(),
+            answers,
+        ));
+        Ok(Upstream {
+            _runtime: runtime,
+            counters,
+        })
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            http1: self.counters.http1.load(Ordering::SeqCst),
+            http2: self.counters.http2.load(Ordering::SeqCst),
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    counters: Arc<Counters>,
+    answers: Arc<Answers>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                eprintln!("bench: upstream accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, counters, answers) = (acceptor.clone(), counters.clone(), answers.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = service_fn(move |req| answer(req, counters.clone(), answers.clone()));
+            // Errors are clients going away (the load run's end); not news.
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+type AnswerBody = Either<Full<Bytes>, Frames>;
+
+async fn answer(
+    req: Request<Incoming>,
+    counters: Arc<Counters>,
+    answers: Arc<Answers>,
+) -> Result<Response<AnswerBody>, hyper::Error> {
+    if req.method() != Method::POST || req.uri().path() != PATH {
+        let mut not_found = Response::new(Either::Left(Full::new(Bytes::from_static(
+            b"{\"error\":{\"message\":\"not found\"}}",
+        ))));
+        *not_found.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(not_found);
+    }
+    let version = req.version();
+    let body = req.into_body().collect().await?.to_bytes();
+    let stream = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("stream")?.as_bool())
+        .unwrap_or(false);
+    let counter = if version == Version::HTTP_2 {
+        &counters.http2
+    } else {
+        &counters.http1
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
+    let (content_type, body) = if stream {
+        (
+            "text/event-stream",
+            Either::Right(Frames(answers.events.clone().into_iter())),
+        )
+    } else {
+        (
+            "application/json",
+            Either::Left(Full::new(answers.completion.clone())),
+        )
+    };
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, content_type.parse().expect("a valid header"));
+    Ok(response)
+}
+
+/// The answers, built once: a completion, and a stream's SSE events.
+struct Answers {
+    completion: Bytes,
+    events: Vec<Bytes>,
+}
+
+impl Answers {
+    fn new() -> Answers {
+        let mut events: Vec<Bytes> = (0..STREAM_CHUNKS)
+            .map(|i| {
+                Bytes::from(format!(
+                    "data: {CHUNK_HEAD},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
+                ))
+            })
+            .collect();
+        events.push(Bytes::from(format!(
+            "data: {CHUNK_HEAD},\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":{STREAM_CHUNKS},\"total_tokens\":{}}}}}\n\n",
+            STREAM_CHUNKS + 8
+        )));
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        Answers {
+            completion: Bytes::from_static(COMPLETION.as_bytes()),
+            events,
+        }
+    }
+}
+
+/// A body of ready frames, one per event: nothing coalesces them here.
+pub struct Frames(std::vec::IntoIter<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.next().map(|data| Ok(Frame::data(data))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_json_then_done() {
+        let answers = Answers::new();
+        assert_eq!(answers.events.len(), STREAM_CHUNKS + 2);
+        for event in &answers.events[..=STREAM_CHUNKS] {
+            let text = std::str::from_utf8(event).unwrap();
+            let json = text.strip_prefix("data: ").unwrap().trim_end();
+            serde_json::from_str::<serde_json::Value>(json).expect(text);
+        }
+        let usage: serde_json::Value =
+            serde_json::from_str(&String::from_utf8_lossy(&answers.events[STREAM_CHUNKS])[6..])
+                .unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], STREAM_CHUNKS);
+        let done = &answers.events[STREAM_CHUNKS + 1];
+        assert_eq!(&done[..], b"data: [DONE]\n\n");
+        serde_json::from_slice::<serde_json::Value>(&answers.completion).unwrap();
+    }
+}
