@@ -49,6 +49,13 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
             .with_context(|| format!("opening the {what} log {}", path.display()))?;
         let (tx, mut rx) = mpsc::channel::<T>(queue);
         let writer = tokio::task::spawn_blocking(move || {
+            // Behind the proxy in the CPU queue: on a busy core, writing the
+            // log must not hold up requests, only be a little late.
+            // SAFETY: plain syscalls on this thread's own id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
             let mut out = BufWriter::new(file);
             let mut failed = 0u64;
             let mut write = |out: &mut BufWriter<std::fs::File>, record: &T| {

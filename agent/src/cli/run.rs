@@ -113,8 +113,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         default_action: args.default_action.or(file.default_action),
         proxy,
     };
+    // One worker per CPU this process may run on (tokio's default follows
+    // the affinity mask): pinned to one core, one worker, and no task
+    // bouncing between threads that share it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
