@@ -186,3 +186,50 @@ fn policy_test_reports_a_failing_case_and_exits_1() {
         "{stdout}"
     );
 }
+
+const SCHEMA_CHECK: &str = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+failed = 0
+for path in sys.argv[2:]:
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(open(path))))
+    print(path, "ok" if not errors else "; ".join(e.message for e in errors))
+    failed += bool(errors)
+sys.exit(1 if failed else 0)
+"#;
+
+/// The published JSON Schema accepts every shipped policy and refuses a
+/// misspelt field, as `policy check` does.
+#[test]
+fn the_json_schema_matches_the_shipped_policies() {
+    let python = std::env::var("MODELGATE_TEST_PYTHON")
+        .expect("MODELGATE_TEST_PYTHON (with jsonschema and pyyaml) is set by `cargo xtask test`");
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut files = vec![policies.join("policy.yaml")];
+    for entry in fs::read_dir(policies.join("examples")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "yaml") {
+            files.push(entry.path());
+        }
+    }
+    let out = output(
+        Command::new(&python)
+            .args(["-c", SCHEMA_CHECK])
+            .arg(policies.join("policy.schema.json"))
+            .args(&files),
+    );
+    assert!(
+        out.status.success(),
+        "the schema refuses a shipped policy:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    fs::write(bad.path(), "rules:\n  - name: x\n    action: block\n    mtach: {}\n").unwrap();
+    let out = output(
+        Command::new(&python)
+            .args(["-c", SCHEMA_CHECK])
+            .arg(policies.join("policy.schema.json"))
+            .arg(bad.path()),
+    );
+    assert!(!out.status.success(), "a misspelt field must fail the schema");
+}
