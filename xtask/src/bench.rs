@@ -1,6 +1,7 @@
 //! `cargo xtask bench connect`: connect() throughput on the miss path, with
 //! and without modelgate's programs, measured in the same run. (`bench
-//! proxy`, in `bench/proxy.rs`, reuses its cgroups, agent and client.)
+//! proxy`, in `bench/proxy.rs`, reuses its cgroups, agent and client; `bench
+//! classify`, in `bench/classify.rs`, reuses `bench proxy`'s.)
 //!
 //! Two sibling cgroups; the agent attaches to "on" only. A client process
 //! placed in one of them (and pinned to CPU 0) connects to a loopback
@@ -10,6 +11,7 @@
 //! traffic that is not a model API.
 
 mod agent;
+mod classify;
 mod client;
 mod http_client;
 mod proxy;
@@ -65,6 +67,9 @@ enum Bench {
     /// Latency, streaming and throughput of model API calls through the
     /// redirect proxy against the same calls made directly (needs root).
     Proxy(proxy::ProxyArgs),
+    /// Throughput of the data classifiers on one core, and what
+    /// classification adds to a 32 KB request through the proxy (needs root).
+    Classify(classify::ClassifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Connect(args) => connect(args),
         Bench::Proxy(args) => proxy::run(args),
+        Bench::Classify(args) => classify::run(args),
     }
 }
 

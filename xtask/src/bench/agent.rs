@@ -1,5 +1,6 @@
 //! The agent under test: started with the bench's policies on the "on"
-//! cgroup, stopped with SIGTERM, its log read for the final counters.
+//! cgroup, stopped with SIGTERM, its log read for readiness, reloads and
+//! the final counters.
 
 use std::{
     fs::{self, File},
@@ -78,30 +79,81 @@ impl Agent {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_for(&format!("log `{READY}`"), READY_TIMEOUT, |log| {
+            Ok(log.contains(READY).then_some(()))
+        })
+    }
+
+    /// Polls the log until `found` returns something (or an error), the
+    /// agent exits or `timeout` passes; `what` is what we wait for, for the
+    /// error messages.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&str) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if self.log_text().contains(READY) {
-                return Ok(());
+            if let Some(value) = found(&self.log_text())? {
+                return Ok(value);
             }
             let child = self.child.as_mut().expect("the agent is running");
             if let Some(status) = child.try_wait().context("checking on the agent")? {
                 self.child = None;
                 bail!(
-                    "the agent exited ({status}) before it was ready; its log ({}):\n{}",
+                    "the agent exited ({status}) while we waited for it to {what}; its log \
+                     ({}):\n{}",
                     self.log.display(),
                     self.log_text()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the agent did not log `{READY}` within {} s; its log ({}):\n{}",
-                    READY_TIMEOUT.as_secs(),
+                    "the agent did not {what} within {} s; its log ({}):\n{}",
+                    timeout.as_secs(),
                     self.log.display(),
                     self.log_text()
                 );
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where the log ends now: pass it to [`Agent::wait_logged`] to look only
+    /// at what the agent logs after this point.
+    pub fn log_mark(&self) -> usize {
+        fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// Waits for a JSON log record whose message starts with `message`,
+    /// logged after `mark`, and returns it. Fails as soon as a record
+    /// starting with one of `failures` appears there instead.
+    pub fn wait_logged(
+        &mut self,
+        mark: usize,
+        message: &str,
+        failures: &[&str],
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let log = self.log.clone();
+        self.wait_for(&format!("log `{message}`"), timeout, |text| {
+            let after = text.get(mark..).unwrap_or_default();
+            for record in records(after) {
+                let said = record.get("message").and_then(|m| m.as_str());
+                let said = said.unwrap_or_default();
+                if said.starts_with(message) {
+                    return Ok(Some(record));
+                }
+                if failures.iter().any(|f| said.starts_with(f)) {
+                    bail!(
+                        "waiting for `{message}`, the agent logged {record} (log: {})",
+                        log.display()
+                    );
+                }
+            }
+            Ok(None)
+        })
     }
 
     /// The agent's process id.
@@ -183,6 +235,14 @@ pub fn final_counters(log: &str) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// The JSON records in `log`; other lines (and a cut-off first or last
+/// line) are skipped.
+fn records(log: &str) -> impl Iterator<Item = serde_json::Value> + '_ {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(serde_json::Value::is_object)
+}
+
 /// `name=N` from a counters text.
 pub fn counter(counters: &str, name: &str) -> Option<u64> {
     counters
@@ -230,6 +290,43 @@ mod tests {
         let _ = fs::remove_file(&log);
         let msg = format!("{err:#}");
         assert!(msg.contains("exited") && msg.contains("run"), "{msg}");
+    }
+
+    #[test]
+    fn waits_for_a_record_after_the_mark() {
+        let log = std::env::temp_dir().join(format!("xtask-agent-wait-{}.log", std::process::id()));
+        let old = "{\"level\":\"INFO\",\"rules\":0,\"message\":\"policy reloaded\"}\n";
+        fs::write(&log, old).unwrap();
+        // A live child to poll: `sleep` stands in for the agent.
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut agent = Agent {
+            child: Some(child),
+            log: log.clone(),
+        };
+        let mark = agent.log_mark();
+        assert_eq!(mark, old.len());
+        let short = Duration::from_millis(250);
+        let err = agent
+            .wait_logged(mark, "policy reloaded", &[], short)
+            .expect_err("nothing new was logged");
+        assert!(format!("{err:#}").contains("did not log `policy reloaded`"));
+
+        let new = "not json\n{\"level\":\"INFO\",\"rules\":1,\"message\":\"policy reloaded\"}\n";
+        fs::write(&log, format!("{old}{new}")).unwrap();
+        let record = agent
+            .wait_logged(mark, "policy reloaded", &["reload refused"], short)
+            .unwrap();
+        assert_eq!(record["rules"], 1);
+
+        let refused =
+            "{\"level\":\"ERROR\",\"message\":\"reload refused, the previous policy stays\"}\n";
+        fs::write(&log, format!("{old}{refused}")).unwrap();
+        let err = agent
+            .wait_logged(mark, "policy reloaded", &["reload refused"], short)
+            .expect_err("the reload was refused");
+        assert!(format!("{err:#}").contains("reload refused"), "{err:#}");
+        drop(agent);
+        let _ = fs::remove_file(&log);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `cargo xtask bench-proxy-client`: `bench proxy`'s client, run in a child
 //! process placed in a cgroup before it execs. Like an SDK whose DNS answer
 //! for the API host is the bench address: TCP to `--addr`, TLS with the
-//! host as SNI, HTTP/1.1 keep-alive, one connection per client. Prints one
-//! JSON line of results on stdout.
+//! host as SNI, HTTP/1.1 keep-alive, one connection per client. Sends a
+//! short chat request, or `--body-file`'s. Prints one JSON line of results
+//! on stdout.
 
 use std::{
     net::SocketAddr,
@@ -30,9 +31,9 @@ use tokio::{net::TcpStream, task::JoinSet};
 use tokio_rustls::TlsConnector;
 
 const PATH: &str = "/v1/chat/completions";
-const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#;
-const STREAM_BODY: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}],"stream":true}"#;
+const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#;
+const STREAM_BODY: &[u8] =
+    br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}],"stream":true}"#;
 const WARM_UP: u32 = 100;
 const STREAM_WARM_UP: u32 = 25;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,11 @@ pub struct ProxyClientArgs {
     pub seconds: u64,
     #[arg(long, default_value_t = 64)]
     pub clients: u32,
+    /// Send this file as every request body (the streaming mode too: it
+    /// streams when the file's JSON says `"stream": true`), instead of a
+    /// short built-in chat request.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
 }
 
 struct Target {
@@ -74,15 +80,27 @@ struct Target {
     host: String,
     name: ServerName<'static>,
     tls: TlsConnector,
+    /// The non-streaming and the streaming request body.
+    bodies: [Bytes; 2],
 }
 
 pub fn run(args: &ProxyClientArgs) -> Result<()> {
+    let bodies = match &args.body_file {
+        Some(path) => {
+            let body = Bytes::from(
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            );
+            [body.clone(), body]
+        }
+        None => [Bytes::from_static(BODY), Bytes::from_static(STREAM_BODY)],
+    };
     let target = Arc::new(Target {
         addr: args.addr,
         host: args.host.clone(),
         name: ServerName::try_from(args.host.clone())
             .with_context(|| format!("`{}` is not a server name", args.host))?,
         tls: TlsConnector::from(tls_config(&args.cas)?),
+        bodies,
     });
     // One thread: the client is pinned to one CPU anyway.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -158,9 +176,7 @@ async fn exchange(
         .header(CONTENT_TYPE, "application/json")
         .header(AUTHORIZATION, "Bearer sk-bench-not-a-key")
         .header(USER_AGENT, "modelgate-bench")
-        .body(Full::new(Bytes::from_static(
-            if stream { STREAM_BODY } else { BODY }.as_bytes(),
-        )))?;
+        .body(Full::new(target.bodies[usize::from(stream)].clone()))?;
     sender.ready().await.context("the connection closed")?;
     let start = Instant::now();
     let timed = async {

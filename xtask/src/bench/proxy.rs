@@ -7,21 +7,27 @@
 //! sent through the agent's TLS-terminating proxy while one in "off"
 //! reaches the server directly. The client and the server share CPU 0, the
 //! agent has CPU 1 to itself.
+//!
+//! [`Rig`] is that setup, and [`Rig::run`] one client run; `bench classify`
+//! (in `classify.rs`) measures through them too, with its own policies and
+//! request body.
 
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Instant,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::Args;
 
 use super::{
-    CGROUP_PREFIX, agent,
+    CGROUP_PREFIX,
+    agent::Agent,
     client::{self, place},
     http_client::Mode,
     upstream::{Counts, Pki, Upstream},
@@ -34,13 +40,16 @@ use crate::{
 
 const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 443);
 const HOST: &str = "api.openai.com";
-const CLIENT_CPU: usize = 0;
-const AGENT_CPU: usize = 1;
+pub(super) const CLIENT_CPU: usize = 0;
+pub(super) const AGENT_CPU: usize = 1;
 /// Set in the optimized build we re-run as, so it never re-runs itself.
 const REEXEC_ENV: &str = "MODELGATE_BENCH_OPTIMIZED";
+/// The agent reloads 300 ms after the last change it sees; this is ample.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 const ENDPOINTS_YAML: &str = "\
-# Written by `cargo xtask bench proxy`: the stand-in model server.
+# Written by `cargo xtask bench proxy` (or `bench classify`): the stand-in
+# model server.
 providers:
   - name: openai
     api: openai
@@ -53,7 +62,7 @@ default_action: redirect
 rules: []
 ";
 const AGENT_YAML: &str = "\
-# Written by `cargo xtask bench proxy`.
+# Written by `cargo xtask bench proxy` (or `bench classify`).
 proxy_port: 0
 ";
 
@@ -72,116 +81,32 @@ pub struct ProxyArgs {
 }
 
 pub fn run(args: &ProxyArgs) -> Result<()> {
-    if !util::is_root() {
-        bail!(
-            "the bench creates cgroups, listens on {UPSTREAM} and loads eBPF programs: run as \
-             root (sudo -E cargo xtask bench proxy)"
-        );
-    }
-    reexec_optimized()?;
-    let bin = build_cmd::build(true)?;
-    super::catch_ctrl_c();
-
-    let mount = cgroup::mount()?;
-    super::remove_stale_cgroups(&mount);
-    let pid = std::process::id();
-    // Declared before the agent, so they are dropped (removed) after it stops.
-    let off = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}proxy-off-{pid}"))?;
-    let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}proxy-on-{pid}"))?;
-
-    let dir = util::xtask_dir();
-    let state_dir = dir.join("bench-proxy-state");
-    fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let pki = Pki::new(HOST)?;
-    let upstream_ca = dir.join("bench-proxy-upstream-ca.pem");
-    fs::write(&upstream_ca, &pki.ca_pem)
-        .with_context(|| format!("writing {}", upstream_ca.display()))?;
-    let pin = client::can_use_cpu(CLIENT_CPU) && client::can_use_cpu(AGENT_CPU);
-    if !pin {
-        println!(
-            "bench: CPUs {CLIENT_CPU} and {AGENT_CPU} are not both in this process's affinity \
-             mask; nothing is pinned"
-        );
-    }
-    let upstream = Upstream::start(SocketAddr::V4(UPSTREAM), &pki, pin.then_some(CLIENT_CPU))?;
-
-    let policies = dir.join("bench-proxy-policies");
-    super::write_files(
-        &policies,
-        &[
-            ("endpoints.yaml", ENDPOINTS_YAML),
-            ("policy.yaml", POLICY_YAML),
-        ],
-    )?;
-    let config = dir.join("bench-proxy-agent.yaml");
-    fs::write(&config, AGENT_YAML).with_context(|| format!("writing {}", config.display()))?;
-    let events = dir.join("bench-proxy-events.jsonl");
-    let audit = state_dir.join("audit.jsonl");
-    let log = dir.join("bench-proxy-agent.log");
-    // Stale files would make their records look like this run's.
-    let _ = fs::remove_file(&events);
-    let _ = fs::remove_file(&audit);
-    println!(
-        "bench: starting the agent on {} (log: {})",
-        on.path().display(),
-        log.display()
-    );
-    let agent = agent::Agent::start(&agent::Paths {
-        bin: &bin,
-        policies: &policies,
-        cgroup: on.path(),
-        events: &events,
-        state_dir: &state_dir,
-        log: &log,
-        config: Some(&config),
-        upstream_ca: Some(&upstream_ca),
-        cpu: pin.then_some(AGENT_CPU),
-    })?;
-    let agent_pid = agent.pid();
-    println!(
-        "bench: agent pid {agent_pid}, proxy {}{}; upstream {UPSTREAM} as {HOST}{}",
-        agent
-            .ready_field("proxy")
-            .as_deref()
-            .unwrap_or("(not logged)"),
-        if pin {
-            format!(" on CPU {AGENT_CPU}")
-        } else {
-            String::new()
-        },
-        if pin {
-            format!(", it and the client on CPU {CLIENT_CPU}")
-        } else {
-            String::new()
-        },
-    );
-
-    let runner = Runner {
-        off: &off,
-        on: &on,
-        exe: std::env::current_exe().context("finding the xtask binary for the bench client")?,
-        cas: [upstream_ca, state_dir.join("ca.pem")],
-        args,
-        cpu: pin.then_some(CLIENT_CPU),
-        upstream: &upstream,
+    let bin = prepare("proxy")?;
+    let rig = Rig::start(&bin, "proxy", POLICY_YAML)?;
+    let agent_pid = rig.agent_pid();
+    let opts = ClientOpts {
+        requests: args.requests,
+        seconds: args.seconds,
+        clients: args.clients,
+        body: None,
     };
     let latency = [
-        runner.run(Mode::Latency, false)?,
-        runner.run(Mode::Latency, true)?,
+        rig.run(&opts, Mode::Latency, false)?,
+        rig.run(&opts, Mode::Latency, true)?,
     ];
     let stream = [
-        runner.run(Mode::Stream, false)?,
-        runner.run(Mode::Stream, true)?,
+        rig.run(&opts, Mode::Stream, false)?,
+        rig.run(&opts, Mode::Stream, true)?,
     ];
-    let load_off = runner.run(Mode::Load, false)?;
+    let load_off = rig.run(&opts, Mode::Load, false)?;
     let (cpu_before, wall) = (cpu_seconds(agent_pid)?, Instant::now());
-    let load_on = runner.run(Mode::Load, true)?;
+    let load_on = rig.run(&opts, Mode::Load, true)?;
     let proxy_cpu = cpu_seconds(agent_pid)? - cpu_before;
     let proxy_busy = proxy_cpu / wall.elapsed().as_secs_f64();
     let rss_kib = vm_rss_kib(agent_pid)?;
 
-    let (status, log_text) = agent.stop()?;
-    drop(upstream);
+    let (audit, log) = (rig.audit.clone(), rig.log.clone());
+    let (status, log_text) = rig.finish()?;
     let runs = [
         &latency[0],
         &latency[1],
@@ -198,10 +123,26 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
         rss_kib,
     };
     report.print();
-    report.check_upstream();
-    report.check_audit(&audit);
+    check_upstream(&runs);
+    check_audit(&runs, &audit);
     super::print_final_counters(status, &log_text, &log);
     Ok(())
+}
+
+/// What every bench through the proxy does first: checks that we are root,
+/// re-runs optimized, builds the release agent (returning its path) and
+/// catches Ctrl-C. `bench` names the command for messages.
+pub(super) fn prepare(bench: &str) -> Result<PathBuf> {
+    if !util::is_root() {
+        bail!(
+            "the bench creates cgroups, listens on {UPSTREAM} and loads eBPF programs: run as \
+             root (sudo -E cargo xtask bench {bench})"
+        );
+    }
+    reexec_optimized()?;
+    let bin = build_cmd::build(true)?;
+    super::catch_ctrl_c();
+    Ok(bin)
 }
 
 /// The client and the stand-in server are this binary, which `cargo xtask`
@@ -228,69 +169,219 @@ fn reexec_optimized() -> Result<()> {
     Err(err).with_context(|| format!("running the optimized xtask {}", exe.display()))
 }
 
-struct Runner<'a> {
-    off: &'a ChildCgroup,
-    on: &'a ChildCgroup,
+/// The agent attached to the "on" cgroup with a policy that redirects the
+/// stand-in server's address to its proxy, the server, and the cgroups a
+/// client runs in. Its files are `target/xtask/bench-<bench>-*`.
+pub(super) struct Rig {
+    // Fields drop in order: the agent stops before the server and the
+    // cgroups go.
+    agent: Agent,
+    upstream: Upstream,
+    on: ChildCgroup,
+    off: ChildCgroup,
     exe: PathBuf,
+    /// The server's CA and the agent's: a client trusts both.
     cas: [PathBuf; 2],
-    args: &'a ProxyArgs,
+    /// The CPU the clients and the server run on, when pinned.
     cpu: Option<usize>,
-    upstream: &'a Upstream,
+    policies: PathBuf,
+    /// Where a new policy is written before it is renamed into place.
+    staged_policy: PathBuf,
+    /// The agent's audit log: one record per proxied request.
+    pub audit: PathBuf,
+    pub log: PathBuf,
 }
 
-/// One client run: its JSON result and what the server counted meanwhile.
-struct Run {
-    mode: Mode,
-    proxied: bool,
-    out: serde_json::Value,
-    upstream: Counts,
+/// What a client run does besides its mode.
+pub(super) struct ClientOpts<'a> {
+    /// Measured requests of a sequential mode (the streaming one makes a
+    /// quarter as many).
+    pub requests: u32,
+    /// Length of a load run.
+    pub seconds: u64,
+    /// Connections of a load run.
+    pub clients: u32,
+    /// A request body to send instead of the client's short chat request.
+    pub body: Option<&'a Path>,
 }
 
-impl Run {
-    fn get(&self, key: &str) -> f64 {
-        self.out
-            .get(key)
-            .and_then(|v| v.as_f64())
-            .unwrap_or(f64::NAN)
+impl Rig {
+    /// Creates the cgroups, starts the server and starts the agent with
+    /// `policy` as its policy.yaml. `bench` names the files and cgroups.
+    pub fn start(bin: &Path, bench: &str, policy: &str) -> Result<Rig> {
+        let mount = cgroup::mount()?;
+        super::remove_stale_cgroups(&mount);
+        let pid = std::process::id();
+        let off = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}{bench}-off-{pid}"))?;
+        let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}{bench}-on-{pid}"))?;
+
+        let dir = util::xtask_dir();
+        let file = |name: &str| dir.join(format!("bench-{bench}-{name}"));
+        let state_dir = file("state");
+        fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let pki = Pki::new(HOST)?;
+        let upstream_ca = file("upstream-ca.pem");
+        fs::write(&upstream_ca, &pki.ca_pem)
+            .with_context(|| format!("writing {}", upstream_ca.display()))?;
+        let pin = client::can_use_cpu(CLIENT_CPU) && client::can_use_cpu(AGENT_CPU);
+        if !pin {
+            println!(
+                "bench: CPUs {CLIENT_CPU} and {AGENT_CPU} are not both in this process's \
+                 affinity mask; nothing is pinned"
+            );
+        }
+        let upstream = Upstream::start(SocketAddr::V4(UPSTREAM), &pki, pin.then_some(CLIENT_CPU))?;
+
+        let policies = file("policies");
+        super::write_files(
+            &policies,
+            &[("endpoints.yaml", ENDPOINTS_YAML), ("policy.yaml", policy)],
+        )?;
+        let config = file("agent.yaml");
+        fs::write(&config, AGENT_YAML).with_context(|| format!("writing {}", config.display()))?;
+        let events = file("events.jsonl");
+        let audit = state_dir.join("audit.jsonl");
+        let log = file("agent.log");
+        // Stale files would make their records look like this run's.
+        let _ = fs::remove_file(&events);
+        let _ = fs::remove_file(&audit);
+        println!(
+            "bench: starting the agent on {} (log: {})",
+            on.path().display(),
+            log.display()
+        );
+        let agent = Agent::start(&super::agent::Paths {
+            bin,
+            policies: &policies,
+            cgroup: on.path(),
+            events: &events,
+            state_dir: &state_dir,
+            log: &log,
+            config: Some(&config),
+            upstream_ca: Some(&upstream_ca),
+            cpu: pin.then_some(AGENT_CPU),
+        })?;
+        println!(
+            "bench: agent pid {}, proxy {}{}; upstream {UPSTREAM} as {HOST}{}",
+            agent.pid(),
+            agent
+                .ready_field("proxy")
+                .as_deref()
+                .unwrap_or("(not logged)"),
+            if pin {
+                format!(" on CPU {AGENT_CPU}")
+            } else {
+                String::new()
+            },
+            if pin {
+                format!(", it and the client on CPU {CLIENT_CPU}")
+            } else {
+                String::new()
+            },
+        );
+        Ok(Rig {
+            agent,
+            upstream,
+            on,
+            off,
+            exe: std::env::current_exe()
+                .context("finding the xtask binary for the bench client")?,
+            cas: [upstream_ca, state_dir.join("ca.pem")],
+            cpu: pin.then_some(CLIENT_CPU),
+            policies,
+            staged_policy: file("policy.yaml.new"),
+            audit,
+            log,
+        })
     }
 
-    fn count(&self, key: &str) -> u64 {
-        self.out.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.pid()
     }
 
-    fn label(&self) -> String {
-        let side = if self.proxied { "proxied" } else { "direct" };
-        format!("{} {side}", mode_name(self.mode))
+    /// The body of the latest request the server answered.
+    pub fn last_body(&self) -> Bytes {
+        self.upstream.last_body()
     }
-}
 
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Latency => "latency",
-        Mode::Stream => "stream",
-        Mode::Load => "load",
+    /// Replaces policy.yaml and waits until the agent has reloaded it and
+    /// says it now has `rules` rules. The file is written next to the
+    /// policies directory and renamed into it, so the agent never reads a
+    /// half-written one.
+    pub fn set_policy(&mut self, policy: &str, rules: u64) -> Result<()> {
+        let mark = self.agent.log_mark();
+        let target = self.policies.join("policy.yaml");
+        fs::write(&self.staged_policy, policy)
+            .with_context(|| format!("writing {}", self.staged_policy.display()))?;
+        fs::rename(&self.staged_policy, &target).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                self.staged_policy.display(),
+                target.display()
+            )
+        })?;
+        let record = self.agent.wait_logged(
+            mark,
+            "policy reloaded",
+            &["reload refused", "applying the reloaded policy failed"],
+            RELOAD_TIMEOUT,
+        )?;
+        let loaded = record.get("rules").and_then(|r| r.as_u64());
+        if loaded != Some(rules) {
+            bail!(
+                "after writing {} the agent reloaded a policy with {} rules, not {rules}: {record}",
+                target.display(),
+                loaded.map_or("an unknown number of".into(), |n| n.to_string())
+            );
+        }
+        Ok(())
     }
-}
 
-impl Runner<'_> {
+    /// Stops the agent, then the server; removes the cgroups. Returns the
+    /// agent's exit status and log.
+    pub fn finish(self) -> Result<(ExitStatus, String)> {
+        let Rig {
+            agent, upstream, ..
+        } = self;
+        let stopped = agent.stop();
+        drop(upstream);
+        stopped
+    }
+
+    /// A client run labelled with its mode and side (`latency proxied`).
+    pub fn run(&self, opts: &ClientOpts, mode: Mode, proxied: bool) -> Result<Run> {
+        let side = if proxied { "proxied" } else { "direct" };
+        self.run_labeled(opts, mode, proxied, format!("{} {side}", mode_name(mode)))
+    }
+
     /// Runs `exe bench-proxy-client` in the "on" cgroup when `proxied`, else
-    /// in "off", and reads its result line.
-    fn run(&self, mode: Mode, proxied: bool) -> Result<Run> {
+    /// in "off", reads its result line and prints it after `label`.
+    pub fn run_labeled(
+        &self,
+        opts: &ClientOpts,
+        mode: Mode,
+        proxied: bool,
+        label: String,
+    ) -> Result<Run> {
         super::check_interrupted()?;
-        let cgroup = if proxied { self.on } else { self.off };
+        let cgroup = if proxied { &self.on } else { &self.off };
         let requests = match mode {
-            Mode::Stream => self.args.requests / 4,
-            _ => self.args.requests,
+            Mode::Stream => opts.requests / 4,
+            _ => opts.requests,
         };
         let mut cmd = Command::new(&self.exe);
         cmd.arg("bench-proxy-client")
             .args(["--mode", mode_name(mode)])
             .args(["--addr", &UPSTREAM.to_string(), "--host", HOST])
             .args(["--requests", &requests.to_string()])
-            .args(["--seconds", &self.args.seconds.to_string()])
-            .args(["--clients", &self.args.clients.to_string()]);
+            .args(["--seconds", &opts.seconds.to_string()])
+            .args(["--clients", &opts.clients.to_string()]);
         for ca in &self.cas {
             cmd.arg("--ca").arg(ca);
+        }
+        if let Some(body) = opts.body {
+            cmd.arg("--body-file").arg(body);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -318,12 +409,47 @@ impl Runner<'_> {
         let run = Run {
             mode,
             proxied,
+            label,
             out: serde_json::from_str(line)
                 .with_context(|| format!("the bench client printed {text:?}, not a JSON line"))?,
             upstream: self.upstream.counts().since(before),
         };
-        println!("  {}: {}", run.label(), summary(&run));
+        println!("  {}: {}", run.label, summary(&run));
         Ok(run)
+    }
+}
+
+/// One client run: its JSON result and what the server counted meanwhile.
+pub(super) struct Run {
+    mode: Mode,
+    proxied: bool,
+    label: String,
+    out: serde_json::Value,
+    pub upstream: Counts,
+}
+
+impl Run {
+    pub fn get(&self, key: &str) -> f64 {
+        self.out
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn count(&self, key: &str) -> u64 {
+        self.out.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Latency => "latency",
+        Mode::Stream => "stream",
+        Mode::Load => "load",
     }
 }
 
@@ -435,60 +561,55 @@ impl Report<'_> {
             self.rss_kib as f64 / 1024.0
         );
     }
+}
 
-    /// Every request a client completed reached the server, once.
-    fn check_upstream(&self) {
-        let mut parts = Vec::new();
-        for run in self.runs {
-            let (completed, counted) = (run.count("completed"), run.upstream.total());
-            if completed != counted {
-                eprintln!(
-                    "bench: WARNING: {}: the clients completed {completed} requests but the \
+/// Every request a client completed reached the server, once.
+pub(super) fn check_upstream(runs: &[&Run]) {
+    let mut parts = Vec::new();
+    for run in runs {
+        let (completed, counted) = (run.count("completed"), run.upstream.total());
+        if completed != counted {
+            eprintln!(
+                "bench: WARNING: {}: the clients completed {completed} requests but the \
                      server counted {counted}",
-                    run.label()
-                );
-            }
-            parts.push(format!(
-                "{} {}/{} (HTTP/1.1 {}, h2 {})",
-                run.label(),
-                counted,
-                completed,
-                run.upstream.http1,
-                run.upstream.http2
-            ));
-        }
-        println!("upstream counted / clients completed: {}", parts.join("; "));
-    }
-
-    /// One audit record per proxied request.
-    fn check_audit(&self, audit: &Path) {
-        let proxied: u64 = self
-            .runs
-            .iter()
-            .filter(|r| r.proxied)
-            .map(|r| r.count("completed"))
-            .sum();
-        let text = fs::read_to_string(audit).unwrap_or_default();
-        let records = text.lines().count() as u64;
-        let not_ok = text
-            .lines()
-            .filter(|l| !l.contains(r#""outcome":"ok""#))
-            .count();
-        if records == proxied && not_ok == 0 {
-            println!(
-                "audit: {} records in {} for {} proxied requests completed: match",
-                super::group(records),
-                audit.display(),
-                super::group(proxied)
+                run.label
             );
-            return;
         }
-        eprintln!(
-            "bench: WARNING: AUDIT MISMATCH: {} has {records} records ({not_ok} not `ok`) for \
-             {proxied} proxied requests the clients completed",
-            audit.display()
-        );
+        parts.push(format!(
+            "{} {}/{} (HTTP/1.1 {}, h2 {})",
+            run.label, counted, completed, run.upstream.http1, run.upstream.http2
+        ));
     }
+    println!("upstream counted / clients completed: {}", parts.join("; "));
+}
+
+/// One audit record per proxied request, every one `ok`.
+pub(super) fn check_audit(runs: &[&Run], audit: &Path) {
+    let proxied: u64 = runs
+        .iter()
+        .filter(|r| r.proxied)
+        .map(|r| r.count("completed"))
+        .sum();
+    let text = fs::read_to_string(audit).unwrap_or_default();
+    let records = text.lines().count() as u64;
+    let not_ok = text
+        .lines()
+        .filter(|l| !l.contains(r#""outcome":"ok""#))
+        .count();
+    if records == proxied && not_ok == 0 {
+        println!(
+            "audit: {} records in {} for {} proxied requests completed: match",
+            super::group(records),
+            audit.display(),
+            super::group(proxied)
+        );
+        return;
+    }
+    eprintln!(
+        "bench: WARNING: AUDIT MISMATCH: {} has {records} records ({not_ok} not `ok`) for \
+             {proxied} proxied requests the clients completed",
+        audit.display()
+    );
 }
 
 /// A process's user + system CPU time, in seconds.

@@ -1,13 +1,14 @@
 //! `bench proxy`'s model server: a throwaway PKI, and an OpenAI-style
 //! `POST /v1/chat/completions` over TLS (ALPN h2 and http/1.1) that answers
-//! at once, on a tokio runtime inside the xtask process.
+//! at once, on a tokio runtime inside the xtask process. It counts the
+//! requests, and the bodies that arrived redacted (`bench classify`).
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context as TaskContext, Poll},
@@ -36,6 +37,8 @@ use tokio::{net::TcpListener, runtime::Runtime};
 use tokio_rustls::TlsAcceptor;
 
 const PATH: &str = "/v1/chat/completions";
+/// What the proxy puts in place of a finding it redacts: `[REDACTED:email]`.
+pub const REDACTED: &str = "[REDACTED:";
 /// Content chunks of a streamed answer, each its own body frame.
 pub const STREAM_CHUNKS: usize = 20;
 const CHUNK_HEAD: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini""#;
@@ -69,11 +72,13 @@ impl Pki {
     }
 }
 
-/// Requests answered, by the HTTP version they arrived in.
+/// Requests answered, by the HTTP version they arrived in; and how many of
+/// them had a body holding a redaction marker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub http1: u64,
     pub http2: u64,
+    pub redacted: u64,
 }
 
 impl Counts {
@@ -85,6 +90,7 @@ impl Counts {
         Counts {
             http1: self.http1 - before.http1,
             http2: self.http2 - before.http2,
+            redacted: self.redacted - before.redacted,
         }
     }
 }
@@ -93,6 +99,9 @@ impl Counts {
 struct Counters {
     http1: AtomicU64,
     http2: AtomicU64,
+    redacted: AtomicU64,
+    /// The body of the latest request (a cheap reference-counted clone).
+    last_body: Mutex<Bytes>,
 }
 
 /// The running server; dropping it shuts its runtime down.
@@ -151,7 +160,17 @@ impl Upstream {
         Counts {
             http1: self.counters.http1.load(Ordering::SeqCst),
             http2: self.counters.http2.load(Ordering::SeqCst),
+            redacted: self.counters.redacted.load(Ordering::SeqCst),
         }
+    }
+
+    /// The body of the latest request answered (empty before the first).
+    pub fn last_body(&self) -> Bytes {
+        self.counters
+            .last_body
+            .lock()
+            .expect("the upstream's last-body lock is poisoned")
+            .clone()
     }
 }
 
@@ -210,6 +229,14 @@ async fn answer(
     } else {
         &counters.http1
     };
+    if is_redacted(&body) {
+        counters.redacted.fetch_add(1, Ordering::SeqCst);
+    }
+    *counters
+        .last_body
+        .lock()
+        .expect("the upstream's last-body lock is poisoned") = body;
+    // Last: a client that has its answer finds the counts above up to date.
     counter.fetch_add(1, Ordering::SeqCst);
     let (content_type, body) = if stream {
         (
@@ -227,6 +254,13 @@ async fn answer(
         .headers_mut()
         .insert(CONTENT_TYPE, content_type.parse().expect("a valid header"));
     Ok(response)
+}
+
+/// `true` when a redaction marker is in `body`. Bodies are JSON, so UTF-8;
+/// `str::contains` has a vectorised search for short needles, so even a
+/// 32 KB body costs a few µs, next to the JSON parse above.
+fn is_redacted(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok_and(|text| text.contains(REDACTED))
 }
 
 /// The answers, built once: a completion, and a stream's SSE events.
@@ -291,5 +325,31 @@ mod tests {
         let done = &answers.events[STREAM_CHUNKS + 1];
         assert_eq!(&done[..], b"data: [DONE]\n\n");
         serde_json::from_slice::<serde_json::Value>(&answers.completion).unwrap();
+    }
+
+    #[test]
+    fn finds_redaction_markers() {
+        assert!(is_redacted(br#"{"c":"mail [REDACTED:email] now"}"#));
+        assert!(!is_redacted(br#"{"c":"mail jane@example.com now"}"#));
+        assert!(!is_redacted(b"[REDACTED:\xff"));
+        let counts = Counts {
+            http1: 5,
+            http2: 1,
+            redacted: 3,
+        };
+        let before = Counts {
+            http1: 2,
+            http2: 1,
+            redacted: 1,
+        };
+        assert_eq!(
+            counts.since(before),
+            Counts {
+                http1: 3,
+                http2: 0,
+                redacted: 2
+            }
+        );
+        assert_eq!(counts.since(before).total(), 3);
     }
 }
