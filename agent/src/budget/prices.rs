@@ -4,55 +4,15 @@
 //! price of a plain call (an overestimate with caching, an underestimate
 //! past a long-context threshold).
 
-use std::{collections::BTreeMap, fmt, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::price_file::RawFile;
 
-/// A problem in the price table, located as precisely as we can.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct PriceError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// Dotted path of the offending field, e.g. `providers.openai[2].input`.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for PriceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        write!(f, ": ")?;
-        if let Some(field) = &self.field {
-            write!(f, "{field}: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// The agent's loaders collect every file's problems as `FileErrors`; this
-/// lets `Prices::load_dir(dir)?` join them. (The one tie to the rest of the
-/// agent: the fields are the same, so it is a move.)
-impl From<PriceError> for crate::yaml::FileErrors {
-    fn from(error: PriceError) -> Self {
-        crate::yaml::FileError {
-            file: error.file,
-            line: error.line,
-            column: error.column,
-            field: error.field,
-            message: error.message,
-        }
-        .into()
-    }
-}
+/// A problem in the price table: the same file/line/field error as every
+/// other configuration file.
+pub type PriceError = crate::yaml::FileError;
 
 /// The entry a model matched.
 #[derive(Debug, Clone, PartialEq)]

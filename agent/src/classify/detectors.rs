@@ -5,8 +5,8 @@
 //! engine as soon as the text holds a non-ASCII byte, and prompts often do.
 //!
 //! Every pattern except `private-key`'s is single-line in a strong sense:
-//! none can match any of the bytes in [`is_block_delimiter`]. `scan` relies on
-//! that to run the gate set block by block.
+//! none can match any of the bytes in [`DELIMITERS`]. `scan` relies on that
+//! to confine the work behind each first-pass hit to a window.
 
 use super::{
     Category, numbers,
@@ -22,9 +22,19 @@ pub(super) struct Builtin {
     pub category: Category,
     /// Finds candidate spans, which `check` then validates.
     pub pattern: &'static str,
-    /// For a class whose matches can span blocks: a single-line pattern for
-    /// the gate set, and `pattern` then runs over the whole text.
+    /// What the first pass looks for, when not `pattern` itself. A gate must
+    /// match wherever a valid finding starts (or one character earlier, when
+    /// it checks what precedes the finding), and never hold a delimiter
+    /// except as that leading character. It must be bounded in length: the
+    /// first pass is one leftmost-first alternation, and an alternative
+    /// that can run on (`x+@`) would make every search look ahead to the end
+    /// of the text, quadratic over many hits. And it should match once per
+    /// run of similar bytes, not at every byte of a long base64 or digit run:
+    /// `RegexSet` stops at every match position it finds.
     pub gate: Option<&'static str>,
+    /// Matches can span lines, so `pattern` runs over the whole text once
+    /// the gate fires anywhere.
+    pub whole_text: bool,
     pub check: Check,
 }
 
@@ -32,12 +42,25 @@ pub(super) struct Builtin {
 /// claims, so it is resolved separately.
 pub(super) const HIGH_ENTROPY: usize = 10;
 
+/// The phone pattern, shared by the finder and its gate.
+macro_rules! phone {
+    () => {
+        concat!(
+            r"\+[0-9](?:[ .-]?[0-9]|[ .-]?\([0-9]{1,4}\)){7,18}",
+            r"|(?:1[ .-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}",
+            r"|\(?0[0-9]{1,4}\)?(?:[ .-][0-9]{3,4}[ .-]?[0-9]{3,4}|[0-9]{3,4}[ .-][0-9]{3,4})",
+            r"|0[1-9](?:[ .][0-9]{2}){4}",
+        )
+    };
+}
+
 pub(super) static BUILTINS: [Builtin; 16] = [
     Builtin {
         name: "aws-access-key",
         category: Category::Secret,
         pattern: r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?-u:\b)",
         gate: None,
+        whole_text: false,
         check: validate::accept,
     },
     Builtin {
@@ -49,6 +72,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         // `"SecretAccessKey": "…"`, `AWS_SECRET_ACCESS_KEY=…`.
         pattern: r#"(?i-u:aws[_ .-]?secret(?:[_ .-]?access)?(?:[_ .-]?key)?|secret[_ .-]?access[_ .-]?key)[\t "'`:=>(),\\]{1,20}[A-Za-z0-9/+]{40}"#,
         gate: None,
+        whole_text: false,
         check: validate::aws_secret,
     },
     Builtin {
@@ -56,34 +80,39 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         category: Category::Secret,
         pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
         gate: None,
+        whole_text: false,
         check: validate::accept,
     },
     Builtin {
         name: "gitlab-token",
         category: Category::Secret,
         pattern: r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
-        gate: None,
+        gate: Some(r"(?-u:\b)glpat-[A-Za-z0-9_-]{20}"),
+        whole_text: false,
         check: validate::accept,
     },
     Builtin {
         name: "slack-token",
         category: Category::Secret,
         pattern: r"(?-u:\b)xox[abpors]-[A-Za-z0-9-]{10,}",
-        gate: None,
+        gate: Some(r"(?-u:\b)xox[abpors]-[A-Za-z0-9-]{10}"),
+        whole_text: false,
         check: validate::slack,
     },
     Builtin {
         name: "openai-key",
         category: Category::Secret,
         pattern: r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
-        gate: None,
+        gate: Some(r"(?-u:\b)sk-[A-Za-z0-9_-]{20}"),
+        whole_text: false,
         check: validate::openai,
     },
     Builtin {
         name: "anthropic-key",
         category: Category::Secret,
         pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
-        gate: None,
+        gate: Some(r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20}"),
+        whole_text: false,
         check: validate::accept,
     },
     Builtin {
@@ -91,21 +120,27 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         category: Category::Secret,
         pattern: r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
         gate: None,
+        whole_text: false,
         check: validate::google,
     },
     Builtin {
         name: "private-key",
         category: Category::Secret,
-        // BEGIN through the first END over PEM body bytes (base64, headers
-        // like `DEK-Info: AES-128-CBC,…`, and `\n` escapes when a JSON body
-        // is scanned as text). Without an END, the BEGIN line plus any
-        // base64 lines right after it: a truncated key still leaks.
+        // BEGIN, then body lines (base64, `Proc-Type: …` headers, blank),
+        // then END. Lines are separated by a newline or, when a JSON body is
+        // scanned as text, a literal `\n`. A body line can never be a BEGIN
+        // line, so each BEGIN scans only its own body: no quadratic blow-up
+        // on a text that repeats BEGIN without END. Without an END, the
+        // BEGIN line plus the base64 lines right after it: a truncated key
+        // still leaks.
         pattern: concat!(
             "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----",
-            r"(?:[A-Za-z0-9+/=\r\n\t ,:.\\-]*?-----END (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----",
-            r"|(?:\r?\n[A-Za-z0-9+/=]{16,})*)",
+            r"(?:(?:(?:\r?\n|\\r\\n|\\n)[ \t]*(?:[A-Za-z0-9+/=]+|[A-Za-z][A-Za-z0-9-]*: [^\r\n\\]*)?)*",
+            r"(?:\r?\n|\\r\\n|\\n)[ \t]*-----END (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----",
+            r"|(?:(?:\r?\n|\\r\\n|\\n)[ \t]*[A-Za-z0-9+/=]{16,})*)",
         ),
         gate: Some(PEM_GATE),
+        whole_text: true,
         check: validate::accept,
     },
     Builtin {
@@ -114,42 +149,48 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         // Three segments (JWS) or five (JWE); the signature may be empty for
         // `alg: none`, which still carries the claims.
         pattern: r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?",
-        gate: None,
+        gate: Some(r"(?-u:\b)eyJ[A-Za-z0-9_-]{10}"),
+        whole_text: false,
         check: validate::jwt,
     },
     Builtin {
         name: "high-entropy",
         category: Category::Secret,
         pattern: r"[A-Za-z0-9+/=_-]{32,}",
-        gate: None,
+        gate: Some(concat!("(?:^|[^A-Za-z0-9+/=_-])", r"[A-Za-z0-9+/=_-]{32}")),
+        whole_text: false,
         check: validate::high_entropy,
     },
     Builtin {
         name: "email",
         category: Category::Pii,
-        pattern: r"[A-Za-z0-9._%+_-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}",
-        gate: None,
+        pattern: r"[A-Za-z0-9_.%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}",
+        gate: Some(r"(?:^|[^A-Za-z0-9_.%+-])[A-Za-z0-9_.%+-]{1,64}@[A-Za-z0-9]"),
+        whole_text: false,
         check: validate::email,
     },
     Builtin {
         name: "us-ssn",
         category: Category::Pii,
         pattern: r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
-        gate: None,
+        gate: Some(r"(?:^|[^A-Za-z0-9_])[0-9]{3}-[0-9]{2}-[0-9]{4}"),
+        whole_text: false,
         check: validate::us_ssn,
     },
     Builtin {
         name: "credit-card",
         category: Category::Pii,
         pattern: r"[0-9](?:[ -]?[0-9]){12,}",
-        gate: None,
+        gate: Some(r"(?:^|[^0-9])[0-9](?:[ -]?[0-9]){12}"),
+        whole_text: false,
         check: numbers::credit_card,
     },
     Builtin {
         name: "iban",
         category: Category::Pii,
         pattern: r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
-        gate: None,
+        gate: Some(r"(?:^|[^A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}"),
+        whole_text: false,
         check: numbers::iban,
     },
     Builtin {
@@ -162,40 +203,29 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         // `020 7946 0958`, `030 1234 5678`; FR `01 23 45 67 89`) need a
         // separator for the same reason and 3+-digit groups so that dates
         // (`2024-03-15` holds `024-03-15`) do not even reach the check.
-        pattern: concat!(
-            r"\+[0-9](?:[ .-]?[0-9]|[ .-]?\([0-9]{1,4}\)){7,18}",
-            r"|(?:1[ .-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}",
-            r"|\(?0[0-9]{1,4}\)?(?:[ .-][0-9]{3,4}[ .-]?[0-9]{3,4}|[0-9]{3,4}[ .-][0-9]{3,4})",
-            r"|0[1-9](?:[ .][0-9]{2}){4}",
-        ),
-        gate: None,
+        pattern: phone!(),
+        gate: Some(concat!(r"(?:^|[^A-Za-z0-9_])(?:", phone!(), ")")),
+        whole_text: false,
         check: validate::phone,
     },
 ];
 
 const PEM_GATE: &str = "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----";
 
-/// Bytes no single-line pattern above can match, so a block boundary placed
+/// Bytes no single-line pattern above can match, so a window that ends
 /// right after one never cuts a finding in two.
-pub(super) fn is_block_delimiter(b: u8) -> bool {
-    matches!(
-        b,
-        b'\n'
-            | b'\r'
-            | b';'
-            | b'!'
-            | b'?'
-            | b'{'
-            | b'}'
-            | b'['
-            | b']'
-            | b'<'
-            | b'|'
-            | b'*'
-            | b'#'
-            | b'&'
-            | b'~'
-            | b'^'
-            | b'$'
-    )
+const DELIMITERS: &[u8] = b"\n\r;!?{}[]<|*#&~^$";
+
+static IS_DELIMITER: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < DELIMITERS.len() {
+        table[DELIMITERS[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+pub(super) fn is_delimiter(b: u8) -> bool {
+    IS_DELIMITER[usize::from(b)]
 }

@@ -10,8 +10,6 @@
 //! `raw_value` feature would give string positions too, but it is not a
 //! default feature and its recursion would need the depth limit anyway.
 
-use std::borrow::Cow;
-
 /// A string value (never an object key) as it appears in the body: `start`
 /// is the opening quote, `end` is one past the closing quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +204,8 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
     u32::from_str_radix(s, 16).ok()
 }
 
-/// The value of a string literal's contents (between the quotes), which
-/// [`string_values`] already validated.
+/// Decodes a string literal's contents (between the quotes, which
+/// [`string_values`] already validated) into `out`.
 ///
 /// `map` receives `(decoded offset, raw offset)` pairs at both edges of each
 /// escape; offsets between two pairs advance together, so [`raw_offset`] can
@@ -216,14 +214,12 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 /// A lone UTF-16 surrogate (legal JSON syntax, not a character) decodes to
 /// U+FFFD for scanning; the raw escape itself is left in place unless it
 /// sits inside a redacted finding.
-pub(super) fn decode<'a>(raw: &'a str, map: &mut Vec<(usize, usize)>) -> Cow<'a, str> {
+pub(super) fn decode_into(raw: &str, out: &mut String, map: &mut Vec<(usize, usize)>) {
+    out.clear();
     map.clear();
-    let Some(first) = raw.find('\\') else {
-        return Cow::Borrowed(raw);
-    };
     let b = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
-    out.push_str(&raw[..first]);
+    let first = raw.find('\\').unwrap_or(b.len());
+    out.push_str(raw.get(..first).unwrap_or_default());
     let mut i = first;
     while i < b.len() {
         let (c, len) = match b.get(i + 1) {
@@ -250,7 +246,6 @@ pub(super) fn decode<'a>(raw: &'a str, map: &mut Vec<(usize, usize)>) -> Cow<'a,
         out.push_str(raw.get(i..next).unwrap_or_default());
         i = next;
     }
-    Cow::Owned(out)
 }
 
 /// The raw offset (within the literal's contents) of a decoded offset that

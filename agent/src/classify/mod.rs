@@ -5,25 +5,31 @@
 //! # How a scan runs
 //!
 //! Every prompt goes through here before it leaves the host, so the common
-//! case (ordinary text, no findings) must cost about one pass of one DFA.
+//! case (ordinary text, few or no findings) must cost about one pass of one
+//! DFA.
 //!
-//! 1. The text is cut into blocks of at least [`BLOCK`] bytes, each ending
-//!    right after a byte that no built-in single-line pattern can contain
-//!    (newline, `;`, `{`, … see [`detectors::is_block_delimiter`]).
-//! 2. One [`RegexSet`] holding every built-in class runs over each block and
-//!    says which classes occur there. Blocks with nothing cost only that.
-//! 3. Only for the classes it reports does the class's own regex run, and
-//!    only over that block, to get positions; a check then validates each
-//!    match (Luhn, mod-97, ranges, entropy, …).
+//! 1. First pass: one `Regex`, the alternation of every built-in class's
+//!    gate (its pattern, or a bounded prefix of it), finds the spots where
+//!    something may start. On prose without findings it finds nothing, and
+//!    that pass is the whole cost.
+//! 2. Each hit is widened to a window that ends at the next delimiter, a
+//!    byte no built-in finding can contain (newline, `;`, `{`, … see
+//!    `detectors::DELIMITERS`). One `RegexSet` of the same gates, run over
+//!    the window only, says which classes occur there.
+//! 3. Only those classes' own regexes run, over that window, for positions;
+//!    a check then validates each match (Luhn, mod-97, ranges, entropy, …).
 //! 4. Overlaps are resolved: the longer finding wins, a tie goes to the
 //!    earlier class, and `high-entropy` never wins against another class.
 //!
-//! `private-key` spans lines, so the set holds only its BEGIN line and the
-//! full pattern runs over the whole text. Custom patterns are not gated at
-//! all and always run over the whole text: they may match across lines,
-//! which per-block gating cannot see. A custom pattern that starts with a
-//! literal (`ACME-[0-9]{6}`) is cheap because `regex` then skips ahead with
-//! a substring search.
+//! The result is exactly that of running every class's regex over the whole
+//! text (`tests_pii` checks this on random texts): the first pass and the
+//! windows only skip text where nothing can be found.
+//!
+//! `private-key` spans lines: its gate is the BEGIN line, and its pattern
+//! then runs over the whole text. Custom patterns always run over the whole
+//! text, ungated: they may span lines, and nothing is known of their shape to
+//! derive a gate from. One that starts with a literal (`ACME-[0-9]{6}`) is
+//! cheap, as `regex` then skips ahead with a substring search.
 
 mod bench;
 mod detectors;
@@ -100,14 +106,14 @@ const MIN_BUILTIN_LEN: usize = 6;
 
 /// Nesting limit for JSON bodies. Real request bodies nest under 10 levels;
 /// deeper documents are treated like invalid JSON rather than walked.
-pub(crate) const MAX_JSON_DEPTH: usize = 64;
+const MAX_JSON_DEPTH: usize = 64;
 
 pub struct Classifier {
     classes: Vec<ClassInfo>,
-    /// The first pass: all built-in gate patterns as one alternation.
+    /// The first pass: every built-in gate as one alternation.
     locator: Regex,
-    /// The same patterns as a set, run only on the windows `locator` finds.
-    gate: RegexSet,
+    /// The same gates as a set, run only on the windows `locator` finds.
+    gates: RegexSet,
     /// One per class: built-ins, then custom.
     finders: Vec<Regex>,
 }
@@ -139,7 +145,7 @@ impl Classifier {
             source,
         };
         let gates = || BUILTINS.iter().map(|b| b.gate.unwrap_or(b.pattern));
-        let gate = RegexSet::new(gates()).map_err(|e| builtin_err("built-in gate", e))?;
+        let gate_set = RegexSet::new(gates()).map_err(|e| builtin_err("built-in gate", e))?;
         let union: Vec<String> = gates().map(|g| format!("(?:{g})")).collect();
         let locator =
             Regex::new(&union.join("|")).map_err(|e| builtin_err("built-in locator", e))?;
@@ -164,7 +170,7 @@ impl Classifier {
         Ok(Classifier {
             classes,
             locator,
-            gate,
+            gates: gate_set,
             finders,
         })
     }
@@ -190,27 +196,44 @@ impl Classifier {
         if text.len() >= MIN_BUILTIN_LEN {
             let bytes = text.as_bytes();
             let mut covered = 0;
-            let mut whole_done = false;
+            let mut whole_done = [false; BUILTINS.len()];
             for m in self.locator.find_iter(text) {
-                if m.start() < covered {
+                // A hit may begin with the delimiter that ended the previous
+                // window (gates can look at the byte before a finding).
+                if m.end() <= covered {
                     continue;
                 }
-                // Every built-in match starts inside some hit (the locator is
-                // leftmost-first over all their patterns) and cannot contain
-                // a delimiter, so the matches behind this hit lie between its
-                // start and the next delimiter.
-                let from = m.start();
-                let to = bytes[m.end()..]
-                    .iter()
-                    .position(|&b| detectors::is_block_delimiter(b))
+                // Every valid built-in finding starts inside some hit: the
+                // locator is leftmost-first over gates that match where a
+                // finding starts (or on the byte before). Findings never hold
+                // a delimiter, so those behind this hit lie between its start
+                // and the next delimiter.
+                let from = m.start().max(covered);
+                let to = bytes
+                    .get(m.end()..)
+                    .and_then(|rest| rest.iter().position(|&b| detectors::is_delimiter(b)))
                     .map_or(bytes.len(), |p| m.end() + p + 1);
+                // The class regexes search from the segment start, as a
+                // search over the whole text would: a rejected match that
+                // began before the hit could otherwise be cut short and
+                // reveal a "finding" the whole-text search never reports.
+                let segment = bytes
+                    .get(covered..from)
+                    .and_then(|before| before.iter().rposition(|&b| detectors::is_delimiter(b)))
+                    .map_or(covered, |p| covered + p + 1);
                 covered = to;
                 let Some(hay) = text.get(..to) else { continue };
-                for class in self.gate.matches_at(hay, from).iter() {
-                    if BUILTINS[class].gate.is_none() {
-                        self.find(class, hay, from, &mut spans, &mut out);
-                    } else if !whole_done {
-                        whole_done = true;
+                // Gates may start on the byte before a finding, which can be
+                // the delimiter before `from`.
+                let gate_from = text
+                    .get(..from)
+                    .and_then(|t| t.char_indices().next_back())
+                    .map_or(0, |(i, _)| i);
+                for class in self.gates.matches_at(hay, gate_from).iter() {
+                    if !BUILTINS[class].whole_text {
+                        self.find(class, hay, segment, &mut spans, &mut out);
+                    } else if !whole_done[class] {
+                        whole_done[class] = true;
                         self.find(class, text, 0, &mut spans, &mut out);
                     }
                 }
@@ -261,7 +284,7 @@ impl Classifier {
         }
     }
 
-    pub(crate) fn class_name(&self, class: usize) -> &str {
+    fn class_name(&self, class: usize) -> &str {
         self.classes
             .get(class)
             .map_or("unknown", |c| c.name.as_str())
@@ -283,8 +306,10 @@ fn is_kebab(name: &str) -> bool {
 /// resolved, so that a class being redacted is never hidden by an overlapping
 /// finding of a class that is not.
 fn resolve(cands: Vec<Candidate>, keep: impl Fn(usize) -> bool) -> Vec<Finding> {
-    let (entropy, mut others): (Vec<_>, Vec<_>) =
-        cands.into_iter().partition(|c| c.class == HIGH_ENTROPY);
+    let (entropy, mut others): (Vec<_>, Vec<_>) = cands
+        .into_iter()
+        .filter(|c| c.end > c.start)
+        .partition(|c| c.class == HIGH_ENTROPY);
     // "Not already another finding": a high-entropy token that overlaps any
     // other validated match (a JWT segment, the body of an API key) is that
     // match's, whether or not the other class is kept.
@@ -297,7 +322,9 @@ fn resolve(cands: Vec<Candidate>, keep: impl Fn(usize) -> bool) -> Vec<Finding> 
     }
     let claimed = |s: usize, e: usize| {
         let n = others.partition_point(|c| c.start < e);
-        n > 0 && max_end[n - 1] > s
+        n.checked_sub(1)
+            .and_then(|i| max_end.get(i))
+            .is_some_and(|&end| end > s)
     };
     let entropy: Vec<Candidate> = entropy
         .into_iter()
@@ -311,6 +338,8 @@ fn resolve(cands: Vec<Candidate>, keep: impl Fn(usize) -> bool) -> Vec<Finding> 
             .then(a.class.cmp(&b.class))
             .then(a.start.cmp(&b.start))
     });
+    // Accepted findings by start; they never overlap, so the one starting
+    // last before a candidate's end is the only one that can overlap it.
     let mut taken: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for c in others
         .into_iter()

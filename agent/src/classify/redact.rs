@@ -1,13 +1,44 @@
 //! Scanning and redacting JSON request bodies.
 //!
-//! Only string values are looked at: object keys are schema (`"content"`,
-//! `"role"`), and numbers, booleans and nulls cannot hold the classes here
-//! in a way worth rewriting. Each string is decoded first, so escapes
-//! (`\n`, `\"`, `\u00e9`) neither hide a finding nor split one.
+//! Only string values are looked at. Object keys are schema (`"content"`,
+//! `"role"`), and a number cannot be replaced by `[REDACTED:…]` without
+//! changing the document's types; request schemas carry prompts in strings.
+//! Each string is decoded first, so escapes (`\n`, `\"`, `\u00e9`) neither
+//! hide a finding nor split one.
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 
 use super::{Classifier, Counts, MAX_JSON_DEPTH, MIN_BUILTIN_LEN, json, resolve};
+
+/// Where escaped string values are decoded, with the map back to raw offsets.
+#[derive(Default)]
+struct Scratch {
+    text: String,
+    map: Vec<(usize, usize)>,
+}
+
+/// Largest decode buffer a thread keeps between calls.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// Prompts arrive as JSON strings full of `\n` escapes, so the big value
+    /// of nearly every body is decoded. Reusing one buffer per thread spares
+    /// a fresh, page-faulting allocation of the body's size on each call.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let result = f(&mut scratch);
+            if scratch.text.capacity() > SCRATCH_KEEP {
+                *scratch = Scratch::default();
+            }
+            result
+        }
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
 
 impl Classifier {
     /// Scans every string value of a JSON document (any depth up to 64,
@@ -20,15 +51,14 @@ impl Classifier {
     pub fn scan_json(&self, body: &[u8]) -> Counts {
         let mut counts = vec![0; self.classes.len()];
         match json::string_values(body, MAX_JSON_DEPTH) {
-            Some((text, values)) => {
-                let mut map = Vec::new();
+            Some((text, values)) => with_scratch(|scratch| {
                 for v in values {
-                    let value = self.value_text(text, v, &mut map);
-                    for f in self.scan(&value) {
+                    let value = self.value_text(text, v, scratch);
+                    for f in self.scan(value) {
                         counts[f.class] += 1;
                     }
                 }
-            }
+            }),
             None => {
                 for f in self.scan(&String::from_utf8_lossy(body)) {
                     counts[f.class] += 1;
@@ -61,50 +91,52 @@ impl Classifier {
         let mut counts = vec![0; self.classes.len()];
         let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
-        let mut map = Vec::new();
-        for v in values {
-            let value = self.value_text(text, v, &mut map);
-            let findings = resolve(self.candidates(&value), &redact);
-            let contents = v.start + 1;
-            for f in findings {
-                let start = contents + json::raw_offset(&map, f.start);
-                let end = contents + json::raw_offset(&map, f.end);
-                let buf = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 256));
-                buf.extend_from_slice(body.get(copied..start)?);
-                buf.extend_from_slice(b"[REDACTED:");
-                buf.extend_from_slice(self.class_name(f.class).as_bytes());
-                buf.push(b']');
-                copied = end;
-                counts[f.class] += 1;
+        with_scratch(|scratch| {
+            for v in values {
+                let value = self.value_text(text, v, scratch);
+                let findings = resolve(self.candidates(value), &redact);
+                let contents = v.start + 1;
+                for f in findings {
+                    let start = contents + json::raw_offset(&scratch.map, f.start);
+                    let end = contents + json::raw_offset(&scratch.map, f.end);
+                    let buf = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 256));
+                    buf.extend_from_slice(body.get(copied..start)?);
+                    buf.extend_from_slice(b"[REDACTED:");
+                    buf.extend_from_slice(self.class_name(f.class).as_bytes());
+                    buf.push(b']');
+                    copied = end;
+                    counts[f.class] += 1;
+                }
             }
-        }
+            Some(())
+        })?;
         let mut buf = out?;
         buf.extend_from_slice(body.get(copied..)?);
         Some((buf, nonzero(counts)))
     }
 
     /// The decoded value of a string literal that `json::string_values`
-    /// found in `text`, with `map` set up for `json::raw_offset`.
+    /// found in `text`; `scratch.map` is left set up for `json::raw_offset`.
     fn value_text<'a>(
         &self,
         text: &'a str,
         v: json::StrValue,
-        map: &mut Vec<(usize, usize)>,
-    ) -> Cow<'a, str> {
-        map.clear();
+        scratch: &'a mut Scratch,
+    ) -> &'a str {
+        scratch.map.clear();
         let raw = text
             .get(v.start + 1..v.end.saturating_sub(1))
             .unwrap_or_default();
         // Short strings ("user", "gpt-4o", "auto") are most of a body's
         // values; none can hold a built-in finding.
-        if raw.len() < MIN_BUILTIN_LEN && self.finders.len() == self.gate.len() {
-            return Cow::Borrowed("");
+        if raw.len() < MIN_BUILTIN_LEN && self.finders.len() == self.gates.len() {
+            return "";
         }
-        if v.escaped {
-            json::decode(raw, map)
-        } else {
-            Cow::Borrowed(raw)
+        if !v.escaped {
+            return raw;
         }
+        json::decode_into(raw, &mut scratch.text, &mut scratch.map);
+        &scratch.text
     }
 }
 

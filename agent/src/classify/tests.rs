@@ -204,6 +204,9 @@ fn private_key_blocks() {
     // Without an END line: the BEGIN line and the base64 right after it.
     let cut = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
     finds(&format!("{cut}\n(truncated)"), "private-key", cut);
+    // JSON scanned as text: `\n` escapes separate the lines.
+    let escaped = block.replace('\n', "\\n");
+    finds(&format!("\"{escaped}\""), "private-key", &escaped);
     finds(
         "-----BEGIN EC PRIVATE KEY----- and nothing else",
         "private-key",
@@ -257,4 +260,33 @@ fn entropy_helpers() {
     assert!((validate::entropy(b"abcd") - 2.0).abs() < 1e-9);
     assert_eq!(validate::word_fraction(b"xq7Z9"), 0);
     assert_eq!(validate::word_fraction(b"ProfileSettings"), 15);
+}
+
+/// Release-build throughput; run with
+/// `cargo test --release -- --ignored --nocapture throughput`.
+#[test]
+#[ignore = "benchmark"]
+fn throughput() {
+    use std::time::{Duration, Instant};
+    let c = builtin();
+    let rate = |bytes: usize, f: &dyn Fn() -> usize| {
+        let start = Instant::now();
+        let mut n = 0;
+        let mut sink = 0;
+        while start.elapsed() < Duration::from_millis(800) {
+            sink += f();
+            n += 1;
+        }
+        std::hint::black_box(sink);
+        (bytes * n) as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    for size in [1 << 10, 32 << 10, 1 << 20] {
+        let text = super::bench_text(size);
+        let body = super::bench_json(size);
+        let scan = rate(text.len(), &|| c.scan(&text).len());
+        let redact = rate(body.len(), &|| {
+            c.redact_json(&body, |_| true).map_or(0, |r| r.0.len())
+        });
+        println!("{size:>8} B: scan {scan:6.0} MB/s, redact_json {redact:6.0} MB/s");
+    }
 }

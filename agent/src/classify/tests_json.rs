@@ -77,6 +77,35 @@ fn findings_written_with_escapes_are_found_and_replaced_whole() {
 }
 
 #[test]
+fn private_keys_span_escaped_newlines() {
+    let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu8jzPde0IgxLd6Gnc\n-----END RSA PRIVATE KEY-----";
+    let body = json!({"content": format!("key:\n{key}\nbye")}).to_string();
+    let (out, counts) = redact_all(&body).expect("redacted");
+    assert_eq!(out, r#"{"content":"key:\n[REDACTED:private-key]\nbye"}"#);
+    assert_eq!(counts, [(idx("private-key"), 1)]);
+    // Scanned as text (not JSON), the escapes are still line breaks to it.
+    let broken = format!("{{\"content\": \"{}\"", key.replace('\n', "\\n"));
+    assert_eq!(
+        builtin().scan_json(broken.as_bytes()),
+        [(idx("private-key"), 1)]
+    );
+}
+
+#[test]
+fn custom_classes_are_redacted_and_counted() {
+    let c = Classifier::new(&[("acme-id".to_owned(), "ACME-[0-9]{6}".to_owned())]).expect("valid");
+    let acme = c.class_index("acme-id").unwrap_or_default();
+    let body = br#"{"a":"ACME-123456 and ACME-654321","b":{"ACME-111111":1}}"#;
+    assert_eq!(c.scan_json(body), [(acme, 2)]);
+    let (out, counts) = c.redact_json(body, |k| k == acme).expect("redacted");
+    assert_eq!(
+        out,
+        br#"{"a":"[REDACTED:acme-id] and [REDACTED:acme-id]","b":{"ACME-111111":1}}"#
+    );
+    assert_eq!(counts, [(acme, 2)]);
+}
+
+#[test]
 fn lone_surrogates_are_left_as_they_were() {
     let body = r#"{"c":"\ud800 jane@example.com \udc00"}"#;
     let (out, _) = redact_all(body).expect("redacted");

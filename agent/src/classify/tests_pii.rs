@@ -267,31 +267,103 @@ fn findings_in_bench_text() {
     assert_eq!(got.len(), 16, "{got:?}");
 }
 
-/// Release-build throughput; run with
-/// `cargo test --release -- --ignored --nocapture throughput`.
-#[test]
-#[ignore = "benchmark"]
-fn throughput() {
-    use std::time::{Duration, Instant};
-    let c = builtin();
-    let rate = |bytes: usize, f: &dyn Fn() -> usize| {
-        let start = Instant::now();
-        let mut n = 0;
-        let mut sink = 0;
-        while start.elapsed() < Duration::from_millis(800) {
-            sink += f();
-            n += 1;
+/// The windowed scan against the obvious one: every class's regex over the
+/// whole text. Any difference is a bug in the first pass or the windows.
+fn reference(c: &Classifier, text: &str) -> Vec<super::Finding> {
+    let mut cands = Vec::new();
+    let mut spans = Vec::new();
+    for (class, b) in super::detectors::BUILTINS.iter().enumerate() {
+        for m in c.finders[class].find_iter(text) {
+            spans.clear();
+            (b.check)(text.as_bytes(), m.start(), m.end(), &mut spans);
+            cands.extend(
+                spans
+                    .iter()
+                    .map(|&(start, end)| super::Candidate { class, start, end }),
+            );
         }
-        std::hint::black_box(sink);
-        (bytes * n) as f64 / start.elapsed().as_secs_f64() / 1e6
+    }
+    super::resolve(cands, |_| true)
+}
+
+#[test]
+fn windowed_scan_matches_whole_text_reference() {
+    const PIECES: &[&str] = &[
+        "jane.doe@example.com",
+        "(555) 123-4567",
+        "+44 20 7946 0958",
+        "555-123-4567",
+        "123-45-6789",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_IhKtJ0RlgLKOmxgJTeKdNnFRIBXuDL7DxtpY",
+        "u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
+        "sk-ant-api03-qFYY_kv5ZJr3J1TWDtkwtDDb-xHKas1VOqg6YYZYn9Zhy",
+        "glpat-Ab3dEfGh1jKlMn0pQrSt",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0NTY3ODkwIn0.",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END RSA PRIVATE KEY-----",
+        "aws_secret_access_key = ",
+        "Stqcbnr3yBdGBLEPH1qhT61qtc4xatws8phP9nhF",
+        "MIIEowIBAAKCAQEAu8jzPde0IgxLd6Gnc",
+        "\n",
+        "\n",
+        ";",
+        "!",
+        " ",
+        " ",
+        " ",
+        "-",
+        ".",
+        "@",
+        "+",
+        "(",
+        ")",
+        "=",
+        "/",
+        "_",
+        "1",
+        "12",
+        "2024-01-15",
+        "0",
+        "A",
+        "x",
+        "é",
+        "😀",
+        "the",
+        "and",
+        "Zz9",
+        "\t",
+        "\"",
+        "AB12",
+    ];
+    let c = builtin();
+    let mut rng: u64 = 0x1234_5678_9ABC_DEF1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
     };
-    for size in [1 << 10, 32 << 10, 1 << 20] {
-        let text = super::bench_text(size);
-        let body = super::bench_json(size);
-        let scan = rate(text.len(), &|| c.scan(&text).len());
-        let redact = rate(body.len(), &|| {
-            c.redact_json(&body, |_| true).map_or(0, |r| r.0.len())
-        });
-        println!("{size:>8} B: scan {scan:6.0} MB/s, redact_json {redact:6.0} MB/s");
+    let rounds = std::env::var("CLASSIFY_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let mut texts: Vec<String> = (0..rounds)
+        .map(|_| {
+            let n = next() % 40;
+            (0..n)
+                .map(|_| PIECES[(next() >> 7) as usize % PIECES.len()])
+                .collect()
+        })
+        .collect();
+    texts.push(super::bench_text(64 * 1024));
+    texts.push("(555) 123-4567\n".repeat(50));
+    texts.push("a@b.io;123-45-6789!4111 1111 1111 1111\n".repeat(20));
+    for text in &texts {
+        assert_eq!(c.scan(text), reference(c, text), "{text:?}");
     }
 }

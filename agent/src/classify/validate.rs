@@ -235,6 +235,15 @@ pub(super) fn email(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
     if local.is_empty() || local.ends_with(b".") {
         return;
     }
+    // The pattern caps the local part at 64 bytes (RFC 5321); a longer run
+    // before the `@` is not an address.
+    if start
+        .checked_sub(1)
+        .and_then(|i| t.get(i))
+        .is_some_and(|&c| c.is_ascii_alphanumeric() || b"._%+-_".contains(&c))
+    {
+        return;
+    }
     if t.get(end)
         .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_')
     {

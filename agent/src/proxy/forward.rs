@@ -305,20 +305,27 @@ fn apply_request_info(audit: &mut AuditRecord, info: &RequestInfo) {
 }
 
 fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
-    let mut record = AuditRecord::new(
-        "redirect",
-        conn.info.rule.clone(),
-        conn.info.provider.clone(),
-        Destination {
-            ip: conn.destination.ip(),
-            port: conn.destination.port(),
-        },
-        scheme,
-        conn.id,
-        conn.info.identity.clone(),
-    );
+    let mut record = conn.audit_record("redirect", scheme);
     record.host = Some(host.to_string());
     record
+}
+
+impl Conn {
+    /// An audit record for a request (or splice) on this connection.
+    pub fn audit_record(&self, decision: &'static str, scheme: &'static str) -> AuditRecord {
+        AuditRecord::new(
+            decision,
+            self.info.rule.clone(),
+            self.info.provider.clone(),
+            Destination {
+                ip: self.destination.ip(),
+                port: self.destination.port(),
+            },
+            scheme,
+            self.id,
+            self.info.identity.clone(),
+        )
+    }
 }
 
 fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {

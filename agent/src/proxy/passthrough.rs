@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::{Shared, forward::Conn, refusal, upstream_host};
-use crate::audit::{AuditRecord, Destination};
 
 /// A ClientHello larger than this is not waited for.
 const MAX_HELLO: usize = 16 * 1024;
@@ -39,18 +38,7 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
             return;
         }
     };
-    let mut record = AuditRecord::new(
-        "passthrough",
-        conn.info.rule.clone(),
-        conn.info.provider.clone(),
-        Destination {
-            ip: conn.destination.ip(),
-            port: conn.destination.port(),
-        },
-        "tls",
-        conn.id,
-        conn.info.identity.clone(),
-    );
+    let mut record = conn.audit_record("passthrough", "tls");
     record.host = Some(host);
     let mut client = client;
     match TcpStream::connect(conn.destination).await {
