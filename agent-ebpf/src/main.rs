@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod maps;
 mod redirect;
 mod sock;

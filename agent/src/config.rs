@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::{
+    alerts::AlertsConfig,
     audit::StorePrompts,
     policy::Action,
     yaml::{self, FileErrors},
@@ -49,6 +50,8 @@ pub struct FileConfig {
     pub upstream_ca: Option<PathBuf>,
     /// What the audit keeps of prompts and outputs: none, hash or full.
     pub store_prompts: Option<StorePrompts>,
+    /// Where alerts go: the rotated file, syslog, webhooks; and folding.
+    pub alerts: AlertsConfig,
 }
 
 impl FileConfig {
@@ -102,6 +105,23 @@ mod tests {
             err.to_string().contains(":2:"),
             "line of the bad key: {err}"
         );
+    }
+
+    #[test]
+    fn the_alerts_section_is_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "alerts:\n  fold_window: 30s\n  webhooks:\n    - url: https://siem.example/h\n      sekret_env: X\n",
+        )
+        .unwrap();
+        let err = FileConfig::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("unknown field `sekret_env`"), "{err}");
+        assert!(err.contains(":5:"), "line of the bad key: {err}");
+        std::fs::write(&path, "alerts:\n  fold_window: 30s\n").unwrap();
+        let config = FileConfig::load(&path, true).unwrap();
+        assert_eq!(config.alerts.fold_window.as_secs(), 30);
     }
 
     #[test]

@@ -25,11 +25,12 @@ use crate::{
     budget::{Budgets, Prices},
     catalog::{
         Catalog, HostPattern,
+        learned::Learned,
         resolver::{self, Resolved, ResolvedHosts},
     },
     ebpf::{
         self,
-        endpoints::{EndpointSet, from_v6_bytes},
+        endpoints::{self, EndpointSet, from_v6_bytes},
         events::{self, Event},
         maps::KernelMaps,
     },
@@ -58,6 +59,7 @@ pub struct Settings {
     pub events: String,
     pub default_action: Option<Action>,
     pub proxy: ProxySettings,
+    pub alerts: alerts::AlertsConfig,
 }
 
 /// How long proxied requests in flight may take to finish at shutdown.
@@ -71,6 +73,8 @@ struct Agent {
     settings: Settings,
     generation: u32,
     resolved: ResolvedHosts,
+    /// Addresses the kernel learned from DNS answers, with their TTLs.
+    learned: Learned,
     endpoints: EndpointSet,
     hosts_tx: watch::Sender<Vec<String>>,
     procs: ProcCache,
@@ -114,7 +118,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
     let redirects = ebpf::maps::take(&mut programs.ebpf, names::MAP_REDIRECT_PORT)?;
     let (audit, audit_writer) = audit::open(&settings.proxy.state_dir)?;
-    let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir)?;
+    let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir, &settings.alerts)?;
     let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
     let links = ProxyLinks {
@@ -146,6 +150,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         settings,
         generation: 0,
         resolved: ResolvedHosts::default(),
+        learned: Learned::default(),
         endpoints: EndpointSet::default(),
         hosts_tx,
         procs,
@@ -242,8 +247,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.report_counters(true);
     resolver.abort();
     drop(agent);
-    if let Err(err) = alerts_writer.await {
-        error!("the alert writer failed: {err}");
+    match alerts_writer.await {
+        Ok(stats) => info!(counters = %stats, "alerts"),
+        Err(err) => error!("the alert writer failed: {err}"),
     }
     drop(programs);
     info!("detached; modelgate stopped");
@@ -352,7 +358,9 @@ impl Agent {
 
     fn sync_endpoints(&mut self) -> Result<()> {
         self.resolved.retain_hosts(&self.catalog.exact_hosts());
-        let set = EndpointSet::build(&self.catalog, &self.resolved, &mut self.ids)?;
+        let set = EndpointSet::build(&self.catalog, &self.resolved, &self.learned, &mut self.ids)?;
+        let dns_names = endpoints::dns_names(&self.catalog, &mut self.ids)?;
+        self.maps.sync_dns_names(&dns_names)?;
         if set.conflicts > 0 {
             debug!(
                 conflicts = set.conflicts,
@@ -424,6 +432,9 @@ impl Agent {
         };
         self.catalog = catalog;
         self.compiled = compiled;
+        let catalog = &self.catalog;
+        self.learned
+            .retain_providers(|p| catalog.provider(p).is_some());
         // New requests decide with the new policy; those in flight keep the
         // Arc they started with.
         *self.shared_policy.write().expect("policy lock poisoned") = state;
@@ -499,6 +510,11 @@ impl Agent {
 
     fn tick(&mut self) {
         self.procs.purge();
+        if self.learned.expire(Instant::now())
+            && let Err(err) = self.sync_endpoints()
+        {
+            error!("{err:#}");
+        }
         self.expire_quarantines();
         self.save_budgets();
         match self.cgroups.rescan() {
@@ -565,6 +581,7 @@ impl Agent {
                     self.procs.on_exit(ev.header.tgid);
                     self.maps.forget_proc(ev.header.tgid);
                 }
+                Ok(Event::Dns(ev)) => self.on_dns(&ev),
                 Err(err) => {
                     self.decode_errors += 1;
                     warn!(error = %err, total = self.decode_errors, "undecodable event");
@@ -573,6 +590,25 @@ impl Agent {
         }
         if any {
             self.sink.flush();
+        }
+    }
+
+    /// The kernel already put the answer's addresses in the endpoint map;
+    /// here they get their TTL, and a name for the decision records.
+    fn on_dns(&mut self, ev: &agent_common::DnsEvent) {
+        let Some(provider) = self.ids.provider_name(ev.provider).map(str::to_string) else {
+            return;
+        };
+        let len = (ev.len as usize).min(ev.payload.len());
+        let new = self
+            .learned
+            .absorb(&ev.payload[..len], &provider, Instant::now());
+        if new.is_empty() {
+            return;
+        }
+        debug!(%provider, addrs = ?new, kernel_learned = ev.learned, "learned from DNS");
+        if let Err(err) = self.sync_endpoints() {
+            error!("{err:#}");
         }
     }
 

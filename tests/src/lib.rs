@@ -294,19 +294,11 @@ impl Agent {
     }
 
     pub fn alerts_now(&self) -> Vec<Value> {
-        fs::read_to_string(self.state_dir().join("alerts.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad alert line {l}: {e}")))
-            .collect()
+        json_lines(&self.state_dir().join("alerts.jsonl"))
     }
 
     pub fn audit_now(&self) -> Vec<Value> {
-        fs::read_to_string(self.state_dir().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
-            .collect()
+        json_lines(&self.state_dir().join("audit.jsonl"))
     }
 
     /// The first audit record matching `pred`, waiting up to 10 s.
@@ -359,12 +351,7 @@ impl Agent {
     }
 
     pub fn events_now(&self) -> Vec<Value> {
-        fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-            .collect()
+        json_lines(&self.events)
     }
 
     /// The first record matching `pred`, waiting up to 10 s for it.
@@ -422,6 +409,24 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The complete lines of a JSON-lines file the agent is still writing: a
+/// last line without its newline is not finished yet and is left out.
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("bad JSON line in {}: {l}: {e}", path.display()))
+        })
+        .collect()
 }
 
 /// Runs a command to completion with a time limit.

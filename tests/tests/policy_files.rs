@@ -224,12 +224,19 @@ fn the_json_schema_matches_the_shipped_policies() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bad = tempfile::NamedTempFile::new().unwrap();
-    fs::write(bad.path(), "rules:\n  - name: x\n    action: block\n    mtach: {}\n").unwrap();
+    fs::write(
+        bad.path(),
+        "rules:\n  - name: x\n    action: block\n    mtach: {}\n",
+    )
+    .unwrap();
     let out = output(
         Command::new(&python)
             .args(["-c", SCHEMA_CHECK])
             .arg(policies.join("policy.schema.json"))
             .arg(bad.path()),
     );
-    assert!(!out.status.success(), "a misspelt field must fail the schema");
+    assert!(
+        !out.status.success(),
+        "a misspelt field must fail the schema"
+    );
 }

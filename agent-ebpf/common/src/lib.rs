@@ -18,6 +18,7 @@ pub mod names {
     pub const MAP_PENDING_ARGV: &str = "MG_PENDING_ARGV";
     pub const MAP_REDIRECT_COOKIE: &str = "MG_REDIRECT_COOKIE";
     pub const MAP_REDIRECT_PORT: &str = "MG_REDIRECT_PORT";
+    pub const MAP_DNS_NAMES: &str = "MG_DNS_NAMES";
     pub const MAP_ARGV_SCRATCH: &str = "MG_ARGV_SCRATCH";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
@@ -27,6 +28,7 @@ pub mod names {
     pub const PROG_GETPEERNAME4: &str = "mg_getpeername4";
     pub const PROG_GETPEERNAME6: &str = "mg_getpeername6";
     pub const PROG_SOCKOPS: &str = "mg_tcp_connect";
+    pub const PROG_DNS: &str = "mg_dns_answers";
     pub const PROG_EXEC: &str = "mg_sched_exec";
     pub const PROG_EXIT: &str = "mg_sched_exit";
     pub const PROG_FORK: &str = "mg_sched_fork";
@@ -63,6 +65,16 @@ pub mod limits {
     pub const PENDING_ARGV: u32 = 1024;
     /// Redirected connections remembered (LRU: the oldest fall out).
     pub const REDIRECTS: u32 = 65_536;
+    /// Catalog names (exact and `*.suffix`) the kernel matches in DNS answers.
+    pub const DNS_NAMES: u32 = 4_096;
+    /// Bytes of a DNS message the kernel reads (and copies to the agent).
+    pub const DNS_PAYLOAD: usize = 512;
+    /// Longest name matched (dotted form); longer names are left to the agent.
+    pub const DNS_NAME_LEN: usize = 128;
+    /// Answer records looked at per message.
+    pub const DNS_ANSWERS: usize = 8;
+    /// Ports recorded per catalog name.
+    pub const DNS_PORTS: usize = 4;
 }
 
 /// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
@@ -121,10 +133,14 @@ pub enum Counter {
     /// The agent's own connections to endpoints (the proxy's upstream
     /// side), let through unredirected.
     AgentOwn = 9,
+    /// DNS answers for a catalog name seen by the kernel.
+    DnsMatches = 10,
+    /// A/AAAA records the kernel put in the endpoint map from DNS answers.
+    DnsLearned = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -136,6 +152,8 @@ impl Counter {
         Counter::ExecEvents,
         Counter::BadProvider,
         Counter::AgentOwn,
+        Counter::DnsMatches,
+        Counter::DnsLearned,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -150,6 +168,8 @@ impl Counter {
             Counter::ExecEvents => "exec_events",
             Counter::BadProvider => "bad_provider",
             Counter::AgentOwn => "agent_own",
+            Counter::DnsMatches => "dns_matches",
+            Counter::DnsLearned => "dns_learned",
         }
     }
 }
@@ -264,6 +284,65 @@ pub enum EventKind {
     Connect = 1,
     Exec = 2,
     Exit = 3,
+    Dns = 4,
+}
+
+/// `MG_DNS_NAMES` flags.
+pub mod dns_flags {
+    /// The key is the hash of a whole name.
+    pub const EXACT: u32 = 1;
+    /// The key is the hash of a suffix: any name below it matches.
+    pub const SUFFIX: u32 = 2;
+}
+
+/// Value of `MG_DNS_NAMES`, keyed by `name_hash` of a catalog name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsName {
+    pub provider: u32,
+    pub flags: u32,
+    /// The provider's ports; unused slots repeat one (never 0).
+    pub ports: [u16; limits::DNS_PORTS],
+}
+const _: () = assert!(core::mem::size_of::<DnsName>() == 16);
+
+/// A DNS answer for a catalog name, as received: the agent parses it for
+/// TTLs and keeps the map in step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    pub cgroup_id: u64,
+    pub provider: u32,
+    /// Bytes of `payload` that are valid.
+    pub len: u32,
+    /// Reserved (0).
+    pub learned: u32,
+    pub _pad: u32,
+    pub payload: [u8; limits::DNS_PAYLOAD],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 560);
+
+/// The hash of a catalog name in DNS wire form (length-prefixed labels,
+/// no root byte), lowercased: `Σ bᵢ·Pⁱ` (wrapping), xored with an offset.
+/// A positional sum rather than FNV so the kernel can compute it, and the
+/// hash of a suffix, in one pass without branches (trailing zero bytes add
+/// nothing). Kernel and agent must agree on it bit for bit.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// `name_hash(b"api.openai.com")` hashes `\x03api\x06openai\x03com`.
+pub fn name_hash(dotted: &[u8]) -> u64 {
+    let (mut hash, mut power) = (0u64, 1u64);
+    let mut mix = |byte: u8| {
+        hash = hash.wrapping_add((byte.to_ascii_lowercase() as u64).wrapping_mul(power));
+        power = power.wrapping_mul(FNV_PRIME);
+    };
+    for label in dotted.split(|b| *b == b'.') {
+        mix(label.len() as u8);
+        label.iter().for_each(|b| mix(*b));
+    }
+    hash ^ FNV_OFFSET
 }
 
 /// Common first bytes of every ring-buffer event.
@@ -361,6 +440,7 @@ mod user {
     unsafe impl aya::Pod for PolicyEntry {}
     unsafe impl aya::Pod for AgentConfig {}
     unsafe impl aya::Pod for Redirect {}
+    unsafe impl aya::Pod for DnsName {}
 }
 
 /// IPv4 `a.b.c.d` as the `::ffff:a.b.c.d` bytes used in every key.

@@ -1,5 +1,6 @@
 //! The endpoint catalog: which hosts and addresses are model APIs.
 
+pub mod learned;
 pub mod resolver;
 
 use std::{collections::HashSet, fmt, net::IpAddr, path::Path, str::FromStr};

@@ -1,5 +1,6 @@
 //! Command line: one subcommand per file.
 
+mod alerts;
 mod bench_classify;
 mod ca;
 mod policy_check;
@@ -30,6 +31,8 @@ enum Command {
     /// Work with the catalog and policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Show recent alerts from the state directory (works while the agent is stopped).
+    Alerts(alerts::AlertsArgs),
     /// The local CA that signs the proxy's certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -54,6 +57,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy(PolicyCommand::Check(args)) => policy_check::check(args),
         Command::Policy(PolicyCommand::Explain(args)) => policy_explain::run(*args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(args),
+        Command::Alerts(args) => alerts::run(args),
         Command::Ca(command) => ca::run(command).map(|()| ExitCode::SUCCESS),
         Command::BenchClassify(args) => bench_classify::run(args),
     }

@@ -112,6 +112,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         events,
         default_action: args.default_action.or(file.default_action),
         proxy,
+        alerts: file.alerts,
     };
     // One worker per CPU this process may run on (tokio's default follows
     // the affinity mask): pinned to one core, one worker, and no task

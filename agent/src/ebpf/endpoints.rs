@@ -5,12 +5,43 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use agent_common::{CIDR_PORT_BITS, CidrKey, EndpointKey, EndpointValue};
+use agent_common::{CIDR_PORT_BITS, CidrKey, DnsName, EndpointKey, EndpointValue};
 
 use crate::{
-    catalog::{Catalog, resolver::ResolvedHosts},
+    catalog::{Catalog, HostPattern, learned::Learned, resolver::ResolvedHosts},
     policy::compile::{IdError, Ids},
 };
+
+/// The kernel's DNS table: catalog names (by `name_hash`) → provider and
+/// ports, exact names and `*.suffix` wildcards alike.
+pub fn dns_names(catalog: &Catalog, ids: &mut Ids) -> Result<HashMap<u64, DnsName>, IdError> {
+    let mut names: HashMap<u64, DnsName> = HashMap::new();
+    for provider in &catalog.providers {
+        let id = ids.provider(&provider.name.0)?;
+        // The kernel inserts every slot: unused ones repeat the first port.
+        let first = provider.ports.first().copied().unwrap_or(443);
+        let mut ports = [first; agent_common::limits::DNS_PORTS];
+        for (slot, port) in ports.iter_mut().zip(&provider.ports) {
+            *slot = *port;
+        }
+        for host in &provider.hosts {
+            let (name, flag) = match host {
+                HostPattern::Exact(name) => (name, agent_common::dns_flags::EXACT),
+                HostPattern::Suffix(suffix) => (suffix, agent_common::dns_flags::SUFFIX),
+            };
+            let entry = names
+                .entry(agent_common::name_hash(name.as_bytes()))
+                .or_insert(DnsName {
+                    provider: id,
+                    flags: 0,
+                    ports,
+                });
+            // Catalog hosts are unique, so a key is one provider's.
+            entry.flags |= flag;
+        }
+    }
+    Ok(names)
+}
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct EndpointSet {
@@ -22,6 +53,9 @@ pub struct EndpointSet {
     /// Addresses claimed by two providers (shared front ends); the first
     /// provider in catalog order keeps them.
     pub conflicts: usize,
+    /// Ports of providers with host names: the kernel may learn addresses
+    /// for them from DNS at any time, so their port flag is always set.
+    pub host_ports: std::collections::BTreeSet<u16>,
 }
 
 /// IPv4 as `::ffff:a.b.c.d`, IPv6 as is: one key space for both hooks.
@@ -45,10 +79,14 @@ impl EndpointSet {
     pub fn build(
         catalog: &Catalog,
         resolved: &ResolvedHosts,
+        learned: &Learned,
         ids: &mut Ids,
     ) -> Result<EndpointSet, IdError> {
         let mut set = EndpointSet::default();
         for provider in &catalog.providers {
+            if !provider.hosts.is_empty() {
+                set.host_ports.extend(provider.ports.iter().copied());
+            }
             let value = EndpointValue {
                 provider: ids.provider(&provider.name.0)?,
                 _reserved: 0,
@@ -105,6 +143,11 @@ impl EndpointSet {
                     }
                 }
             }
+            for (addr, learned) in learned.iter() {
+                if learned.provider == provider.name.0 {
+                    insert_exact(*addr, Some(&learned.host), &mut set);
+                }
+            }
         }
         Ok(set)
     }
@@ -132,7 +175,7 @@ mod tests {
             addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
         });
         let mut ids = Ids::default();
-        let set = EndpointSet::build(&catalog, &resolved, &mut ids).unwrap();
+        let set = EndpointSet::build(&catalog, &resolved, &Learned::default(), &mut ids).unwrap();
         // a: (127.0.0.9 + 192.0.2.1) × 2 ports; b: 2001:db8::1 × 443 (192.0.2.1 is a's).
         assert_eq!(set.exact.len(), 5, "{:?}", set.exact.keys());
         assert_eq!(set.conflicts, 1, "192.0.2.1:443 claimed by both");

@@ -1,17 +1,18 @@
 //! Decoding ring-buffer records. The kernel is trusted to write whole
 //! records, but a short or unknown one is counted, never a panic.
 
-use agent_common::{ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent};
+use agent_common::{ConnectEvent, DnsEvent, EventHeader, EventKind, ExecEvent, ExitEvent};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[expect(
     clippy::large_enum_variant,
-    reason = "decoded on the stack and consumed at once; boxing would allocate per event"
+    reason = "decoded on the stack and consumed at once; the rare DNS event is boxed"
 )]
 pub enum Event {
     Connect(ConnectEvent),
     Exec(ExecEvent),
     Exit(ExitEvent),
+    Dns(Box<DnsEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +49,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         k if k == EventKind::Connect as u32 => Ok(Event::Connect(read(bytes, k)?)),
         k if k == EventKind::Exec as u32 => Ok(Event::Exec(read(bytes, k)?)),
         k if k == EventKind::Exit as u32 => Ok(Event::Exit(read(bytes, k)?)),
+        k if k == EventKind::Dns as u32 => Ok(Event::Dns(Box::new(read(bytes, k)?))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

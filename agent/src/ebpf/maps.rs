@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use agent_common::{
-    AgentConfig, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, names, port_flags,
+    AgentConfig, CidrKey, Counter, DnsName, EndpointKey, EndpointValue, PolicyEntry, names,
+    port_flags,
 };
 use anyhow::{Context, Result};
 use aya::{
@@ -22,6 +23,8 @@ pub struct KernelMaps {
     proc_policy: BpfHashMap<MapData, u32, PolicyEntry>,
     config: Array<MapData, AgentConfig>,
     counters: PerCpuArray<MapData, u64>,
+    dns_names: BpfHashMap<MapData, u64, DnsName>,
+    installed_dns: HashMap<u64, DnsName>,
     installed: EndpointSet,
     installed_ports: HashMap<u16, u8>,
     cgroup_entries: HashMap<u64, PolicyEntry>,
@@ -49,6 +52,8 @@ impl KernelMaps {
             proc_policy: take(ebpf, names::MAP_PROC_POLICY)?,
             config: take(ebpf, names::MAP_CONFIG)?,
             counters: take(ebpf, names::MAP_COUNTERS)?,
+            dns_names: take(ebpf, names::MAP_DNS_NAMES)?,
+            installed_dns: HashMap::new(),
             installed: EndpointSet::default(),
             installed_ports: HashMap::new(),
             cgroup_entries: HashMap::new(),
@@ -113,6 +118,24 @@ impl KernelMaps {
         self.installed = wanted.clone();
         self.installed_ports = wanted_ports;
         Ok(stats)
+    }
+
+    /// Makes the kernel's DNS name table equal `wanted`.
+    pub fn sync_dns_names(&mut self, wanted: &HashMap<u64, DnsName>) -> Result<()> {
+        for (hash, entry) in wanted {
+            if self.installed_dns.get(hash) != Some(entry) {
+                self.dns_names
+                    .insert(hash, entry, 0)
+                    .context("writing MG_DNS_NAMES (is it full?)")?;
+            }
+        }
+        for hash in self.installed_dns.keys() {
+            if !wanted.contains_key(hash) {
+                let _ = self.dns_names.remove(hash);
+            }
+        }
+        self.installed_dns = wanted.clone();
+        Ok(())
     }
 
     /// Writes (or, with None, removes) the policy entry of one cgroup.
@@ -200,6 +223,9 @@ pub struct SyncStats {
 impl EndpointSet {
     fn port_flags(&self) -> HashMap<u16, u8> {
         let mut ports: HashMap<u16, u8> = HashMap::new();
+        for port in &self.host_ports {
+            *ports.entry(*port).or_default() |= port_flags::EXACT;
+        }
         for key in self.exact.keys() {
             *ports.entry(key.port).or_default() |= port_flags::EXACT;
         }

@@ -11,7 +11,9 @@ use agent_common::names;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps, TracePoint,
+    },
 };
 use tracing::{debug, warn};
 
@@ -114,6 +116,20 @@ impl Programs {
                 .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
             debug!(program, cgroup = %cgroup.display(), "attached");
         }
+        let program = names::PROG_DNS;
+        let dns: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        dns.load()
+            .with_context(|| format!("the kernel rejected program {program}"))?;
+        dns.attach(
+            &cgroup_fd,
+            CgroupSkbAttachType::Ingress,
+            CgroupAttachMode::Single,
+        )
+        .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
         let program = names::PROG_SOCKOPS;
         let sock_ops: &mut SockOps = self
             .ebpf

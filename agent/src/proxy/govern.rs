@@ -161,12 +161,29 @@ pub async fn decide(
         let classifier = &state.policy.classifier;
         let redact =
             |class: usize| data_action(rule, classifier, class) == Some(DataAction::Redact);
-        if let Some((replaced, counts)) = classifier.redact_json(body, redact) {
-            forward.body = Some(Bytes::from(replaced));
-            forward.redacted = counts
-                .into_iter()
-                .map(|(class, n)| (classifier.classes()[class].name.clone(), n))
-                .collect();
+        match classifier.redact_json(body, redact) {
+            Some((replaced, counts)) => {
+                forward.body = Some(Bytes::from(replaced));
+                forward.redacted = counts
+                    .into_iter()
+                    .map(|(class, n)| (classifier.classes()[class].name.clone(), n))
+                    .collect();
+            }
+            // Found but not replaceable (the body is not JSON, or nested too
+            // deep): it must not leave as it is.
+            None => {
+                return Verdict::Refuse(Refuse {
+                    rule: rule_name.clone(),
+                    status: StatusCode::FORBIDDEN,
+                    refusal: Refusal::Policy,
+                    outcome: "data_blocked",
+                    message: format!(
+                        "modelgate: the prompt holds data policy rule `{rule_name}` redacts, and \
+                         this request body cannot be redacted safely; it was not sent"
+                    ),
+                    retry_after: None,
+                });
+            }
         }
     }
 
