@@ -34,6 +34,7 @@ use crate::{
         events::{self, Event},
         maps::KernelMaps,
     },
+    heartbeat::Heartbeat,
     identity::{
         Identity, c_str,
         cgroups::CgroupIndex,
@@ -48,6 +49,7 @@ use crate::{
     proxy::{ConnInfo, Control, Describe, Proxy, ProxyLinks, ProxySettings, SharedPolicy},
     record::{self, Decision, Destination},
     sink::Sink,
+    watchdog,
 };
 
 const TICK: Duration = Duration::from_secs(5);
@@ -85,6 +87,10 @@ struct Agent {
     lost_reported: u64,
     unknown_cgroups: HashMap<u64, Instant>,
     proxy_port: u16,
+    heartbeat: Option<Heartbeat>,
+    attachments: Option<ebpf::tamper::Attachments>,
+    /// Programs last found detached (reported already).
+    tampered: Vec<&'static str>,
     shared_policy: SharedPolicy,
     budgets: Arc<Mutex<Budgets>>,
     alerts: Alerts,
@@ -161,6 +167,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         lost_reported: 0,
         unknown_cgroups: HashMap::new(),
         proxy_port,
+        heartbeat: None,
+        attachments: None,
+        tampered: Vec::new(),
         shared_policy,
         budgets,
         alerts,
@@ -172,6 +181,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let proxy = tokio::spawn(proxy.serve(shutdown_rx, SHUTDOWN_GRACE));
     programs.attach(&agent.settings.cgroup)?;
+    let (heartbeat, gap) = Heartbeat::open(&agent.settings.proxy.state_dir);
+    if let Some(gap) = gap {
+        agent.alerts.send(watchdog::gap_alert(&gap));
+    }
+    agent.attachments = Some(programs.attachments(&agent.settings.cgroup)?);
+    agent.heartbeat = Some(heartbeat);
+    agent.beat(false);
     info!(
         proxy = %format!("127.0.0.1:{proxy_port}"),
         cgroup = %agent.settings.cgroup.display(),
@@ -242,6 +258,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         error!("the audit writer failed: {err}");
     }
     agent.save_budgets();
+    agent.beat(true);
     // Whatever the kernel queued before we stop is still recorded.
     agent.drain(ring.get_mut());
     agent.report_counters(true);
@@ -510,6 +527,8 @@ impl Agent {
 
     fn tick(&mut self) {
         self.procs.purge();
+        self.beat(false);
+        self.check_tamper();
         if self.learned.expire(Instant::now())
             && let Err(err) = self.sync_endpoints()
         {
@@ -709,7 +728,43 @@ impl Agent {
             identity,
             policy_generation: ev.generation,
         };
+        let state = self
+            .shared_policy
+            .read()
+            .expect("policy lock poisoned")
+            .clone();
+        for alert in watchdog::connect_alerts(&record, &state.policy, state.default_action()) {
+            self.alerts.send(alert);
+        }
         self.sink.write(&record);
+    }
+
+    fn beat(&self, clean: bool) {
+        if let Some(heartbeat) = &self.heartbeat
+            && let Err(err) = heartbeat.beat(clean)
+        {
+            warn!(error = %err, "cannot write the heartbeat file; an enforcement gap may go unreported");
+        }
+    }
+
+    /// Someone detaching our programs is reported once per program, and
+    /// again if it happens again after they came back.
+    fn check_tamper(&mut self) {
+        let Some(attachments) = &self.attachments else {
+            return;
+        };
+        let missing = attachments.missing();
+        let new: Vec<&str> = missing
+            .iter()
+            .copied()
+            .filter(|name| !self.tampered.contains(name))
+            .collect();
+        if !new.is_empty() {
+            error!(programs = ?new, "modelgate's programs were detached by someone else");
+            let cgroup = self.settings.cgroup.display().to_string();
+            self.alerts.send(watchdog::tamper_alert(&new, &cgroup));
+        }
+        self.tampered = missing;
     }
 
     fn identity(&mut self, ev: &ConnectEvent) -> Identity {

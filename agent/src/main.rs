@@ -10,12 +10,14 @@ mod cli;
 mod config;
 mod daemon;
 mod ebpf;
+mod heartbeat;
 mod identity;
 mod jsonl;
 mod policy;
 mod proxy;
 mod record;
 mod sink;
+mod watchdog;
 mod yaml;
 
 use std::process::ExitCode;

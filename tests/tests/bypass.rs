@@ -116,3 +116,113 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
     assert_eq!(record["action"], "block", "{record:#}");
     assert_eq!(record["gen_ai.provider.name"], "azure-openai", "{record:#}");
 }
+
+fn wait_for_alert(agent: &Agent, kind: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(alert) = agent.alerts_now().into_iter().find(|a| a["type"] == kind) {
+            return alert;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{kind}` alert; alerts: {:#?}\nlog:\n{}",
+            agent.alerts_now(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const ENDPOINT: &str =
+    "providers:\n  - name: openai\n    api: openai\n    ports: [443]\n    addresses: [127.0.0.9]\n";
+
+#[test]
+fn quic_to_an_endpoint_raises_an_alert() {
+    require_root();
+    let cgroup = TestCgroup::new("quic-alert");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        ENDPOINT,
+        "default_action: redirect\nrules: []\n",
+    ));
+    let script = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.sendto(b'q', ('127.0.0.9', 443))\nexcept OSError:\n  pass";
+    output(cgroup.command("python3").args(["-c", script]));
+    let alert = wait_for_alert(&agent, "quic-attempt", Duration::from_secs(10));
+    assert_eq!(alert["gen_ai.provider.name"], "openai", "{alert:#}");
+    assert!(
+        alert["identity"]["exe"]
+            .as_str()
+            .unwrap_or("")
+            .contains("python"),
+        "{alert:#}"
+    );
+    assert_eq!(alert["destination"]["port"], 443, "{alert:#}");
+}
+
+#[test]
+fn a_stop_and_restart_raises_an_enforcement_gap_with_both_times() {
+    require_root();
+    let cgroup = TestCgroup::new("gap");
+    let mut agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        ENDPOINT,
+        "default_action: monitor\nrules: []\n",
+    ));
+    agent.stop();
+    std::thread::sleep(Duration::from_millis(1200));
+    agent.restart();
+    let alert = wait_for_alert(&agent, "enforcement-gap", Duration::from_secs(10));
+    assert!(
+        alert["stopped_at"].is_string() && alert["started_at"].is_string(),
+        "{alert:#}"
+    );
+    assert!(
+        alert["gap_seconds"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{alert:#}"
+    );
+    assert_eq!(alert["clean_stop"], true, "{alert:#}");
+}
+
+#[test]
+fn detaching_the_agents_program_by_hand_raises_agent_tamper() {
+    require_root();
+    assert!(
+        Command::new("bpftool")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "bpftool is needed to detach a program by hand: apt-get install -y bpftool"
+    );
+    let cgroup = TestCgroup::new("tamper");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        ENDPOINT,
+        "default_action: block\nrules: []\n",
+    ));
+    let cgroup_id = std::fs::metadata(&cgroup.path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(
+        &output(Command::new("bpftool").args(["-j", "link", "show"])).stdout,
+    )
+    .expect("bpftool link show -j");
+    let ours = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["cgroup_id"] == cgroup_id && l["attach_type"] == "cgroup_inet4_connect")
+        .unwrap_or_else(|| panic!("no connect4 link on cgroup {cgroup_id}: {links:#}"));
+    let id = ours["id"].to_string();
+    let out = output(Command::new("bpftool").args(["link", "detach", "id", &id]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alert = wait_for_alert(&agent, "agent-tamper", Duration::from_secs(15));
+    assert_eq!(alert["severity"], "critical", "{alert:#}");
+    assert!(
+        alert["programs"].to_string().contains("mg_connect4"),
+        "{alert:#}"
+    );
+}

@@ -111,15 +111,23 @@ fn check_prerequisites() -> Result<()> {
                 .to_owned(),
         );
     }
-    let missing: Vec<&str> = ["curl", "python3"]
-        .into_iter()
-        .filter(|tool| util::which(tool).is_none())
-        .collect();
+    // (tool, Debian package)
+    let missing: Vec<(&str, &str)> = [
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("unshare", "util-linux"),
+        ("bpftool", "bpftool"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| util::which(tool).is_none())
+    .collect();
     if !missing.is_empty() {
+        let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+        let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
         problems.push(format!(
             "not on PATH: {}; install with `apt-get install -y {}`",
-            missing.join(", "),
-            missing.join(" ")
+            tools.join(", "),
+            packages.join(" ")
         ));
     }
     if let Err(err) = cgroup::mount() {

@@ -3,6 +3,7 @@
 pub mod endpoints;
 pub mod events;
 pub mod maps;
+pub mod tamper;
 mod tracefmt;
 
 use std::{fs::File, path::Path};

@@ -1,0 +1,236 @@
+//! Bypass findings the daemon raises from what it sees: QUIC attempts,
+//! connections that reached an endpoint without the policy's enforcement,
+//! gaps in enforcement, and programs detached by someone else.
+
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use crate::{
+    alerts::{Alert, Severity},
+    heartbeat::Gap,
+    identity::Identity,
+    policy::{Action, CgroupFacts, Policy, ProcFacts, decide},
+    record::{self, Decision},
+};
+
+/// Facts for rule matching, from an identity record.
+pub fn facts(id: &Identity) -> (ProcFacts<'_>, CgroupFacts<'_>) {
+    (
+        ProcFacts {
+            exe: id.exe.as_deref(),
+            comm: &id.comm,
+            uid: id.uid,
+            user: id.user.as_deref(),
+            gid: id.gid,
+            group: id.group.as_deref(),
+        },
+        CgroupFacts {
+            path: id.cgroup.as_deref().unwrap_or("/"),
+            unit: id.cgroup_info.unit.as_deref(),
+            container_id: id.cgroup_info.container_id.as_deref(),
+            runtime: id.cgroup_info.container_runtime,
+            pod_uid: id.cgroup_info.pod_uid.as_deref(),
+        },
+    )
+}
+
+fn about(mut alert: Alert, record: &Decision) -> Alert {
+    alert.provider = Some(record.provider.clone());
+    alert.host = record.destination.host.clone();
+    alert.identity = Some(record.identity.clone());
+    alert.details.insert(
+        "destination".into(),
+        json!({"ip": record.destination.ip, "port": record.destination.port}),
+    );
+    alert.with_id()
+}
+
+/// Alerts a kernel decision calls for.
+pub fn connect_alerts(record: &Decision, policy: &Policy, default: Action) -> Vec<Alert> {
+    let who = record
+        .identity
+        .exe
+        .as_deref()
+        .unwrap_or(&record.identity.comm)
+        .to_string();
+    let mut alerts = Vec::new();
+    if record.event == "udp" {
+        let verdict = if record.action == Action::Allow || record.action == Action::Monitor {
+            "let through"
+        } else {
+            "refused; the client should fall back to TCP"
+        };
+        let mut alert = Alert::new(
+            "quic-attempt",
+            Severity::Warning,
+            format!(
+                "{who} (pid {}) sent QUIC to {} ({verdict})",
+                record.identity.tgid, record.provider
+            ),
+        );
+        alert.rule = Some(record.rule.clone());
+        alerts.push(about(alert, record));
+        return alerts;
+    }
+    // The kernel let it through, but the policy as it stands says it must
+    // be blocked or go through the proxy: a process exec'd an instant ago,
+    // a cgroup not yet seen, or state changed under us.
+    if matches!(record.action, Action::Allow | Action::Monitor) {
+        let (proc, cgroup) = facts(&record.identity);
+        let (expected, rule) =
+            decide::connect_action(policy, default, &proc, &cgroup, &record.provider);
+        if !matches!(expected, Action::Allow | Action::Monitor) {
+            let mut alert = Alert::new(
+                "direct-connection",
+                Severity::High,
+                format!(
+                    "{who} (pid {}) reached {} directly; policy rule `{rule}` says {expected}",
+                    record.identity.tgid, record.provider
+                ),
+            );
+            alert.rule = Some(rule);
+            alert
+                .details
+                .insert("kernel_action".into(), json!(record.action));
+            alerts.push(about(alert, record));
+        }
+    }
+    alerts
+}
+
+pub fn gap_alert(gap: &Gap) -> Alert {
+    let seconds = gap
+        .started
+        .duration_since(gap.stopped)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let how = if gap.clean {
+        "was stopped"
+    } else {
+        "stopped without a clean shutdown"
+    };
+    let mut alert = Alert::new(
+        "enforcement-gap",
+        if gap.clean {
+            Severity::Warning
+        } else {
+            Severity::High
+        },
+        format!(
+            "the agent {how} at {} and enforced again at {} ({seconds:.0} s without enforcement)",
+            record::rfc3339(gap.stopped),
+            record::rfc3339(gap.started)
+        ),
+    );
+    alert
+        .details
+        .insert("stopped_at".into(), json!(record::rfc3339(gap.stopped)));
+    alert
+        .details
+        .insert("started_at".into(), json!(record::rfc3339(gap.started)));
+    alert.details.insert("gap_seconds".into(), json!(seconds));
+    alert.details.insert("clean_stop".into(), json!(gap.clean));
+    alert.with_id()
+}
+
+pub fn tamper_alert(missing: &[&str], cgroup: &str) -> Alert {
+    let mut alert = Alert::new(
+        "agent-tamper",
+        Severity::Critical,
+        format!(
+            "modelgate's programs {} are no longer attached to {cgroup}: someone detached them; \
+             model traffic there is not governed until the agent restarts",
+            missing.join(", ")
+        ),
+    );
+    alert.details.insert("programs".into(), json!(missing));
+    alert.details.insert("cgroup".into(), json!(cgroup));
+    alert.details.insert(
+        "checked_at".into(),
+        json!(record::rfc3339(SystemTime::now())),
+    );
+    alert.with_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{catalog::Catalog, record::Destination};
+
+    fn record(action: Action, event: &'static str, exe: &str) -> Decision {
+        Decision {
+            time: String::new(),
+            event,
+            action,
+            rule: "default".into(),
+            decided_by: "default",
+            provider: "openai".into(),
+            api: None,
+            destination: Destination {
+                ip: "127.0.0.9".parse::<IpAddr>().unwrap(),
+                port: 443,
+                host: None,
+            },
+            identity: Identity {
+                tgid: 42,
+                exe: Some(exe.into()),
+                comm: "python3".into(),
+                ..Default::default()
+            },
+            policy_generation: 1,
+        }
+    }
+
+    fn policy() -> Policy {
+        let catalog = Catalog::parse(
+            "e.yaml",
+            "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n",
+        )
+        .unwrap();
+        Policy::parse(
+            "p.yaml",
+            "rules:\n  - name: no-python\n    match:\n      exe: [\"/usr/bin/python3*\"]\n    action: block\n",
+            &catalog,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_connect_the_policy_would_block_is_a_direct_connection() {
+        let alerts = connect_alerts(
+            &record(Action::Monitor, "connect", "/usr/bin/python3.11"),
+            &policy(),
+            Action::Monitor,
+        );
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "direct-connection");
+        assert_eq!(alerts[0].rule.as_deref(), Some("no-python"));
+        // The same connect by a process the policy allows: nothing.
+        let alerts = connect_alerts(
+            &record(Action::Monitor, "connect", "/usr/bin/curl"),
+            &policy(),
+            Action::Monitor,
+        );
+        assert!(alerts.is_empty());
+        // Blocked by the kernel as the policy says: nothing either.
+        let alerts = connect_alerts(
+            &record(Action::Block, "connect", "/usr/bin/python3.11"),
+            &policy(),
+            Action::Monitor,
+        );
+        assert!(alerts.is_empty());
+    }
+
+    #[test]
+    fn udp_is_a_quic_attempt() {
+        let alerts = connect_alerts(
+            &record(Action::Block, "udp", "/usr/bin/curl"),
+            &policy(),
+            Action::Monitor,
+        );
+        assert_eq!(alerts[0].kind, "quic-attempt");
+    }
+}
