@@ -27,6 +27,7 @@ use crate::{
         Catalog, HostPattern,
         learned::Learned,
         resolver::{self, Resolved, ResolvedHosts},
+        sni,
     },
     ebpf::{
         self,
@@ -601,6 +602,7 @@ impl Agent {
                     self.maps.forget_proc(ev.header.tgid);
                 }
                 Ok(Event::Dns(ev)) => self.on_dns(&ev),
+                Ok(Event::Egress(ev)) => self.on_egress(&ev),
                 Err(err) => {
                     self.decode_errors += 1;
                     warn!(error = %err, total = self.decode_errors, "undecodable event");
@@ -629,6 +631,57 @@ impl Agent {
         if let Err(err) = self.sync_endpoints() {
             error!("{err:#}");
         }
+    }
+
+    /// A ClientHello to an address that is not a known endpoint, or a
+    /// cleartext CONNECT: does it name a model API?
+    fn on_egress(&mut self, ev: &agent_common::EgressEvent) {
+        let len = (ev.len as usize).min(ev.payload.len());
+        let bytes = &ev.payload[..len];
+        let (host, kind) = match ev.kind {
+            agent_common::egress_kind::CLIENT_HELLO => {
+                (sni::client_hello_sni(bytes), "unknown-address")
+            }
+            agent_common::egress_kind::HTTP_CONNECT => {
+                (sni::connect_target(bytes), "proxy-connect")
+            }
+            _ => return,
+        };
+        let Some(host) = host else { return };
+        let Some(provider) = self
+            .catalog
+            .providers
+            .iter()
+            .find(|p| p.hosts.iter().any(|h| h.matches(&host)))
+            .map(|p| p.name.0.clone())
+        else {
+            return;
+        };
+        let ip = from_v6_bytes(ev.addr);
+        // The proxy's own listener: a redirected client's hello (the kernel
+        // filters these by socket cookie; this is the belt to its braces).
+        if ip.is_loopback() && ev.port == self.proxy_port {
+            return;
+        }
+        let identity = self.identity_of(Who {
+            tgid: ev.header.tgid,
+            pid: ev.header.pid,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: &ev.comm,
+            cgroup_id: ev.cgroup_id,
+        });
+        if kind == "unknown-address"
+            && self
+                .learned
+                .learn_from_sni(ip, ev.port, &provider, &host, Instant::now())
+            && let Err(err) = self.sync_endpoints()
+        {
+            error!("{err:#}");
+        }
+        self.alerts.send(watchdog::egress_alert(
+            kind, &identity, &provider, &host, ip, ev.port,
+        ));
     }
 
     fn on_exec(&mut self, ev: &ExecEvent) {

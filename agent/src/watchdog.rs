@@ -99,6 +99,40 @@ pub fn connect_alerts(record: &Decision, policy: &Policy, default: Action) -> Ve
     alerts
 }
 
+/// A model API reached around the catalog's addresses: a ClientHello naming
+/// it on an address nobody told us about (`unknown-address`; the address
+/// is now learned), or a CONNECT to it through an HTTP proxy
+/// (`proxy-connect`).
+pub fn egress_alert(
+    kind: &'static str,
+    identity: &Identity,
+    provider: &str,
+    host: &str,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Alert {
+    let who = identity.exe.as_deref().unwrap_or(&identity.comm);
+    let message = if kind == "proxy-connect" {
+        format!(
+            "{who} (pid {}) asked the HTTP proxy {ip}:{port} to CONNECT to {host} ({provider}): the proxy hides the destination from connect()-time policy",
+            identity.tgid
+        )
+    } else {
+        format!(
+            "{who} (pid {}) reached {host} ({provider}) at {ip}:{port}, an address not in the catalog or DNS answers; it is now learned and governed",
+            identity.tgid
+        )
+    };
+    let mut alert = Alert::new(kind, Severity::High, message);
+    alert.provider = Some(provider.to_string());
+    alert.host = Some(host.to_string());
+    alert.identity = Some(identity.clone());
+    alert
+        .details
+        .insert("destination".into(), json!({"ip": ip, "port": port}));
+    alert.with_id()
+}
+
 pub fn gap_alert(gap: &Gap) -> Alert {
     let seconds = gap
         .started

@@ -226,3 +226,100 @@ fn detaching_the_agents_program_by_hand_raises_agent_tamper() {
         "{alert:#}"
     );
 }
+
+/// A TLS client that only needs its ClientHello to leave: the peer is a
+/// plain TCP listener that never answers.
+const TLS_HELLO: &str = r#"
+import errno, socket, ssl, sys
+ctx = ssl.create_default_context()
+s = socket.socket()
+s.settimeout(1.5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+    sys.exit(0)
+try:
+    ctx.wrap_socket(s, server_hostname=sys.argv[3])
+except Exception:
+    pass
+print("hello sent")
+"#;
+
+#[test]
+fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_learned() {
+    require_root();
+    let cgroup = TestCgroup::new("sni");
+    let silent = std::net::TcpListener::bind("127.0.0.99:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.0.9]\n",
+        "default_action: block\nrules: []\n",
+    ));
+    let out = output(cgroup.command("python3").args([
+        "-c",
+        TLS_HELLO,
+        "127.0.0.99",
+        &port,
+        "api.openai.com",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello sent",
+        "the first connect is not known yet"
+    );
+    let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
+    assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    assert_eq!(alert["destination"]["ip"], "127.0.0.99", "{alert:#}");
+    assert!(
+        alert["identity"]["exe"]
+            .as_str()
+            .unwrap_or("")
+            .contains("python"),
+        "{alert:#}"
+    );
+    // Learned: the next connect to that address is governed (blocked here).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = output(cgroup.command("python3").args([
+            "-c",
+            TLS_HELLO,
+            "127.0.0.99",
+            &port,
+            "api.openai.com",
+        ]));
+        if String::from_utf8_lossy(&out.stdout).trim() == "EPERM" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address was not learned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(silent);
+}
+
+#[test]
+fn connect_through_an_http_proxy_to_a_model_api_is_reported() {
+    require_root();
+    let cgroup = TestCgroup::new("proxyconnect");
+    let proxy = std::net::TcpListener::bind("127.0.0.98:0").unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        ENDPOINT,
+        "default_action: monitor\nrules: []\n",
+    ));
+    let hosts = "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n";
+    std::fs::write(agent.policies_dir().join("endpoints.yaml"), hosts).unwrap();
+    let mut agent = agent;
+    agent.wait_for_log("policy reloaded", Duration::from_secs(10));
+    let script = format!(
+        "import socket\ns=socket.create_connection(('127.0.0.98', {port}))\ns.sendall(b'CONNECT api.openai.com:443 HTTP/1.1\\r\\nHost: api.openai.com:443\\r\\n\\r\\n')\nprint('sent')"
+    );
+    let out = output(cgroup.command("python3").args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
+    let alert = wait_for_alert(&agent, "proxy-connect", Duration::from_secs(10));
+    assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    assert_eq!(alert["destination"]["port"], port, "{alert:#}");
+    drop(proxy);
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask bench connect`: connect() throughput on the miss path, with
 //! and without modelgate's programs, measured in the same run. (`bench
 //! proxy`, in `bench/proxy.rs`, reuses its cgroups, agent and client; `bench
-//! classify`, in `bench/classify.rs`, reuses `bench proxy`'s.)
+//! classify`, in `bench/classify.rs`, reuses `bench proxy`'s; `bench dns`,
+//! in `bench/dns.rs`, the agent, the client placement and the pinning.)
 //!
 //! Two sibling cgroups; the agent attaches to "on" only. A client process
 //! placed in one of them (and pinned to CPU 0) connects to a loopback
@@ -13,6 +14,9 @@
 mod agent;
 mod classify;
 mod client;
+mod dns;
+mod dns_client;
+mod dns_responder;
 mod http_client;
 mod proxy;
 mod upstream;
@@ -27,7 +31,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-pub use self::http_client::ProxyClientArgs;
+pub use self::{dns_client::DnsClientArgs, http_client::ProxyClientArgs};
 use crate::{
     build_cmd,
     cgroup::{self, ChildCgroup},
@@ -70,6 +74,10 @@ enum Bench {
     /// Throughput of the data classifiers on one core, and what
     /// classification adds to a 32 KB request through the proxy (needs root).
     Classify(classify::ClassifyArgs),
+    /// DNS answers per second the learning path (kernel match, ring buffer,
+    /// agent) handles with no lost event, and the loss at twice that rate
+    /// (needs root and UDP port 53 on 127.0.3.53).
+    Dns(dns::DnsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Connect(args) => connect(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Classify(args) => classify::run(args),
+        Bench::Dns(args) => dns::run(args),
     }
 }
 
@@ -104,6 +113,10 @@ pub fn client(args: &ClientArgs) -> Result<()> {
 
 pub fn proxy_client(args: &ProxyClientArgs) -> Result<()> {
     http_client::run(args)
+}
+
+pub fn dns_client(args: &DnsClientArgs) -> Result<()> {
+    dns_client::run(args)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

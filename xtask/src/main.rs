@@ -49,6 +49,9 @@ enum Command {
     /// `bench proxy`'s HTTP client, run in a child process placed in a cgroup.
     #[command(hide = true)]
     BenchProxyClient(bench::ProxyClientArgs),
+    /// `bench dns`'s load generator, run in a child process placed in a cgroup.
+    #[command(hide = true)]
+    BenchDnsClient(bench::DnsClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::BenchClient(args) => bench::client(&args),
         Command::BenchProxyClient(args) => bench::proxy_client(&args),
+        Command::BenchDnsClient(args) => bench::dns_client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

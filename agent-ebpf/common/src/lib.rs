@@ -29,6 +29,7 @@ pub mod names {
     pub const PROG_GETPEERNAME6: &str = "mg_getpeername6";
     pub const PROG_SOCKOPS: &str = "mg_tcp_connect";
     pub const PROG_DNS: &str = "mg_dns_answers";
+    pub const PROG_EGRESS: &str = "mg_first_bytes";
     pub const PROG_EXEC: &str = "mg_sched_exec";
     pub const PROG_EXIT: &str = "mg_sched_exit";
     pub const PROG_FORK: &str = "mg_sched_fork";
@@ -285,7 +286,39 @@ pub enum EventKind {
     Exec = 2,
     Exit = 3,
     Dns = 4,
+    /// The first bytes of a TLS ClientHello or an HTTP CONNECT.
+    Egress = 5,
 }
+
+pub mod egress_kind {
+    pub const CLIENT_HELLO: u32 = 1;
+    pub const HTTP_CONNECT: u32 = 2;
+}
+
+/// Bytes of a ClientHello / CONNECT request copied to the agent.
+pub const EGRESS_BYTES: usize = 1024;
+
+/// A TLS ClientHello (or a cleartext `CONNECT`) leaving a governed cgroup
+/// for an address that is not a known endpoint: the agent reads the SNI
+/// (or the CONNECT target) and learns the address if it names a model API.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EgressEvent {
+    pub header: EventHeader,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// Destination, IPv6 form (IPv4 mapped).
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+    pub kind: u32,
+    pub len: u32,
+    pub _pad2: u32,
+    pub payload: [u8; EGRESS_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<EgressEvent>() == 1112);
 
 /// `MG_DNS_NAMES` flags.
 pub mod dns_flags {

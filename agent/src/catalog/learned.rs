@@ -25,6 +25,8 @@ pub struct LearnedAddr {
     pub provider: String,
     pub host: String,
     pub expires: Instant,
+    /// A port seen in use besides the provider's own (SNI backstop).
+    pub extra_port: Option<u16>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,7 @@ impl Learned {
                 provider: provider.to_string(),
                 host: host.clone(),
                 expires: now + ttl + GRACE,
+                extra_port: None,
             };
             match self.by_addr.insert(addr, entry) {
                 Some(previous) if previous.provider == provider => {}
@@ -73,6 +76,27 @@ impl Learned {
             }
         }
         new
+    }
+
+    /// An address seen carrying a ClientHello for `host`: kept like a DNS
+    /// answer with the longest TTL, on the port it was seen on too.
+    /// Returns whether it is new.
+    pub fn learn_from_sni(
+        &mut self,
+        addr: IpAddr,
+        port: u16,
+        provider: &str,
+        host: &str,
+        now: Instant,
+    ) -> bool {
+        let entry = LearnedAddr {
+            provider: provider.to_string(),
+            host: host.to_string(),
+            expires: now + MAX_TTL,
+            extra_port: Some(port),
+        };
+        let previous = self.by_addr.insert(addr, entry);
+        previous.is_none_or(|p| p.extra_port != Some(port) || p.provider != provider)
     }
 
     /// Drops expired addresses; true when any went.

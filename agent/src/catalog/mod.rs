@@ -2,6 +2,7 @@
 
 pub mod learned;
 pub mod resolver;
+pub mod sni;
 
 use std::{collections::HashSet, fmt, net::IpAddr, path::Path, str::FromStr};
 

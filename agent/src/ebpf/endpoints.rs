@@ -146,6 +146,14 @@ impl EndpointSet {
             for (addr, learned) in learned.iter() {
                 if learned.provider == provider.name.0 {
                     insert_exact(*addr, Some(&learned.host), &mut set);
+                    if let Some(port) = learned.extra_port {
+                        let key = EndpointKey {
+                            addr: to_v6_bytes(*addr),
+                            port,
+                            _pad: [0; 2],
+                        };
+                        set.exact.entry(key).or_insert(value);
+                    }
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Decoding ring-buffer records. The kernel is trusted to write whole
 //! records, but a short or unknown one is counted, never a panic.
 
-use agent_common::{ConnectEvent, DnsEvent, EventHeader, EventKind, ExecEvent, ExitEvent};
+use agent_common::{
+    ConnectEvent, DnsEvent, EgressEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+};
 
 #[derive(Debug, Clone)]
 #[expect(
@@ -13,6 +15,7 @@ pub enum Event {
     Exec(ExecEvent),
     Exit(ExitEvent),
     Dns(Box<DnsEvent>),
+    Egress(Box<EgressEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         k if k == EventKind::Exec as u32 => Ok(Event::Exec(read(bytes, k)?)),
         k if k == EventKind::Exit as u32 => Ok(Event::Exit(read(bytes, k)?)),
         k if k == EventKind::Dns as u32 => Ok(Event::Dns(Box::new(read(bytes, k)?))),
+        k if k == EventKind::Egress as u32 => Ok(Event::Egress(Box::new(read(bytes, k)?))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -131,6 +131,22 @@ impl Programs {
             CgroupAttachMode::Single,
         )
         .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
+        let program = names::PROG_EGRESS;
+        let egress: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        egress
+            .load()
+            .with_context(|| format!("the kernel rejected program {program}"))?;
+        egress
+            .attach(
+                &cgroup_fd,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
         let program = names::PROG_SOCKOPS;
         let sock_ops: &mut SockOps = self
             .ebpf

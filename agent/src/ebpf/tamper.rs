@@ -11,7 +11,7 @@ use super::Programs;
 
 /// Our cgroup programs and the attach type each was attached with
 /// (`enum bpf_attach_type` values).
-const ATTACHED: [(&str, u32); 8] = [
+const ATTACHED: [(&str, u32); 9] = [
     (names::PROG_CONNECT4, 10),
     (names::PROG_CONNECT6, 11),
     (names::PROG_SENDMSG4, 14),
@@ -19,6 +19,7 @@ const ATTACHED: [(&str, u32); 8] = [
     (names::PROG_GETPEERNAME4, 29),
     (names::PROG_GETPEERNAME6, 30),
     (names::PROG_DNS, 0),
+    (names::PROG_EGRESS, 1),
     (names::PROG_SOCKOPS, 3),
 ];
 const BPF_PROG_QUERY: libc::c_long = 16;

@@ -71,7 +71,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
-    let bin = proxy::prepare("classify")?;
+    let bin = proxy::prepare("classify", &proxy::UPSTREAM.to_string())?;
     detectors(&bin, args.seconds)?;
     super::check_interrupted()?;
     latency(&bin, args.requests)

@@ -38,7 +38,7 @@ use crate::{
     util,
 };
 
-const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 443);
+pub(super) const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 443);
 const HOST: &str = "api.openai.com";
 pub(super) const CLIENT_CPU: usize = 0;
 pub(super) const AGENT_CPU: usize = 1;
@@ -81,7 +81,7 @@ pub struct ProxyArgs {
 }
 
 pub fn run(args: &ProxyArgs) -> Result<()> {
-    let bin = prepare("proxy")?;
+    let bin = prepare("proxy", &UPSTREAM.to_string())?;
     let rig = Rig::start(&bin, "proxy", POLICY_YAML)?;
     let agent_pid = rig.agent_pid();
     let opts = ClientOpts {
@@ -136,11 +136,12 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
 
 /// What every bench through the proxy does first: checks that we are root,
 /// re-runs optimized, builds the release agent (returning its path) and
-/// catches Ctrl-C. `bench` names the command for messages.
-pub(super) fn prepare(bench: &str) -> Result<PathBuf> {
+/// catches Ctrl-C. `bench` names the command and `listens` where its
+/// server listens, for messages.
+pub(super) fn prepare(bench: &str, listens: &str) -> Result<PathBuf> {
     if !util::is_root() {
         bail!(
-            "the bench creates cgroups, listens on {UPSTREAM} and loads eBPF programs: run as \
+            "the bench creates cgroups, listens on {listens} and loads eBPF programs: run as \
              root (sudo -E cargo xtask bench {bench})"
         );
     }
@@ -621,7 +622,7 @@ pub(super) fn check_audit(runs: &[&Run], audit: &Path) {
 }
 
 /// A process's user + system CPU time, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The fields after the command name, which may hold spaces and ")":

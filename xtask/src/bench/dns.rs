@@ -1,0 +1,847 @@
+//! `cargo xtask bench dns`: how many DNS answers per second the learning
+//! path (kernel match → ring buffer → agent) handles with no loss, and the
+//! ring-buffer loss counter at twice that rate.
+//!
+//! A DNS server thread in this process (outside the watched cgroup) answers
+//! every query on 127.0.3.53:53 at once with one A record, an address of
+//! its own per answer. A client placed in the "on" cgroup, which the agent
+//! watches with a catalog holding `*.openai.azure.com`, asks for fresh
+//! names `r<N>.openai.azure.com` at a fixed rate; every answer it receives
+//! went through the agent's `cgroup_skb/ingress` program, which matched the
+//! name, put the address in the endpoint map and reserved a 560-byte event
+//! in the 4 MiB ring buffer for the agent (`events_lost` when the ring was
+//! full). One agent per rate, started fresh; its final counters after
+//! SIGTERM give `dns_matches` and `events_lost`. The client and the server
+//! share CPU 0, the agent has CPU 1 to itself.
+//!
+//! The rate steps up until a step loses events (down, when the first one
+//! already does), is refined between the last lossless step and the first
+//! lossy one, then runs once at twice the highest lossless rate.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{
+    CGROUP_PREFIX,
+    agent::{self, Agent},
+    client::{self, place},
+    dns_responder::Responder,
+    proxy::{self, AGENT_CPU, CLIENT_CPU},
+};
+use crate::{
+    cgroup::{self, ChildCgroup},
+    util,
+};
+
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 3, 53), 53);
+/// Below this, a step down stops: the agent cannot keep up at all.
+const MIN_RATE: u64 = 250;
+/// After the client is done, how long the agent may take to work through
+/// what the ring buffer still holds before it is stopped anyway.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(20);
+/// The agent counts as idle once it uses less than this share of a core.
+const IDLE_SHARE: f64 = 0.1;
+const IDLE_SAMPLE: Duration = Duration::from_millis(200);
+/// New addresses the agent's closing pace is measured over.
+const TAIL: u64 = 1_000;
+/// A DNS event's ring-buffer record: the 560-byte event and the ring's
+/// 8-byte record header. The ring is 4 MiB.
+const RING_BYTES: u64 = 4 << 20;
+const EVENT_RECORD: u64 = 560 + 8;
+
+const ENDPOINTS_YAML: &str = "\
+# Written by `cargo xtask bench dns`: a wildcard, learned from DNS answers.
+providers:
+  - name: azure-openai
+    api: azure-openai
+    hosts: [\"*.openai.azure.com\"]
+";
+const POLICY_YAML: &str = "\
+# Written by `cargo xtask bench dns`.
+default_action: monitor
+rules: []
+";
+const AGENT_YAML: &str = "\
+# Written by `cargo xtask bench dns`: no fixed proxy port to collide on.
+proxy_port: 0
+";
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Answer rates (per second) to step through, until one loses events.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [5_000u64, 10_000, 20_000, 40_000, 80_000],
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    rates: Vec<u64>,
+    /// Length of each step's client run, in seconds.
+    #[arg(long, default_value_t = 3.0, value_parser = positive_seconds)]
+    seconds: f64,
+    /// Extra steps halving the gap between the highest lossless rate and
+    /// the lowest lossy one.
+    #[arg(long, default_value_t = 1)]
+    refine: u32,
+    /// UDP sockets the client spreads its queries over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    sockets: u16,
+    /// Addresses the answers cycle through, as a real provider's few front
+    /// ends; 0: every answer a new address (each one new to the agent).
+    #[arg(long, default_value_t = 0)]
+    distinct: u32,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+pub fn run(args: &DnsArgs) -> Result<()> {
+    let bin = proxy::prepare("dns", &format!("{SERVER} (UDP)"))?;
+    let started = Instant::now();
+    let mount = cgroup::mount()?;
+    super::remove_stale_cgroups(&mount);
+    let pid = std::process::id();
+    // Declared first, so it is removed last: after the agent and the server.
+    let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}dns-on-{pid}"))?;
+    let pin = client::can_use_cpu(CLIENT_CPU) && client::can_use_cpu(AGENT_CPU);
+    if !pin {
+        println!(
+            "bench: CPUs {CLIENT_CPU} and {AGENT_CPU} are not both in this process's affinity \
+             mask; nothing is pinned"
+        );
+    }
+    let responder = Responder::start(
+        SocketAddr::V4(SERVER),
+        pin.then_some(CLIENT_CPU),
+        args.distinct,
+    )?;
+
+    let dir = util::xtask_dir();
+    let policies = dir.join("bench-dns-policies");
+    super::write_files(
+        &policies,
+        &[
+            ("endpoints.yaml", ENDPOINTS_YAML),
+            ("policy.yaml", POLICY_YAML),
+        ],
+    )?;
+    let config = dir.join("bench-dns-agent.yaml");
+    fs::write(&config, AGENT_YAML).with_context(|| format!("writing {}", config.display()))?;
+    let bench = Bench {
+        bin,
+        exe: std::env::current_exe().context("finding the xtask binary for the bench client")?,
+        on,
+        responder,
+        policies,
+        config,
+        dir,
+        pin,
+        seconds: args.seconds,
+        sockets: args.sockets,
+    };
+    println!(
+        "bench: DNS server on {} (UDP){}, {}; client in {}; one fresh agent per rate{}; {} s per \
+         step",
+        bench.responder.addr(),
+        if pin {
+            format!(", it and the client on CPU {CLIENT_CPU}")
+        } else {
+            String::new()
+        },
+        match args.distinct {
+            0 => "a new address in every answer".to_owned(),
+            n => format!("answers cycling through {n} addresses"),
+        },
+        bench.on.path().display(),
+        if pin {
+            format!(" on CPU {AGENT_CPU}")
+        } else {
+            String::new()
+        },
+        args.seconds
+    );
+
+    let mut steps = Vec::new();
+    let mut rates = args.rates.clone();
+    rates.sort_unstable();
+    rates.dedup();
+    let (mut best, mut lossy) = (None::<u64>, None::<u64>);
+    for &rate in &rates {
+        let step = bench.step(rate)?;
+        let lost = step.lost();
+        steps.push(step);
+        if lost {
+            lossy = Some(rate);
+            break;
+        }
+        best = Some(rate);
+    }
+    // The lowest step already lost events: halve until one does not.
+    if best.is_none()
+        && let Some(&lowest) = rates.first()
+    {
+        let mut rate = lowest / 2;
+        while rate >= MIN_RATE {
+            let step = bench.step(rate)?;
+            let lost = step.lost();
+            steps.push(step);
+            if !lost {
+                best = Some(rate);
+                break;
+            }
+            lossy = Some(rate);
+            rate /= 2;
+        }
+    }
+    for _ in 0..args.refine {
+        let (Some(low), Some(high)) = (best, lossy) else {
+            break;
+        };
+        let mid = round_rate(low.midpoint(high));
+        if mid <= low || mid >= high {
+            break;
+        }
+        let step = bench.step(mid)?;
+        if step.lost() {
+            lossy = Some(mid);
+        } else {
+            best = Some(mid);
+        }
+        steps.push(step);
+    }
+    let double = match best {
+        Some(rate) => {
+            let step = bench.step(rate * 2)?;
+            steps.push(step);
+            steps.len().checked_sub(1)
+        }
+        None => None,
+    };
+
+    let Bench { responder, .. } = bench;
+    let served = responder.answered();
+    drop(responder);
+    print_table(&steps);
+    println!("DNS server: {} answers sent in all", super::group(served));
+    print_headline(&steps, best, double);
+    print_sustained(&steps, args.seconds);
+    println!(
+        "bench: {:.0} s in all (after the build)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Rates between steps are rounded to a figure that reads well.
+fn round_rate(rate: u64) -> u64 {
+    let unit = match rate {
+        0..10_000 => 250,
+        10_000..100_000 => 1_000,
+        _ => 5_000,
+    };
+    (rate + unit / 2) / unit * unit
+}
+
+/// What every step shares.
+struct Bench {
+    bin: PathBuf,
+    exe: PathBuf,
+    on: ChildCgroup,
+    responder: Responder,
+    policies: PathBuf,
+    config: PathBuf,
+    dir: PathBuf,
+    pin: bool,
+    seconds: f64,
+    sockets: u16,
+}
+
+/// One rate: what the client saw, what the kernel counted and what the
+/// agent spent.
+#[derive(Debug, Clone, Default)]
+struct Step {
+    rate: u64,
+    sent: u64,
+    answered: u64,
+    seconds: f64,
+    client_errors: u64,
+    /// `dns_matches`, `dns_learned`, `events_lost` from the final counters
+    /// (None when the agent logged none).
+    matches: Option<u64>,
+    learned: Option<u64>,
+    lost: Option<u64>,
+    /// The agent's CPU seconds from the client's start until it was idle.
+    agent_cpu: f64,
+    /// From the client's end until the agent was idle; None: still busy
+    /// at [`CATCH_UP_LIMIT`].
+    catch_up: Option<f64>,
+    /// `endpoint maps updated` records in the agent's log, and the sum of
+    /// their `added` (the agent writes each address it absorbed from an
+    /// answer into the endpoint map once more).
+    map_updates: u64,
+    map_added: u64,
+    /// How fast the agent absorbed its last [`TAIL`] new addresses (per
+    /// second), and how many it held by then: its pace when it has a
+    /// backlog, from the timestamps of those records.
+    tail_rate: Option<f64>,
+    tail_total: u64,
+    /// Error and warning records the agent logged, and the first of each.
+    errors: u64,
+    first_error: Option<String>,
+    warnings: u64,
+    first_warning: Option<String>,
+}
+
+impl Step {
+    /// Lost events, or no counters to tell: either way not "no loss".
+    fn lost(&self) -> bool {
+        self.lost != Some(0)
+    }
+
+    fn delivered(&self) -> Option<u64> {
+        Some(self.matches?.saturating_sub(self.lost?))
+    }
+
+    fn answered_rate(&self) -> f64 {
+        self.answered as f64 / self.seconds.max(1e-9)
+    }
+}
+
+impl Bench {
+    /// Starts an agent, runs the client at `rate`, waits for the agent to
+    /// catch up, stops it and reads its counters.
+    fn step(&self, rate: u64) -> Result<Step> {
+        super::check_interrupted()?;
+        let file = |name: &str| self.dir.join(format!("bench-dns-{rate}-{name}"));
+        let (log, events, state_dir) = (file("agent.log"), file("events.jsonl"), file("state"));
+        // Stale files would make their records look like this run's (and
+        // the last step's heartbeat would read as an enforcement gap).
+        let _ = fs::remove_file(&events);
+        let _ = fs::remove_dir_all(&state_dir);
+        fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let agent = Agent::start(&agent::Paths {
+            bin: &self.bin,
+            policies: &self.policies,
+            cgroup: self.on.path(),
+            events: &events,
+            state_dir: &state_dir,
+            log: &log,
+            config: Some(&self.config),
+            upstream_ca: None,
+            cpu: self.pin.then_some(AGENT_CPU),
+        })?;
+        let agent_pid = agent.pid();
+        let cpu_before = proxy::cpu_seconds(agent_pid)?;
+        let out = self.client(rate)?;
+        let (catch_up, cpu_after) = wait_idle(agent_pid)?;
+        let (status, log_text) = agent.stop()?;
+        super::check_interrupted()?;
+
+        let mut step = Step {
+            rate,
+            sent: count(&out, "sent"),
+            answered: count(&out, "answered"),
+            seconds: out
+                .get("seconds")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(f64::NAN),
+            client_errors: count(&out, "errors") + count(&out, "bad"),
+            agent_cpu: cpu_after - cpu_before,
+            catch_up: catch_up.map(|d| d.as_secs_f64()),
+            ..Step::default()
+        };
+        if let Some(first) = out.get("first_error").and_then(|e| e.as_str()) {
+            eprintln!("bench: WARNING: at {rate}/s the client's first error: {first}");
+        }
+        if !status.success() {
+            eprintln!(
+                "bench: WARNING: the agent exited with {status}; see {}",
+                log.display()
+            );
+        }
+        match agent::final_counters(&log_text) {
+            Some(counters) => {
+                step.matches = agent::counter(&counters, "dns_matches");
+                step.learned = agent::counter(&counters, "dns_learned");
+                step.lost = agent::counter(&counters, "events_lost");
+            }
+            None => eprintln!(
+                "bench: WARNING: the agent logged no `final counters` line; see {}",
+                log.display()
+            ),
+        }
+        read_log(&log_text, &mut step);
+        print_step(&step, &log);
+        Ok(step)
+    }
+
+    /// Runs `exe bench-dns-client` in the "on" cgroup and returns its JSON.
+    fn client(&self, rate: u64) -> Result<serde_json::Value> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("bench-dns-client")
+            .args(["--rate", &rate.to_string()])
+            .args(["--seconds", &self.seconds.to_string()])
+            .args(["--server", &SERVER.to_string()])
+            .args(["--sockets", &self.sockets.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        place(&mut cmd, Some(&self.on), self.pin.then_some(CLIENT_CPU))?;
+        let out = cmd.output();
+        super::check_interrupted()?;
+        let out = out.with_context(|| {
+            format!(
+                "starting the bench DNS client in {} (`{}`)",
+                self.on.path().display(),
+                util::display(&cmd)
+            )
+        })?;
+        if !out.status.success() {
+            bail!(
+                "the bench DNS client failed ({}) in {}",
+                out.status,
+                self.on.path().display()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line)
+            .with_context(|| format!("the bench DNS client printed {text:?}, not a JSON line"))
+    }
+}
+
+fn count(out: &serde_json::Value, key: &str) -> u64 {
+    out.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Waits until the agent has worked through what the ring buffer holds:
+/// its CPU use over [`IDLE_SAMPLE`] falls below [`IDLE_SHARE`] of a core.
+/// Returns how long that took (None: still busy at [`CATCH_UP_LIMIT`]) and
+/// the agent's CPU seconds at that point.
+fn wait_idle(pid: u32) -> Result<(Option<Duration>, f64)> {
+    let start = Instant::now();
+    let mut last = proxy::cpu_seconds(pid)?;
+    loop {
+        let window = Instant::now();
+        thread::sleep(IDLE_SAMPLE);
+        super::check_interrupted()?;
+        let now = proxy::cpu_seconds(pid)?;
+        let busy = (now - last) / window.elapsed().as_secs_f64();
+        if busy < IDLE_SHARE {
+            // The window it went idle in counts as catching up.
+            return Ok((Some(window.saturating_duration_since(start)), now));
+        }
+        last = now;
+        if start.elapsed() > CATCH_UP_LIMIT {
+            return Ok((None, now));
+        }
+    }
+}
+
+/// Fills the step's log-derived fields from the agent's JSON log.
+fn read_log(log: &str, step: &mut Step) {
+    // (time, new addresses so far, addresses in the map) at every update.
+    let mut adds: Vec<(f64, u64, u64)> = Vec::new();
+    for record in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let message = record
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default();
+        let level = record
+            .get("level")
+            .and_then(|l| l.as_str())
+            .unwrap_or_default();
+        if message == "endpoint maps updated" {
+            step.map_updates += 1;
+            let added = record.get("added").and_then(|a| a.as_u64()).unwrap_or(0);
+            step.map_added += added;
+            let time = record
+                .get("timestamp")
+                .and_then(|t| t.as_str())
+                .and_then(unix_seconds);
+            let total = record.get("total").and_then(|t| t.as_u64()).unwrap_or(0);
+            if let (Some(time), true) = (time, added > 0) {
+                adds.push((time, step.map_added, total));
+            }
+        }
+        let (n, first) = match level {
+            "ERROR" => (&mut step.errors, &mut step.first_error),
+            "WARN" => (&mut step.warnings, &mut step.first_warning),
+            _ => continue,
+        };
+        *n += 1;
+        first.get_or_insert_with(|| summarize(&record));
+    }
+    if let Some(&(end, last, total)) = adds.last()
+        && let Some(&(start, first, _)) = adds.iter().rev().find(|a| last - a.1 >= TAIL)
+        && end > start
+    {
+        step.tail_rate = Some((last - first) as f64 / (end - start));
+        step.tail_total = total;
+    }
+}
+
+/// `2026-11-26T03:50:13.027670Z` (the agent's log timestamps, UTC) in
+/// seconds since the epoch.
+fn unix_seconds(text: &str) -> Option<f64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let mut hms = time.splitn(3, ':');
+    let (h, min) = (
+        hms.next()?.parse::<i64>().ok()?,
+        hms.next()?.parse::<i64>().ok()?,
+    );
+    let sec = hms.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+/// A log record in one short line: its message and other fields.
+fn summarize(record: &serde_json::Value) -> String {
+    let Some(fields) = record.as_object() else {
+        return record.to_string();
+    };
+    let mut text = fields
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    for (key, value) in fields {
+        if !matches!(
+            key.as_str(),
+            "message" | "timestamp" | "level" | "target" | "span" | "spans"
+        ) {
+            text.push_str(&format!(" {key}={value}"));
+        }
+    }
+    if text.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn opt(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".into(), super::group)
+}
+
+fn print_step(step: &Step, log: &Path) {
+    let g = super::group;
+    let per_answer = step
+        .delivered()
+        .filter(|&d| d > 0)
+        .map(|d| {
+            format!(
+                " ({:.1} µs per delivered answer)",
+                step.agent_cpu * 1e6 / d as f64
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "  {}/s: client sent {}, answered {} ({}/s){}; kernel dns_matches {}, dns_learned {}, \
+         events_lost {}; delivered to the agent {}; agent CPU {:.2} s{per_answer}, {}",
+        g(step.rate),
+        g(step.sent),
+        g(step.answered),
+        g(step.answered_rate() as u64),
+        match step.client_errors {
+            0 => String::new(),
+            n => format!(", {} client errors", g(n)),
+        },
+        opt(step.matches),
+        opt(step.learned),
+        opt(step.lost),
+        opt(step.delivered()),
+        step.agent_cpu,
+        match step.catch_up {
+            Some(s) => format!("idle {s:.1} s after the client"),
+            None => format!(
+                "still busy {} s after the client (stopped anyway)",
+                CATCH_UP_LIMIT.as_secs()
+            ),
+        },
+    );
+    if let Some(rate) = step.tail_rate {
+        println!(
+            "    the agent absorbed its last {} new addresses at {}/s (holding {} by then)",
+            g(TAIL),
+            g(rate as u64),
+            g(step.tail_total)
+        );
+    }
+    if step.errors + step.warnings > 0 {
+        println!(
+            "    agent log ({}): {} errors, {} warnings{}{}",
+            log.display(),
+            g(step.errors),
+            g(step.warnings),
+            step.first_error
+                .as_deref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default(),
+            step.first_warning
+                .as_deref()
+                .map(|w| format!("; first warning: {w}"))
+                .unwrap_or_default(),
+        );
+    }
+    if let (Some(matches), true) = (step.matches, step.answered > 0)
+        && matches < step.answered
+    {
+        eprintln!(
+            "bench: WARNING: at {}/s the client got {} answers but the kernel matched only {}: \
+             answers reached the client unseen by the learning program",
+            step.rate, step.answered, matches
+        );
+    }
+}
+
+fn print_table(steps: &[Step]) {
+    let mut sorted: Vec<&Step> = steps.iter().collect();
+    sorted.sort_by_key(|s| s.rate);
+    println!(
+        "{:>10} {:>11} {:>11} {:>11} {:>7} {:>11} {:>8} {:>9} {:>10} {:>9} {:>9}",
+        "offered/s",
+        "answered/s",
+        "dns_matches",
+        "events_lost",
+        "lost %",
+        "delivered",
+        "CPU s",
+        "µs/answer",
+        "idle after",
+        "map adds",
+        "end pace/s"
+    );
+    for step in sorted {
+        let lost_pct = match (step.lost, step.matches) {
+            (Some(lost), Some(matches)) if matches > 0 => {
+                format!("{:.1}%", lost as f64 * 100.0 / matches as f64)
+            }
+            _ => "?".into(),
+        };
+        let per = match step.delivered() {
+            Some(d) if d > 0 => format!("{:.1}", step.agent_cpu * 1e6 / d as f64),
+            _ => "?".into(),
+        };
+        println!(
+            "{:>10} {:>11} {:>11} {:>11} {:>7} {:>11} {:>8.2} {:>9} {:>10} {:>9} {:>9}",
+            super::group(step.rate),
+            super::group(step.answered_rate() as u64),
+            opt(step.matches),
+            opt(step.lost),
+            lost_pct,
+            opt(step.delivered()),
+            step.agent_cpu,
+            per,
+            step.catch_up.map_or_else(
+                || format!(">{} s", CATCH_UP_LIMIT.as_secs()),
+                |s| format!("{s:.1} s")
+            ),
+            super::group(step.map_added),
+            step.tail_rate
+                .map_or_else(|| "?".into(), |r| super::group(r as u64)),
+        );
+    }
+    println!(
+        "(delivered = dns_matches − events_lost: the answers that reached the agent; CPU s: the \
+         agent's, from the client's start until it went idle; map adds: addresses the agent \
+         wrote to the endpoint map, one per new address it absorbed; end pace: how fast it \
+         absorbed its last {} new addresses, from its log's timestamps)",
+        super::group(TAIL)
+    );
+}
+
+fn print_headline(steps: &[Step], best: Option<u64>, double: Option<usize>) {
+    let Some(best) = best else {
+        println!(
+            "DNS learning, no loss: not reached — every rate down to {} answers/s lost events",
+            super::group(steps.iter().map(|s| s.rate).min().unwrap_or(0))
+        );
+        return;
+    };
+    let lossless = steps.iter().find(|s| s.rate == best && !s.lost());
+    println!(
+        "DNS learning, no loss: {} answers/s (highest rate with events_lost = 0{})",
+        super::group(best),
+        lossless
+            .map(|s| format!(
+                "; the client received {}/s, the kernel matched {}",
+                super::group(s.answered_rate() as u64),
+                opt(s.matches)
+            ))
+            .unwrap_or_default()
+    );
+    let Some(step) = double.and_then(|i| steps.get(i)) else {
+        return;
+    };
+    let share = match (step.lost, step.matches) {
+        (Some(lost), Some(matches)) if matches > 0 => {
+            format!(" ({:.1}% of them)", lost as f64 * 100.0 / matches as f64)
+        }
+        _ => String::new(),
+    };
+    println!(
+        "at 2× ({} answers/s offered, {}/s received): events_lost = {} of {} answers matched{share}",
+        super::group(step.rate),
+        super::group(step.answered_rate() as u64),
+        opt(step.lost),
+        opt(step.matches),
+    );
+}
+
+/// What the step figures mean over a longer stretch: the ring only buys
+/// time, the agent's own pace is what lasts.
+fn print_sustained(steps: &[Step], seconds: f64) {
+    let ring = RING_BYTES / EVENT_RECORD;
+    println!(
+        "the ring holds {} DNS events ({} MiB / {} B): a {seconds} s step loses nothing while \
+         rate × {seconds} s − what the agent absorbs meanwhile ≤ {}, so the no-loss rate above \
+         is a {seconds} s burst figure",
+        super::group(ring),
+        RING_BYTES >> 20,
+        EVENT_RECORD,
+        super::group(ring)
+    );
+    // The slowest closing pace seen with a backlog: what a long run gets.
+    let slowest = steps
+        .iter()
+        .filter(|s| s.catch_up.is_none_or(|c| c > 1.0))
+        .filter_map(|s| Some((s.tail_rate?, s.tail_total)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((rate, total)) = slowest {
+        println!(
+            "sustained: with a backlog the agent absorbed new addresses at {}/s when holding {} \
+             (its closing pace); past that, rates above it fill the ring and then lose events",
+            super::group(rate as u64),
+            super::group(total)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_rates_between_steps() {
+        assert_eq!(round_rate(7_500), 7_500);
+        assert_eq!(round_rate(7_612), 7_500);
+        assert_eq!(round_rate(15_000), 15_000);
+        assert_eq!(round_rate(15_499), 15_000);
+        assert_eq!(round_rate(120_000), 120_000);
+        assert_eq!(round_rate(1_130), 1_250);
+    }
+
+    #[test]
+    fn reads_map_updates_and_problems_from_the_log() {
+        let log = r#"{"level":"INFO","message":"modelgate ready"}
+{"level":"INFO","added":1,"removed":0,"total":3,"message":"endpoint maps updated"}
+{"level":"INFO","added":2,"removed":1,"total":4,"message":"endpoint maps updated"}
+{"level":"WARN","lost_total":5,"lost_new":5,"message":"the kernel dropped events"}
+{"level":"ERROR","message":"inserting into MG_ENDPOINTS (is it full?)"}
+{"level":"ERROR","message":"again"}
+not json
+"#;
+        let mut step = Step::default();
+        read_log(log, &mut step);
+        assert_eq!((step.map_updates, step.map_added), (2, 3));
+        assert_eq!((step.errors, step.warnings), (2, 1));
+        assert_eq!(
+            step.first_error.as_deref(),
+            Some("inserting into MG_ENDPOINTS (is it full?)")
+        );
+        let warning = step.first_warning.unwrap();
+        assert!(
+            warning.starts_with("the kernel dropped events "),
+            "{warning}"
+        );
+        assert!(warning.contains("lost_new=5") && warning.contains("lost_total=5"));
+    }
+
+    #[test]
+    fn reads_log_timestamps() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(unix_seconds("2000-02-29T23:59:59Z"), Some(951_868_799.0));
+        let t = unix_seconds("2026-11-26T03:50:13.027670Z").unwrap();
+        assert!((t - 1_795_665_013.027_67).abs() < 1e-5, "{t}");
+        assert_eq!(unix_seconds("2026-11-26 03:50:13Z"), None);
+        assert_eq!(unix_seconds("2026-11-26T03:50:13"), None);
+    }
+
+    #[test]
+    fn measures_the_closing_pace() {
+        // 1,500 new addresses, one every 2 ms: 500/s.
+        let log: String = (0..1_500u64)
+            .map(|i| {
+                let ms = i * 2;
+                format!(
+                    "{{\"timestamp\":\"2026-11-26T03:50:{:02}.{:03}000Z\",\"level\":\"INFO\",\
+                     \"message\":\"endpoint maps updated\",\"added\":1,\"removed\":0,\
+                     \"total\":{}}}\n",
+                    ms / 1000,
+                    ms % 1000,
+                    i + 1
+                )
+            })
+            .collect();
+        let mut step = Step::default();
+        read_log(&log, &mut step);
+        assert_eq!(step.map_added, 1_500);
+        let rate = step.tail_rate.expect("a pace");
+        assert!((rate - 500.0).abs() < 1.0, "{rate}");
+        assert_eq!(step.tail_total, 1_500);
+        // Fewer new addresses than TAIL: no pace.
+        let mut short = Step::default();
+        read_log(&log[..log.len() / 2], &mut short);
+        assert_eq!(short.tail_rate, None);
+    }
+
+    #[test]
+    fn no_counters_is_not_no_loss() {
+        let step = Step {
+            matches: Some(10),
+            lost: None,
+            ..Step::default()
+        };
+        assert!(step.lost());
+        assert_eq!(step.delivered(), None);
+        let step = Step {
+            matches: Some(10),
+            lost: Some(0),
+            ..Step::default()
+        };
+        assert!(!step.lost());
+        assert_eq!(step.delivered(), Some(10));
+    }
+}
