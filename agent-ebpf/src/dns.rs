@@ -21,14 +21,15 @@ use aya_ebpf::{
 use crate::maps::{MG_ENDPOINTS, MG_EVENTS, count};
 
 const BUF: usize = limits::DNS_PAYLOAD;
-const NAME: usize = limits::DNS_NAME_LEN;
+pub(crate) const NAME: usize = limits::DNS_NAME_LEN;
 const DNS_PORT: u16 = 53;
 const HEADER: usize = 12;
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 
 #[map]
-static MG_DNS_NAMES: HashMap<u64, DnsName> = HashMap::with_max_entries(limits::DNS_NAMES, 0);
+pub(crate) static MG_DNS_NAMES: HashMap<u64, DnsName> =
+    HashMap::with_max_entries(limits::DNS_NAMES, 0);
 
 #[cgroup_skb(ingress)]
 pub fn mg_dns_answers(ctx: SkBuffContext) -> i32 {
@@ -154,7 +155,7 @@ fn learn(ctx: &SkBuffContext) -> Option<()> {
 /// program never loads. Indices wrap within the buffer; bytes past the
 /// root are multiplied by 0.
 #[inline(always)]
-fn hash_from(buf: &[u8; NAME], start: usize) -> (u64, u64, u64) {
+pub(crate) fn hash_from(buf: &[u8; NAME], start: usize) -> (u64, u64, u64) {
     let (mut hash, mut power) = (0u64, 1u64);
     let (mut past_end, mut len) = (0u64, 0u64);
     for j in 0..NAME {

@@ -4,7 +4,8 @@
 //! reached on an address nobody told us about is learned and reported.
 
 use agent_common::{
-    Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, egress_kind, v4_mapped,
+    Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action, dns_flags,
+    egress_kind, v4_mapped,
 };
 use aya_ebpf::{
     helpers::{
@@ -14,25 +15,38 @@ use aya_ebpf::{
             bpf_skb_load_bytes,
         },
     },
-    macros::cgroup_skb,
+    macros::{cgroup_skb, map},
+    maps::LruHashMap,
     programs::SkBuffContext,
 };
 
-use crate::maps::{MG_ENDPOINTS, MG_EVENTS, MG_REDIRECT_COOKIE, count};
+use crate::{
+    dns::{MG_DNS_NAMES, NAME, hash_from},
+    maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_REDIRECT_COOKIE, count},
+    sock::resolve_action,
+};
 
 /// Full-size segments are bulk data, never a hello or a CONNECT line:
 /// skipping them keeps the cost off the data path.
 const MAX_INTERESTING: usize = 1400;
 
+/// Sockets whose ClientHello was dropped: their retransmissions (sent from
+/// timer context, where "current" is not the sender) are dropped too.
+#[map]
+static MG_BLOCKED_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+/// Extensions walked looking for server_name.
+const MAX_EXTENSIONS: usize = 24;
+
 #[cgroup_skb(egress)]
 pub fn mg_first_bytes(ctx: SkBuffContext) -> i32 {
-    let _ = look(&ctx);
-    // Never drop: this program only reports.
-    1
+    look(&ctx).unwrap_or(PASS)
 }
 
 #[inline(always)]
-fn look(ctx: &SkBuffContext) -> Option<()> {
+fn look(ctx: &SkBuffContext) -> Option<i32> {
     let first: u8 = ctx.load(0).ok()?;
     let (tcp, proto, v4) = match first >> 4 {
         4 => (((first & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?, true),
@@ -62,6 +76,12 @@ fn look(ctx: &SkBuffContext) -> Option<()> {
         ctx.load::<[u8; 16]>(24).ok()?
     };
     let port = u16::from_be(ctx.load::<u16>(tcp + 2).ok()?);
+    // First: a socket whose hello was dropped stays dropped, even once the
+    // agent has learned its address (which would skip the checks below).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if unsafe { MG_BLOCKED_SOCKETS.get(cookie) }.is_some() {
+        return Some(DROP);
+    }
     // A known endpoint was decided at connect(); nothing to learn.
     let key = EndpointKey {
         addr,
@@ -72,12 +92,96 @@ fn look(ctx: &SkBuffContext) -> Option<()> {
         return None;
     }
     // A redirected connection's hello goes to the proxy: governed already.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     if unsafe { MG_REDIRECT_COOKIE.get(cookie) }.is_some() {
         return None;
     }
+    let mut verdict = PASS;
+    if kind == egress_kind::CLIENT_HELLO
+        && let Some(provider) = sni_provider(ctx, payload, len)
+        && let Some(config) = MG_CONFIG.get(0)
+    {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let (verdict_now, _, _) = resolve_action(config, tgid, cgroup_id, provider);
+        // Anything but allow/monitor meant "not directly": a hello to an
+        // address we did not know is that workload going around the policy.
+        if verdict_now != action::ALLOW && verdict_now != action::MONITOR {
+            count(Counter::SniBlocked);
+            let _ = MG_BLOCKED_SOCKETS.insert(cookie, 1u8, 0);
+            verdict = DROP;
+        }
+    }
     report(ctx, payload, len, kind, addr, port);
-    Some(())
+    Some(verdict)
+}
+
+/// The provider whose catalog host the ClientHello's SNI names, if any.
+/// The name is hashed exactly as `hash_from` hashes DNS names (dotted here),
+/// with no per-byte branch (see dns.rs for why).
+#[inline(always)]
+fn sni_provider(ctx: &SkBuffContext, payload: usize, len: usize) -> Option<u32> {
+    let end = payload + len;
+    // record (5) + handshake header (4) + version (2) + random (32)
+    let mut pos = payload + 43;
+    pos += 1 + ctx.load::<u8>(pos).ok()? as usize;
+    pos += 2 + u16::from_be(ctx.load::<u16>(pos).ok()?) as usize;
+    pos += 1 + ctx.load::<u8>(pos).ok()? as usize;
+    let extensions_end = pos + 2 + u16::from_be(ctx.load::<u16>(pos).ok()?) as usize;
+    pos += 2;
+    let mut sni_at = 0usize;
+    for _ in 0..MAX_EXTENSIONS {
+        if pos + 4 > extensions_end || pos + 4 > end {
+            break;
+        }
+        let header: [u8; 4] = ctx.load(pos).ok()?;
+        if header[0] == 0 && header[1] == 0 {
+            sni_at = pos + 4;
+            break;
+        }
+        pos += 4 + u16::from_be_bytes([header[2], header[3]]) as usize;
+    }
+    if sni_at == 0 {
+        return None;
+    }
+    // server_name_list length (2), name type (1) = host_name, length (2).
+    let name_len = u16::from_be(ctx.load::<u16>(sni_at + 3).ok()?) as usize;
+    if name_len >= NAME {
+        return None;
+    }
+    // The size passed must be the bounded value itself: a volatile read
+    // stops LLVM from handing the helper the unchecked copy.
+    let size = unsafe { core::ptr::read_volatile(&(name_len & (NAME - 1))) };
+    if size == 0 {
+        return None;
+    }
+    let mut name = [0u8; NAME];
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            (sni_at + 5) as u32,
+            name.as_mut_ptr().cast(),
+            size as u32,
+        )
+    } != 0
+    {
+        return None;
+    }
+    let (full, _, _) = hash_from(&name, 0);
+    if let Some(entry) = unsafe { MG_DNS_NAMES.get(full) }
+        && entry.flags & dns_flags::SNI_EXACT != 0
+    {
+        return Some(entry.provider);
+    }
+    // Where the first label ends, without a branch per byte.
+    let (mut seen, mut first) = (0u64, 0u64);
+    for byte in name {
+        let dot = ((byte ^ b'.') as u64).wrapping_sub(1) >> 63;
+        seen |= dot;
+        first += 1 - seen;
+    }
+    let (suffix, _, _) = hash_from(&name, first as usize + 1);
+    let entry = unsafe { MG_DNS_NAMES.get(suffix) }?;
+    (entry.flags & dns_flags::SNI_SUFFIX != 0).then_some(entry.provider)
 }
 
 #[inline(always)]

@@ -235,7 +235,12 @@ fn lookup_endpoint(addr: [u8; 16], port: u16, flags: u8) -> Option<EndpointValue
 /// default: the agent has already folded the ordered rules into these, so
 /// the kernel only looks up.
 #[inline(always)]
-fn resolve_action(config: &AgentConfig, tgid: u32, cgroup_id: u64, provider: u32) -> (u8, u16, u8) {
+pub(crate) fn resolve_action(
+    config: &AgentConfig,
+    tgid: u32,
+    cgroup_id: u64,
+    provider: u32,
+) -> (u8, u16, u8) {
     let default = (config.default_action, RULE_DEFAULT, source::DEFAULT);
     let index = provider as usize;
     if index >= limits::MAX_PROVIDERS {

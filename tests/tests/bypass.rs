@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelgate_tests::{Agent, AgentSpec, TestCgroup, output, require_root};
+use modelgate_tests::{
+    Agent, AgentSpec, TestCgroup, output, require_root,
+    standin::{ModelServer, Pki},
+};
 
 /// The stdlib DNS stand-in (tests/standin/dns_server.py) on `bind`:53.
 struct DnsServer {
@@ -227,13 +230,12 @@ fn detaching_the_agents_program_by_hand_raises_agent_tamper() {
     );
 }
 
-/// A TLS client that only needs its ClientHello to leave: the peer is a
-/// plain TCP listener that never answers.
-const TLS_HELLO: &str = r#"
+/// A TLS client: prints `handshake done`, `timeout` or the errno.
+const TLS_CLIENT: &str = r#"
 import errno, socket, ssl, sys
-ctx = ssl.create_default_context()
+ctx = ssl.create_default_context(cafile=sys.argv[4])
 s = socket.socket()
-s.settimeout(1.5)
+s.settimeout(2)
 try:
     s.connect((sys.argv[1], int(sys.argv[2])))
 except OSError as e:
@@ -241,34 +243,41 @@ except OSError as e:
     sys.exit(0)
 try:
     ctx.wrap_socket(s, server_hostname=sys.argv[3])
-except Exception:
-    pass
-print("hello sent")
+    print("handshake done")
+except socket.timeout:
+    print("timeout")
+except Exception as e:
+    print("error", e)
 "#;
 
-#[test]
-fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_learned() {
-    require_root();
-    let cgroup = TestCgroup::new("sni");
-    let silent = std::net::TcpListener::bind("127.0.0.99:0").unwrap();
-    let port = silent.local_addr().unwrap().port().to_string();
-    let agent = Agent::start(AgentSpec::new(
-        &cgroup,
-        "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.0.9]\n",
-        "default_action: block\nrules: []\n",
-    ));
+fn tls_client(cgroup: &TestCgroup, ip: &str, ca: &Path) -> String {
     let out = output(cgroup.command("python3").args([
         "-c",
-        TLS_HELLO,
-        "127.0.0.99",
-        &port,
+        TLS_CLIENT,
+        ip,
+        "443",
         "api.openai.com",
+        &ca.display().to_string(),
     ]));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "hello sent",
-        "the first connect is not known yet"
-    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_under_block_never_completes()
+ {
+    require_root();
+    let pki = Pki::new(&["api.openai.com"]);
+    let _server = ModelServer::start(&pki, "127.0.0.99", 443, 1, 0.0);
+    let catalog = "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.0.9]\n";
+
+    // Under monitor: the handshake completes, is reported, the address learned.
+    let cgroup = TestCgroup::new("sni-monitor");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        catalog,
+        "default_action: monitor\nrules: []\n",
+    ));
+    assert_eq!(tls_client(&cgroup, "127.0.0.99", &pki.ca), "handshake done");
     let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
     assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
     assert_eq!(alert["destination"]["ip"], "127.0.0.99", "{alert:#}");
@@ -279,23 +288,38 @@ fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_learn
             .contains("python"),
         "{alert:#}"
     );
-    // Learned: the next connect to that address is governed (blocked here).
+    assert_eq!(tls_client(&cgroup, "127.0.0.99", &pki.ca), "handshake done");
+    let record = agent.wait_for_event("the learned address at connect()", |e| {
+        e["destination"]["ip"] == "127.0.0.99"
+    });
+    assert_eq!(
+        record["action"], "monitor",
+        "the next connect meets the policy: {record:#}"
+    );
+    drop(agent);
+
+    // Under block: the hello is dropped in the kernel; it never completes.
+    let cgroup = TestCgroup::new("sni-block");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        catalog,
+        "default_action: block\nrules: []\n",
+    ));
+    let result = tls_client(&cgroup, "127.0.0.99", &pki.ca);
+    let mut agent = agent;
+    assert_eq!(
+        result,
+        "timeout",
+        "the handshake must not complete; agent log:\n{}",
+        agent.stop()
+    );
+    let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
+    assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    // And from then on the address is an endpoint: connect() is refused.
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = output(cgroup.command("python3").args([
-            "-c",
-            TLS_HELLO,
-            "127.0.0.99",
-            &port,
-            "api.openai.com",
-        ]));
-        if String::from_utf8_lossy(&out.stdout).trim() == "EPERM" {
-            break;
-        }
+    while tls_client(&cgroup, "127.0.0.99", &pki.ca) != "EPERM" {
         assert!(Instant::now() < deadline, "the address was not learned");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    drop(silent);
 }
 
 #[test]

@@ -138,10 +138,13 @@ pub enum Counter {
     DnsMatches = 10,
     /// A/AAAA records the kernel put in the endpoint map from DNS answers.
     DnsLearned = 11,
+    /// ClientHellos to unknown addresses dropped because their SNI named a
+    /// provider this workload may not reach.
+    SniBlocked = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -155,6 +158,7 @@ impl Counter {
         Counter::AgentOwn,
         Counter::DnsMatches,
         Counter::DnsLearned,
+        Counter::SniBlocked,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -171,6 +175,7 @@ impl Counter {
             Counter::AgentOwn => "agent_own",
             Counter::DnsMatches => "dns_matches",
             Counter::DnsLearned => "dns_learned",
+            Counter::SniBlocked => "sni_blocked",
         }
     }
 }
@@ -322,10 +327,25 @@ const _: () = assert!(core::mem::size_of::<EgressEvent>() == 1112);
 
 /// `MG_DNS_NAMES` flags.
 pub mod dns_flags {
-    /// The key is the hash of a whole name.
+    /// The key is the hash of a whole name (DNS wire form).
     pub const EXACT: u32 = 1;
     /// The key is the hash of a suffix: any name below it matches.
     pub const SUFFIX: u32 = 2;
+    /// The same two, for names in dotted form (a TLS SNI).
+    pub const SNI_EXACT: u32 = 4;
+    pub const SNI_SUFFIX: u32 = 8;
+}
+
+/// `name_hash`'s sum over the bytes of a dotted name as they are (the SNI
+/// form), lowercased. Same arithmetic, so the kernel's `hash_from` serves
+/// both.
+pub fn dotted_hash(dotted: &[u8]) -> u64 {
+    let (mut hash, mut power) = (0u64, 1u64);
+    for byte in dotted {
+        hash = hash.wrapping_add((byte.to_ascii_lowercase() as u64).wrapping_mul(power));
+        power = power.wrapping_mul(FNV_PRIME);
+    }
+    hash ^ FNV_OFFSET
 }
 
 /// Value of `MG_DNS_NAMES`, keyed by `name_hash` of a catalog name.

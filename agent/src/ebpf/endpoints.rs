@@ -38,6 +38,20 @@ pub fn dns_names(catalog: &Catalog, ids: &mut Ids) -> Result<HashMap<u64, DnsNam
                 });
             // Catalog hosts are unique, so a key is one provider's.
             entry.flags |= flag;
+            // The dotted form, for the SNI of a ClientHello.
+            let sni_flag = if flag == agent_common::dns_flags::EXACT {
+                agent_common::dns_flags::SNI_EXACT
+            } else {
+                agent_common::dns_flags::SNI_SUFFIX
+            };
+            let entry = names
+                .entry(agent_common::dotted_hash(name.as_bytes()))
+                .or_insert(DnsName {
+                    provider: id,
+                    flags: 0,
+                    ports,
+                });
+            entry.flags |= sni_flag;
         }
     }
     Ok(names)
