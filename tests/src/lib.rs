@@ -163,6 +163,8 @@ pub struct AgentSpec<'a> {
     /// Run the agent itself inside the attached cgroup, so its own upstream
     /// connections meet its hooks (the no-loop check).
     pub agent_in_cgroup: bool,
+    /// More `agent.yaml` (e.g. an `alerts:` section).
+    pub config: &'a str,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -174,6 +176,7 @@ impl<'a> AgentSpec<'a> {
             extra_args: &[],
             hosts_file: None,
             agent_in_cgroup: false,
+            config: "",
         }
     }
 }
@@ -197,7 +200,11 @@ impl Agent {
         fs::write(policies.join("endpoints.yaml"), spec.endpoints).unwrap();
         fs::write(policies.join("policy.yaml"), spec.policy).unwrap();
         // Tests run side by side: each proxy takes a free port.
-        fs::write(dir.path().join("agent.yaml"), "proxy_port: 0\n").unwrap();
+        fs::write(
+            dir.path().join("agent.yaml"),
+            format!("proxy_port: 0\n{}", spec.config),
+        )
+        .unwrap();
         let mut cmd = match spec.hosts_file {
             None => Command::new(agent_bin()),
             Some(hosts) => {

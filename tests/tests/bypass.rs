@@ -347,3 +347,110 @@ fn connect_through_an_http_proxy_to_a_model_api_is_reported() {
     assert_eq!(alert["destination"]["port"], port, "{alert:#}");
     drop(proxy);
 }
+
+/// Alerts raised while the webhook receiver is down — across an agent
+/// restart — all arrive once it is back: each id exactly once per
+/// (count, last_seen), every signature valid.
+#[test]
+fn webhook_alerts_survive_a_receiver_outage_and_an_agent_restart() {
+    require_root();
+    let cgroup = TestCgroup::new("webhook");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "test-webhook-secret\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "alerts:\n  fold_window: 1s\n  webhooks:\n    - url: http://127.0.0.1:{port}/hook\n      secret_file: {}\n",
+        secret.display()
+    );
+    let mut spec = AgentSpec::new(&cgroup, ENDPOINT, "default_action: block\nrules: []\n");
+    spec.config = &config;
+    let outage = Instant::now();
+    let mut agent = Agent::start(spec);
+
+    // Alerts while nobody listens: a QUIC attempt and an invalid policy.
+    let quic = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.sendto(b'q', ('127.0.0.9', 443))\nexcept OSError:\n  pass";
+    output(cgroup.command("python3").args(["-c", quic]));
+    fs::write(
+        agent.policies_dir().join("policy.yaml"),
+        "default_action: explode\n",
+    )
+    .unwrap();
+    wait_for_alert(&agent, "policy-invalid", Duration::from_secs(10));
+    wait_for_alert(&agent, "quic-attempt", Duration::from_secs(10));
+    fs::write(
+        agent.policies_dir().join("policy.yaml"),
+        "default_action: block\nrules: []\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Restart in the middle of the outage: the spool carries them over,
+    // and the restart itself raises an enforcement gap.
+    agent.restart();
+    wait_for_alert(&agent, "enforcement-gap", Duration::from_secs(10));
+
+    // The receiver comes back after 30 s.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    let log = dir.path().join("received.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/webhook_receiver.py");
+    let mut receiver = Command::new("python3")
+        .arg(script)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--secret",
+            "test-webhook-secret",
+            "--log",
+        ])
+        .arg(&log)
+        .spawn()
+        .expect("start the webhook receiver");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let wanted = ["quic-attempt", "policy-invalid", "enforcement-gap"];
+    let received = loop {
+        let received = modelgate_tests::json_lines(&log);
+        if wanted
+            .iter()
+            .all(|kind| received.iter().any(|r| r["type"] == *kind))
+        {
+            break received;
+        }
+        if Instant::now() > deadline {
+            let _ = receiver.kill();
+            panic!(
+                "not every alert arrived: {received:#?}\nagent log:\n{}",
+                agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2)); // anything duplicated would land now
+    let received = modelgate_tests::json_lines(&log)
+        .into_iter()
+        .collect::<Vec<_>>();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(
+        received.iter().all(|r| r["signature_ok"] == true),
+        "{received:#?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for r in &received {
+        let key = (
+            r["id"].to_string(),
+            r["count"].to_string(),
+            r["last_seen"].to_string(),
+        );
+        assert!(seen.insert(key), "delivered twice: {r} in {received:#?}");
+    }
+    eprintln!(
+        "{} alert deliveries after a {:.0} s outage: {received:?}",
+        received.len(),
+        outage.elapsed().as_secs_f64()
+    );
+}

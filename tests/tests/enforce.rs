@@ -43,6 +43,7 @@ fn fixture(name: &str, policy: &str) -> Fixture {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
     Fixture {
         agent,
@@ -139,6 +140,7 @@ fn block_fails_connect_with_eperm_and_names_the_rule() {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
 
     let (py_pid, result) = python_connect(&cgroup, "127.0.0.9", port);
@@ -272,6 +274,7 @@ fn ipv6_and_cidr_endpoints() {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
 
     let (pid, result) = python_connect(&cgroup, "::1", port_v6);
@@ -316,6 +319,7 @@ fn udp_to_an_endpoint_port_443_is_refused_under_block() {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
     let child = cgroup
         .command("python3")
@@ -402,6 +406,7 @@ fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
 
     let (pid, result) = python_connect(&docker, "127.0.0.9", port);
@@ -451,6 +456,7 @@ fn catalog_host_names_are_resolved_into_the_endpoint_map() {
         extra_args: &[],
         hosts_file: Some("127.0.0.1 localhost\n127.0.0.11 api.anthropic.com\n"),
         agent_in_cgroup: false,
+        config: "",
     });
     // The answer lands shortly after start; poll until the connect is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -67,6 +67,7 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
         extra_args: &[],
         hosts_file: None,
         agent_in_cgroup: false,
+        config: "",
     });
     let connect = || {
         let out = output(
