@@ -412,13 +412,13 @@ fn webhook_alerts_survive_a_receiver_outage_and_an_agent_restart() {
         .expect("start the webhook receiver");
     let deadline = Instant::now() + Duration::from_secs(90);
     let wanted = ["quic-attempt", "policy-invalid", "enforcement-gap"];
-    let received = loop {
+    loop {
         let received = modelgate_tests::json_lines(&log);
         if wanted
             .iter()
             .all(|kind| received.iter().any(|r| r["type"] == *kind))
         {
-            break received;
+            break;
         }
         if Instant::now() > deadline {
             let _ = receiver.kill();
@@ -428,7 +428,7 @@ fn webhook_alerts_survive_a_receiver_outage_and_an_agent_restart() {
             );
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
     std::thread::sleep(Duration::from_secs(2)); // anything duplicated would land now
     let received = modelgate_tests::json_lines(&log)
         .into_iter()
