@@ -284,6 +284,13 @@ fn passthrough_works_for_a_client_that_does_not_trust_the_ca() {
     );
     assert!(body.contains("Hello from the stand-in."), "{body}");
     let record = s.agent.wait_for_audit("the passthrough", by_pid(pid));
+    assert!(
+        s.agent
+            .alerts_now()
+            .iter()
+            .all(|a| a["type"] != "ca-untrusted"),
+        "passthrough never shows the client modelgate's certificate"
+    );
     assert_eq!(record["decision"], "passthrough", "{record:#}");
     assert_eq!(record["host"], HOST, "{record:#}");
     assert!(
@@ -384,5 +391,47 @@ fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
     assert!(
         !s.server.marker.exists(),
         "the upstream kept streaming to nobody: the proxy did not cancel it"
+    );
+}
+
+#[test]
+fn a_client_that_refuses_the_proxys_certificate_raises_ca_untrusted() {
+    let s = setup(
+        "untrusted",
+        "127.0.0.109",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+    );
+    // Trusts only the upstream's CA, as a pinning client would.
+    let mut cmd = s.curl(&s.pki.ca, "/v1/chat/completions", Some(CHAT));
+    let out = modelgate_tests::output(&mut cmd);
+    assert!(
+        !out.status.success(),
+        "curl must reject modelgate's certificate"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        if let Some(alert) = s
+            .agent
+            .alerts_now()
+            .into_iter()
+            .find(|a| a["type"] == "ca-untrusted")
+        {
+            break alert;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ca-untrusted alert: {:#?}",
+            s.agent.alerts_now()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(alert["host"], HOST, "{alert:#}");
+    assert_eq!(alert["identity"]["exe"], "/usr/bin/curl", "{alert:#}");
+    assert!(
+        s.server.requests().is_empty(),
+        "nothing reached the upstream"
     );
 }

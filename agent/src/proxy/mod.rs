@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 pub use self::origin::Origins;
 use self::{ca::Ca, forward::Conn, upstream::Pins};
 use crate::{
-    alerts::Alerts,
+    alerts::{Alert, Alerts, Severity},
     audit::{AuditLog, AuditRecord, Destination, StorePrompts},
     budget::Budgets,
     catalog::{Api, HostPattern},
@@ -318,6 +318,27 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             // Most often a client that does not trust the CA (or pins).
             info!(%peer, %host, error = %err, exe = ?conn.info.identity.exe,
                 "TLS handshake with the client failed; does it trust the modelgate CA?");
+            let who = conn
+                .info
+                .identity
+                .exe
+                .as_deref()
+                .unwrap_or(&conn.info.identity.comm);
+            let mut alert = Alert::new(
+                "ca-untrusted",
+                Severity::Warning,
+                format!(
+                    "{who} (pid {}) refused the proxy's certificate for {host} ({err}): it does not \
+                     trust the modelgate CA, or pins certificates; trust the CA for it, or use \
+                     passthrough",
+                    conn.info.identity.tgid
+                ),
+            );
+            alert.rule = Some(conn.info.rule.clone());
+            alert.provider = Some(conn.info.provider.clone());
+            alert.host = Some(host);
+            alert.identity = Some(conn.info.identity.clone());
+            shared.alerts.send(alert.with_id());
         }
     }
 }
