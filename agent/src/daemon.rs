@@ -567,6 +567,16 @@ impl Agent {
         };
         let lost = get(Counter::EventsLost);
         if lost > self.lost_reported {
+            // Some were DNS answers the kernel acted on but we never saw:
+            // drop what we cannot account for (a lookup answered again
+            // brings it back), so the map does not fill with orphans.
+            let removed = self.maps.remove_unknown_endpoints();
+            if removed > 0 {
+                warn!(
+                    removed,
+                    "removed endpoint addresses learned by the kernel whose events were lost"
+                );
+            }
             warn!(
                 lost_total = lost,
                 lost_new = lost - self.lost_reported,
@@ -627,9 +637,38 @@ impl Agent {
         if new.is_empty() {
             return;
         }
-        debug!(%provider, addrs = ?new, kernel_learned = ev.learned, "learned from DNS");
-        if let Err(err) = self.sync_endpoints() {
-            error!("{err:#}");
+        debug!(%provider, addrs = ?new, "learned from DNS");
+        // One key per new address and port, not a rebuild of the whole set:
+        // answers can come by the thousand.
+        let Some(entry) = self.catalog.provider(&provider) else {
+            return;
+        };
+        let Ok(id) = self.ids.provider(&provider) else {
+            return;
+        };
+        let value = agent_common::EndpointValue {
+            provider: id,
+            _reserved: 0,
+        };
+        for addr in &new {
+            let host = self.learned.get(addr).map(|l| l.host.clone());
+            for port in &entry.ports {
+                let key = agent_common::EndpointKey {
+                    addr: endpoints::to_v6_bytes(*addr),
+                    port: *port,
+                    _pad: [0; 2],
+                };
+                self.endpoints.exact.entry(key).or_insert(value);
+                if let Err(err) = self.maps.add_endpoint(key, value) {
+                    error!("{err:#}");
+                }
+            }
+            if let Some(host) = &host {
+                self.endpoints
+                    .names
+                    .entry(*addr)
+                    .or_insert_with(|| host.clone());
+            }
         }
     }
 

@@ -67,10 +67,12 @@ impl Learned {
             }
         }
         if self.by_addr.len() > MAX_LEARNED {
+            // Down to 90% in one go: sorting on every answer past the cap
+            // would make each answer cost the whole table.
             let mut by_expiry: Vec<(IpAddr, Instant)> =
                 self.by_addr.iter().map(|(a, l)| (*a, l.expires)).collect();
             by_expiry.sort_by_key(|(_, expires)| *expires);
-            let excess = self.by_addr.len() - MAX_LEARNED;
+            let excess = self.by_addr.len() - MAX_LEARNED * 9 / 10;
             for (addr, _) in by_expiry.into_iter().take(excess) {
                 self.by_addr.remove(&addr);
             }
@@ -109,6 +111,10 @@ impl Learned {
     /// Forgets providers the catalog no longer has.
     pub fn retain_providers(&mut self, keep: impl Fn(&str) -> bool) {
         self.by_addr.retain(|_, l| keep(&l.provider));
+    }
+
+    pub fn get(&self, addr: &IpAddr) -> Option<&LearnedAddr> {
+        self.by_addr.get(addr)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &LearnedAddr)> {

@@ -120,6 +120,36 @@ impl KernelMaps {
         Ok(stats)
     }
 
+    /// Adds one exact endpoint without rebuilding the set: what a DNS
+    /// answer brings (the kernel usually inserted it already; inserting
+    /// again is harmless and covers an answer whose event came late).
+    pub fn add_endpoint(&mut self, key: EndpointKey, value: EndpointValue) -> Result<()> {
+        if self.installed.exact.get(&key) == Some(&value) {
+            return Ok(());
+        }
+        self.endpoints
+            .insert(key, value, 0)
+            .context("inserting into MG_ENDPOINTS (is it full?)")?;
+        self.installed.exact.insert(key, value);
+        Ok(())
+    }
+
+    /// Removes endpoints the kernel holds that the agent never heard of:
+    /// DNS answers whose ring-buffer event was lost (the kernel inserts
+    /// before it reports). Returns how many went.
+    pub fn remove_unknown_endpoints(&mut self) -> usize {
+        let unknown: Vec<EndpointKey> = self
+            .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !self.installed.exact.contains_key(key))
+            .collect();
+        for key in &unknown {
+            let _ = self.endpoints.remove(key);
+        }
+        unknown.len()
+    }
+
     /// Makes the kernel's DNS name table equal `wanted`.
     pub fn sync_dns_names(&mut self, wanted: &HashMap<u64, DnsName>) -> Result<()> {
         for (hash, entry) in wanted {
