@@ -17,6 +17,7 @@ mod policy;
 mod proxy;
 mod record;
 mod sink;
+mod trust;
 mod watchdog;
 mod yaml;
 

@@ -18,7 +18,7 @@ use crate::{
     budget::BudgetKey,
     catalog::Api,
     policy::{
-        CgroupFacts, ProcFacts, RequestFacts,
+        RequestFacts,
         controls::DataAction,
         data_action,
         decide::{self, DataFinding, RefuseKind},
@@ -55,28 +55,6 @@ pub struct Refuse {
     pub retry_after: Option<u64>,
 }
 
-/// The facts a rule can look at, from what the agent knows of the process.
-fn facts(conn: &Conn) -> (ProcFacts<'_>, CgroupFacts<'_>) {
-    let id = &conn.info.identity;
-    (
-        ProcFacts {
-            exe: id.exe.as_deref(),
-            comm: &id.comm,
-            uid: id.uid,
-            user: id.user.as_deref(),
-            gid: id.gid,
-            group: id.group.as_deref(),
-        },
-        CgroupFacts {
-            path: id.cgroup.as_deref().unwrap_or("/"),
-            unit: id.cgroup_info.unit.as_deref(),
-            container_id: id.cgroup_info.container_id.as_deref(),
-            runtime: id.cgroup_info.container_runtime,
-            pod_uid: id.cgroup_info.pod_uid.as_deref(),
-        },
-    )
-}
-
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
@@ -93,7 +71,7 @@ pub async fn decide(
     headers: &mut HeaderMap,
 ) -> Verdict {
     let state = shared.policy.read().expect("policy lock poisoned").clone();
-    let (proc, cgroup) = facts(conn);
+    let (proc, cgroup) = crate::watchdog::facts(&conn.info.identity);
     let request = RequestFacts {
         host: Some(host),
         model: info.model.as_deref(),

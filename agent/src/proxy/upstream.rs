@@ -25,16 +25,12 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo},
 };
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
+use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
-use tracing::warn;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -70,25 +66,7 @@ impl Pins {
 /// TLS to upstreams: the system's trust roots plus an optional extra CA
 /// (a private model gateway, or a test's stand-in).
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        warn!(%error, "skipping a system trust root");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("reading the upstream CA file {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing the upstream CA file {}", path.display()))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("adding a CA from {}", path.display()))?;
-        }
-    } else if added == 0 {
-        warn!("no system trust roots found; upstream TLS will fail (install ca-certificates)");
-    }
+    let roots = crate::trust::roots(extra_ca, "upstream")?;
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

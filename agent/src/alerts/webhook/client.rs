@@ -11,16 +11,12 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
+use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
-use tracing::warn;
 
 use crate::alerts::settings::WebhookUrl;
 
@@ -193,22 +189,7 @@ pub fn classify(status: StatusCode, after: Option<Duration>) -> Outcome {
 
 /// The system's trust roots plus the sink's own CA, if any.
 fn tls_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("reading the webhook CA file {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing the webhook CA file {}", path.display()))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("adding a CA from {}", path.display()))?;
-        }
-    } else if added == 0 {
-        warn!("no system trust roots found; HTTPS webhooks will fail (install ca-certificates)");
-    }
+    let roots = crate::trust::roots(ca, "webhook")?;
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
