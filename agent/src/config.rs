@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub upstream_ca: Option<PathBuf>,
     /// What the audit keeps of prompts and outputs: none, hash or full.
     pub store_prompts: Option<StorePrompts>,
+    /// Where Prometheus scrapes `/metrics` (default 127.0.0.1:9464; port 0
+    /// picks a free one).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where alerts go: the rotated file, syslog, webhooks; and folding.
     pub alerts: AlertsConfig,
 }

@@ -43,6 +43,7 @@ use crate::{
         procs::{ProcCache, ProcInfo},
         users::Users,
     },
+    metrics::Metrics,
     policy::{
         Action, CgroupFacts, Policy, PolicyState, ProcFacts,
         compile::{Compiled, Ids},
@@ -61,6 +62,7 @@ pub struct Settings {
     pub cgroup_mount: PathBuf,
     pub events: String,
     pub default_action: Option<Action>,
+    pub metrics_addr: std::net::SocketAddr,
     pub proxy: ProxySettings,
     pub alerts: alerts::AlertsConfig,
 }
@@ -88,6 +90,7 @@ struct Agent {
     lost_reported: u64,
     unknown_cgroups: HashMap<u64, Instant>,
     proxy_port: u16,
+    metrics: Arc<Metrics>,
     heartbeat: Option<Heartbeat>,
     attachments: Option<ebpf::tamper::Attachments>,
     /// Programs last found detached (reported already).
@@ -128,7 +131,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir, &settings.alerts)?;
     let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
+    let metrics = Metrics::new();
+    let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
     let links = ProxyLinks {
+        metrics: metrics.clone(),
         audit,
         alerts: alerts.clone(),
         describe: describe_tx,
@@ -168,6 +174,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         lost_reported: 0,
         unknown_cgroups: HashMap::new(),
         proxy_port,
+        metrics,
         heartbeat: None,
         attachments: None,
         tampered: Vec::new(),
@@ -191,6 +198,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.beat(false);
     info!(
         proxy = %format!("127.0.0.1:{proxy_port}"),
+        metrics = %metrics_addr,
         cgroup = %agent.settings.cgroup.display(),
         policies = %agent.settings.policies.display(),
         providers = agent.catalog.providers.len(),
@@ -565,6 +573,7 @@ impl Agent {
                 .map(|(_, v)| *v)
                 .unwrap_or(0)
         };
+        self.metrics.set_kernel(&counters, 0);
         let lost = get(Counter::EventsLost);
         if lost > self.lost_reported {
             // Some were DNS answers the kernel acted on but we never saw:

@@ -13,6 +13,7 @@ mod ebpf;
 mod heartbeat;
 mod identity;
 mod jsonl;
+mod metrics;
 mod policy;
 mod proxy;
 mod record;

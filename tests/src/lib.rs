@@ -202,7 +202,7 @@ impl Agent {
         // Tests run side by side: each proxy takes a free port.
         fs::write(
             dir.path().join("agent.yaml"),
-            format!("proxy_port: 0\n{}", spec.config),
+            format!("proxy_port: 0\nmetrics_addr: 127.0.0.1:0\n{}", spec.config),
         )
         .unwrap();
         let mut cmd = match spec.hosts_file {
@@ -283,6 +283,20 @@ impl Agent {
     /// The agent's local CA, which clients must trust for redirect.
     pub fn ca(&self) -> PathBuf {
         self.state_dir().join("ca.pem")
+    }
+
+    /// The `/metrics` address, from the ready line of the log.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("modelgate ready"))
+            .expect("ready line");
+        let ready: Value = serde_json::from_str(line).expect("JSON log line");
+        ready["metrics"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metrics address in {line}"))
+            .to_string()
     }
 
     /// The proxy's port, from the ready line of the log.

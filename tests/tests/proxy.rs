@@ -435,3 +435,83 @@ fn a_client_that_refuses_the_proxys_certificate_raises_ca_untrusted() {
         "nothing reached the upstream"
     );
 }
+
+/// Parses a scrape with the official Prometheus client's text parser and
+/// prints `name{labels} value` lines for the samples asked for.
+const SCRAPE: &str = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+        if sample.name in ("modelgate_requests_total", "modelgate_gen_ai_usage_tokens_total"):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            print(f"{sample.name} {labels} {sample.value:g}")
+"#;
+
+#[test]
+fn metrics_are_scraped_and_match_the_audit_trail() {
+    let python = std::env::var("MODELGATE_TEST_PYTHON")
+        .expect("MODELGATE_TEST_PYTHON (with prometheus-client) is set by `cargo xtask test`");
+    let s = setup(
+        "metrics",
+        "127.0.0.119",
+        "default_action: redirect\nrules: []\n",
+        3,
+        0.0,
+        false,
+    );
+    for _ in 0..3 {
+        run_checked(
+            &mut s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT)),
+            "curl chat",
+        );
+    }
+    run_checked(
+        &mut s.curl(&s.agent.ca(), "/v1/chat/completions", Some(CHAT_STREAM)),
+        "curl stream",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.agent.audit_now().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit records: {:#?}",
+            s.agent.audit_now()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out =
+        output(std::process::Command::new(&python).args(["-c", SCRAPE, &s.agent.metrics_addr()]));
+    let scraped = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scraped}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = s.agent.audit_now();
+    let sum = |name: &str, filter: &str| -> f64 {
+        scraped
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum("modelgate_requests_total", "provider=openai"),
+        audit.len() as f64,
+        "{scraped}"
+    );
+    let tokens =
+        |field: &str| -> f64 { audit.iter().map(|r| r[field].as_f64().unwrap_or(0.0)).sum() };
+    assert_eq!(
+        sum("modelgate_gen_ai_usage_tokens_total", "type=input"),
+        tokens("gen_ai.usage.input_tokens"),
+        "{scraped}"
+    );
+    assert_eq!(
+        sum("modelgate_gen_ai_usage_tokens_total", "type=output"),
+        tokens("gen_ai.usage.output_tokens"),
+        "{scraped}"
+    );
+    assert!(scraped.contains("workload=/usr/bin/curl"), "{scraped}");
+}

@@ -43,7 +43,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
 }
 
 /// Packages the SDK tests install from PyPI into a venv under target/, once.
-const PYTHON_PACKAGES: &[&str] = &["openai>=1.40,<3", "jsonschema>=4,<5", "pyyaml>=6,<7"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "openai>=1.40,<3",
+    "jsonschema>=4,<5",
+    "pyyaml>=6,<7",
+    "prometheus-client>=0.20,<1",
+];
 
 /// A python with the official `openai` SDK: the proxy tests drive it as a
 /// user's application would.

@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// What the audit keeps of prompts and outputs.
     #[arg(long, value_name = "MODE")]
     store_prompts: Option<StorePrompts>,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -111,6 +114,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         cgroup_mount,
         events,
         default_action: args.default_action.or(file.default_action),
+        metrics_addr: args
+            .metrics_addr
+            .or(file.metrics_addr)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
         proxy,
         alerts: file.alerts,
     };

@@ -331,7 +331,7 @@ impl Conn {
 fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
     audit.latency_ms = ms(started.elapsed());
     audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
-    shared.audit.send(audit);
+    shared.record(audit);
 }
 
 fn ms(d: std::time::Duration) -> f64 {

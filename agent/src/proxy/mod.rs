@@ -94,6 +94,7 @@ pub type SharedPolicy = Arc<std::sync::RwLock<Arc<PolicyState>>>;
 
 /// What the proxy shares with the rest of the agent.
 pub struct ProxyLinks {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub audit: AuditLog,
     pub alerts: Alerts,
     pub describe: mpsc::Sender<Describe>,
@@ -109,6 +110,7 @@ pub(crate) struct Shared {
     client: upstream::UpstreamClient,
     pins: Arc<Pins>,
     audit: AuditLog,
+    metrics: Arc<crate::metrics::Metrics>,
     alerts: Alerts,
     describe: mpsc::Sender<Describe>,
     control: mpsc::Sender<Control>,
@@ -147,6 +149,7 @@ impl Proxy {
                 client: upstream::client(tls, pins.clone()),
                 pins,
                 audit: links.audit,
+                metrics: links.metrics,
                 alerts: links.alerts,
                 describe: links.describe,
                 control: links.control,
@@ -237,7 +240,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         // Not sent here by the kernel: someone dialled the port by hand.
         // The proxy is not an open relay.
         warn!(%peer, "refused a connection to the proxy port that the kernel did not redirect");
-        shared.audit.send(refusal(
+        shared.record(refusal(
             connection,
             "no_redirect_record",
             format!("{peer} connected to the proxy port directly; only redirected connections are served"),
@@ -296,7 +299,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(host) => host,
         Err(message) => {
             warn!(%peer, %message, "refused a redirected connection");
-            shared.audit.send(refusal(
+            shared.record(refusal(
                 connection,
                 "host_mismatch",
                 message,
@@ -360,6 +363,13 @@ fn upstream_host(info: &ConnInfo, sni: Option<&str>, ip: IpAddr) -> Result<Strin
 }
 
 impl Shared {
+    /// Every audit record goes through here: metrics see exactly what the
+    /// audit trail gets.
+    pub(crate) fn record(&self, audit: AuditRecord) {
+        self.metrics.observe(&audit);
+        self.audit.send(audit);
+    }
+
     fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>> {
         if let Some(config) = self.server_configs.lock().expect("poisoned").get(host) {
             return Ok(config.clone());

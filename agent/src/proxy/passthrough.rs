@@ -29,7 +29,7 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
         Ok(host) => host,
         Err(message) => {
             warn!(%message, "refused a passthrough connection");
-            shared.audit.send(refusal(
+            shared.record(refusal(
                 conn.id,
                 "host_mismatch",
                 message,
@@ -61,7 +61,7 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
         }
     }
     record.latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    shared.audit.send(record);
+    shared.record(record);
 }
 
 /// Peeks (never consumes) until the whole ClientHello is buffered, and

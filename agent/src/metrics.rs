@@ -1,0 +1,232 @@
+//! Prometheus metrics: model requests, tokens, errors and latency by
+//! provider, model, decision and workload, plus the agent's health. Served
+//! as text at `/metrics` on a loopback address.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::audit::AuditRecord;
+
+/// Distinct workload labels kept; the rest are counted as `other`, so one
+/// host cannot blow up a Prometheus server's series count.
+const MAX_WORKLOADS: usize = 100;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    provider: String,
+    model: String,
+    decision: String,
+    outcome: String,
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    model: String,
+    workload: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    provider: String,
+    model: String,
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterLabels {
+    counter: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    kernel: Family<CounterLabels, Gauge>,
+    audit_dropped: Gauge,
+    workloads: Mutex<HashSet<String>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("modelgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Model API requests through the proxy, by decision and outcome",
+            requests.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gen_ai_usage_tokens",
+            "Tokens used (gen_ai.usage.input_tokens / output_tokens)",
+            tokens.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ])
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response",
+            latency.clone(),
+        );
+        let kernel = Family::<CounterLabels, Gauge>::default();
+        registry.register(
+            "kernel",
+            "The kernel programs' counters (connects per action, events lost, DNS)",
+            kernel.clone(),
+        );
+        let audit_dropped = Gauge::default();
+        registry.register(
+            "audit_records_dropped",
+            "Audit records refused because the writer's queue was full",
+            audit_dropped.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            tokens,
+            latency,
+            kernel,
+            audit_dropped,
+            workloads: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The unit, else the container, else the exe: capped in number.
+    fn workload(&self, record: &AuditRecord) -> String {
+        let id = &record.identity;
+        let name = id
+            .cgroup_info
+            .unit
+            .clone()
+            .or_else(|| {
+                id.cgroup_info
+                    .container_id
+                    .clone()
+                    .map(|c| c.chars().take(12).collect())
+            })
+            .or_else(|| id.exe.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let mut seen = self.workloads.lock().expect("poisoned");
+        if seen.contains(&name) || seen.len() < MAX_WORKLOADS {
+            seen.insert(name.clone());
+            name
+        } else {
+            "other".into()
+        }
+    }
+
+    pub fn observe(&self, record: &AuditRecord) {
+        let workload = self.workload(record);
+        let model = record.model.clone().unwrap_or_else(|| "unknown".into());
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: record.provider.clone(),
+                model: model.clone(),
+                decision: record.decision.to_string(),
+                outcome: record.outcome.to_string(),
+                workload: workload.clone(),
+            })
+            .inc();
+        for (kind, count) in [
+            ("input", record.tokens.input),
+            ("output", record.tokens.output),
+        ] {
+            if let Some(count) = count {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        provider: record.provider.clone(),
+                        model: model.clone(),
+                        workload: workload.clone(),
+                        r#type: kind.into(),
+                    })
+                    .inc_by(count);
+            }
+        }
+        self.latency
+            .get_or_create(&LatencyLabels {
+                provider: record.provider.clone(),
+                model,
+                workload,
+            })
+            .observe(record.latency_ms / 1000.0);
+    }
+
+    pub fn set_kernel(&self, counters: &[(agent_common::Counter, u64)], audit_dropped: u64) {
+        for (counter, value) in counters {
+            self.kernel
+                .get_or_create(&CounterLabels {
+                    counter: counter.name().to_string(),
+                })
+                .set(*value as i64);
+        }
+        self.audit_dropped.set(audit_dropped as i64);
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = encode(&mut text, &self.registry) {
+            warn!(error = %err, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+/// Serves `/metrics` on `addr` (port 0: any free port); returns the
+/// address bound.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics listener {addr}; pick another with --metrics-addr")
+    })?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if request.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(Full::new(Bytes::from(metrics.render())))
+                        } else {
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(response.expect("static parts"))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
