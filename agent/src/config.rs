@@ -53,6 +53,9 @@ pub struct FileConfig {
     /// Where Prometheus scrapes `/metrics` (default 127.0.0.1:9464; port 0
     /// picks a free one).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long the usage store keeps rows, e.g. 30d (the default), 90d.
+    #[serde(with = "crate::policy::controls::humantime_serde_opt")]
+    pub usage_retention: Option<std::time::Duration>,
     /// Where alerts go: the rotated file, syslog, webhooks; and folding.
     pub alerts: AlertsConfig,
 }

@@ -51,7 +51,7 @@ use crate::{
     proxy::{ConnInfo, Control, Describe, Proxy, ProxyLinks, ProxySettings, SharedPolicy},
     record::{self, Decision, Destination},
     sink::Sink,
-    watchdog,
+    usage, watchdog,
 };
 
 const TICK: Duration = Duration::from_secs(5);
@@ -63,6 +63,7 @@ pub struct Settings {
     pub events: String,
     pub default_action: Option<Action>,
     pub metrics_addr: std::net::SocketAddr,
+    pub usage_retention: Duration,
     pub proxy: ProxySettings,
     pub alerts: alerts::AlertsConfig,
 }
@@ -98,6 +99,7 @@ struct Agent {
     shared_policy: SharedPolicy,
     budgets: Arc<Mutex<Budgets>>,
     alerts: Alerts,
+    usage: usage::UsageLog,
     /// Processes whose model connects are blocked until the instant, by
     /// the named rule (a proxy quarantine verdict).
     quarantined: HashMap<u32, (Instant, String)>,
@@ -132,10 +134,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
     let metrics = Metrics::new();
+    metrics.watch_queue("audit", audit.dropped.clone());
+    let (usage, usage_writer) = usage::open(&settings.proxy.state_dir, settings.usage_retention)?;
+    metrics.watch_queue("usage", usage.dropped.clone());
     let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
     let links = ProxyLinks {
         metrics: metrics.clone(),
         audit,
+        usage: usage.clone(),
         alerts: alerts.clone(),
         describe: describe_tx,
         control: control_tx,
@@ -181,6 +187,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         shared_policy,
         budgets,
         alerts,
+        usage,
         quarantined: HashMap::new(),
     };
     // Everything is in the maps before the hooks see their first connect.
@@ -273,6 +280,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.report_counters(true);
     resolver.abort();
     drop(agent);
+    if usage_writer.join().is_err() {
+        error!("the usage writer panicked");
+    }
     match alerts_writer.await {
         Ok(stats) => info!(counters = %stats, "alerts"),
         Err(err) => error!("the alert writer failed: {err}"),
@@ -573,7 +583,7 @@ impl Agent {
                 .map(|(_, v)| *v)
                 .unwrap_or(0)
         };
-        self.metrics.set_kernel(&counters, 0);
+        self.metrics.set_kernel(&counters);
         let lost = get(Counter::EventsLost);
         if lost > self.lost_reported {
             // Some were DNS answers the kernel acted on but we never saw:
@@ -836,6 +846,9 @@ impl Agent {
             .clone();
         for alert in watchdog::connect_alerts(&record, &state.policy, state.default_action()) {
             self.alerts.send(alert);
+        }
+        if let Some(row) = usage::Row::from_connection(&record) {
+            self.usage.send(row);
         }
         self.sink.write(&record);
     }

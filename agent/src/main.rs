@@ -19,6 +19,7 @@ mod proxy;
 mod record;
 mod sink;
 mod trust;
+mod usage;
 mod watchdog;
 mod yaml;
 

@@ -5,7 +5,10 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -55,13 +58,20 @@ struct CounterLabels {
     counter: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     kernel: Family<CounterLabels, Gauge>,
-    audit_dropped: Gauge,
+    dropped: Family<QueueLabels, Gauge>,
+    /// The queues' own loss counters, read at each scrape.
+    queues: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
     workloads: Mutex<HashSet<String>>,
 }
 
@@ -96,11 +106,11 @@ impl Metrics {
             "The kernel programs' counters (connects per action, events lost, DNS)",
             kernel.clone(),
         );
-        let audit_dropped = Gauge::default();
+        let dropped = Family::<QueueLabels, Gauge>::default();
         registry.register(
-            "audit_records_dropped",
-            "Audit records refused because the writer's queue was full",
-            audit_dropped.clone(),
+            "records_dropped",
+            "Records refused because a writer's queue was full (audit, usage)",
+            dropped.clone(),
         );
         Arc::new(Metrics {
             registry,
@@ -108,7 +118,8 @@ impl Metrics {
             tokens,
             latency,
             kernel,
-            audit_dropped,
+            dropped,
+            queues: Mutex::new(Vec::new()),
             workloads: Mutex::new(HashSet::new()),
         })
     }
@@ -173,7 +184,12 @@ impl Metrics {
             .observe(record.latency_ms / 1000.0);
     }
 
-    pub fn set_kernel(&self, counters: &[(agent_common::Counter, u64)], audit_dropped: u64) {
+    /// Reports `counter` as `modelgate_records_dropped{queue}`.
+    pub fn watch_queue(&self, queue: &'static str, counter: Arc<AtomicU64>) {
+        self.queues.lock().expect("poisoned").push((queue, counter));
+    }
+
+    pub fn set_kernel(&self, counters: &[(agent_common::Counter, u64)]) {
         for (counter, value) in counters {
             self.kernel
                 .get_or_create(&CounterLabels {
@@ -181,10 +197,14 @@ impl Metrics {
                 })
                 .set(*value as i64);
         }
-        self.audit_dropped.set(audit_dropped as i64);
     }
 
     fn render(&self) -> String {
+        for (queue, counter) in self.queues.lock().expect("poisoned").iter() {
+            self.dropped
+                .get_or_create(&QueueLabels { queue })
+                .set(counter.load(Ordering::Relaxed) as i64);
+        }
         let mut text = String::new();
         if let Err(err) = encode(&mut text, &self.registry) {
             warn!(error = %err, "cannot encode metrics");

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::Value;
 
+use super::table::table;
 use crate::{alerts, config};
 
 #[derive(Debug, Args)]
@@ -65,7 +66,10 @@ pub fn run(args: AlertsArgs) -> Result<ExitCode> {
     } else if selected.is_empty() {
         String::new()
     } else {
-        table(&selected.iter().map(|(_, a)| row(a)).collect::<Vec<_>>())
+        table(
+            HEADER,
+            &selected.iter().map(|(_, a)| row(a)).collect::<Vec<_>>(),
+        )
     };
     // A closed pipe (`| head`) is the reader's choice, not an error.
     match io::stdout().lock().write_all(out.as_bytes()) {
@@ -170,30 +174,6 @@ fn row(alert: &Value) -> [String; 7] {
     ]
 }
 
-fn table(rows: &[[String; 7]]) -> String {
-    let mut widths = HEADER.map(|h| h.chars().count());
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = HEADER.map(str::to_string);
-    for cells in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -248,7 +228,7 @@ mod tests {
             "2026-11-26T02:19:54.776405Z",
             3,
         ))];
-        let table = table(&rows);
+        let table = table(HEADER, &rows);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("TIME "), "{table}");
         assert!(lines[0].ends_with("MESSAGE"), "{table}");

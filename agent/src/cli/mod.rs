@@ -7,6 +7,8 @@ mod policy_check;
 mod policy_explain;
 mod policy_test;
 mod run;
+mod table;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,9 @@ enum Command {
     Policy(PolicyCommand),
     /// Show recent alerts from the state directory (works while the agent is stopped).
     Alerts(alerts::AlertsArgs),
+    /// Model usage per process, exe, unit, container, user, model or provider
+    /// (works while the agent is stopped).
+    Usage(usage::UsageArgs),
     /// The local CA that signs the proxy's certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -58,6 +63,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy(PolicyCommand::Explain(args)) => policy_explain::run(*args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(args),
         Command::Alerts(args) => alerts::run(args),
+        Command::Usage(args) => usage::run(args),
         Command::Ca(command) => ca::run(command).map(|()| ExitCode::SUCCESS),
         Command::BenchClassify(args) => bench_classify::run(args),
     }

@@ -118,6 +118,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .metrics_addr
             .or(file.metrics_addr)
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+        usage_retention: file
+            .usage_retention
+            .unwrap_or(crate::usage::DEFAULT_RETENTION),
         proxy,
         alerts: file.alerts,
     };

@@ -150,7 +150,7 @@ impl BudgetSpec {
 }
 
 /// `10m`, `1h30m`, `90s` for optional durations.
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

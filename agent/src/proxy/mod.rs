@@ -96,6 +96,7 @@ pub type SharedPolicy = Arc<std::sync::RwLock<Arc<PolicyState>>>;
 pub struct ProxyLinks {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub audit: AuditLog,
+    pub usage: crate::usage::UsageLog,
     pub alerts: Alerts,
     pub describe: mpsc::Sender<Describe>,
     pub control: mpsc::Sender<Control>,
@@ -110,6 +111,7 @@ pub(crate) struct Shared {
     client: upstream::UpstreamClient,
     pins: Arc<Pins>,
     audit: AuditLog,
+    usage: crate::usage::UsageLog,
     metrics: Arc<crate::metrics::Metrics>,
     alerts: Alerts,
     describe: mpsc::Sender<Describe>,
@@ -149,6 +151,7 @@ impl Proxy {
                 client: upstream::client(tls, pins.clone()),
                 pins,
                 audit: links.audit,
+                usage: links.usage,
                 metrics: links.metrics,
                 alerts: links.alerts,
                 describe: links.describe,
@@ -363,10 +366,11 @@ fn upstream_host(info: &ConnInfo, sni: Option<&str>, ip: IpAddr) -> Result<Strin
 }
 
 impl Shared {
-    /// Every audit record goes through here: metrics see exactly what the
-    /// audit trail gets.
+    /// Every audit record goes through here: metrics and the usage store
+    /// see exactly what the audit trail gets.
     pub(crate) fn record(&self, audit: AuditRecord) {
         self.metrics.observe(&audit);
+        self.usage.send(crate::usage::Row::from_audit(&audit));
         self.audit.send(audit);
     }
 

@@ -1,0 +1,115 @@
+use super::*;
+
+fn row(exe: &str, model: &str, input: u64, output: u64, latency: f64, ts_ms: i64) -> Row {
+    Row {
+        ts_ms,
+        kind: "request",
+        coverage: "governed",
+        provider: "openai".into(),
+        model: Some(model.into()),
+        rule: "r".into(),
+        pid: 7,
+        exe: Some(exe.into()),
+        input_tokens: Some(input),
+        output_tokens: Some(output),
+        latency_ms: Some(latency),
+        ..Row::default()
+    }
+}
+
+fn store() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open_rw(&path(dir.path())).unwrap();
+    (dir, conn)
+}
+
+#[test]
+fn groups_count_tokens_and_sort_by_tokens() {
+    let (_dir, mut conn) = store();
+    let mut rows = vec![
+        row("/usr/bin/a", "gpt-4o", 10, 5, 10.0, 1000),
+        row("/usr/bin/b", "gpt-4o", 100, 50, 20.0, 1000),
+        row("/usr/bin/b", "claude", 1, 1, 30.0, 2000),
+    ];
+    rows[0].error = true;
+    rows.push(Row {
+        kind: "connection",
+        coverage: "direct",
+        exe: Some("/usr/bin/a".into()),
+        ts_ms: 3000,
+        ..Row::default()
+    });
+    insert(&mut conn, &rows).unwrap();
+
+    let by_exe = summarize(&conn, 0, By::Exe).unwrap();
+    assert_eq!(by_exe.len(), 2);
+    assert_eq!(by_exe[0].key, "/usr/bin/b");
+    assert_eq!(
+        (
+            by_exe[0].requests,
+            by_exe[0].input_tokens,
+            by_exe[0].output_tokens
+        ),
+        (2, 101, 51)
+    );
+    assert_eq!(
+        (by_exe[0].p50_ms, by_exe[0].p95_ms),
+        (Some(20.0), Some(30.0))
+    );
+    let a = &by_exe[1];
+    assert_eq!((a.requests, a.errors, a.governed, a.direct), (1, 1, 1, 1));
+    assert_eq!((a.first_seen_ms, a.last_seen_ms), (1000, 3000));
+    assert_eq!(a.coverage_pct(), 50.0);
+
+    let by_model = summarize(&conn, 0, By::Model).unwrap();
+    let keys: Vec<_> = by_model.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["gpt-4o", "claude", "-"]);
+    let since = summarize(&conn, 1500, By::Model).unwrap();
+    let keys: Vec<_> = since.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["claude", "-"]);
+}
+
+#[test]
+fn migrations_run_once_and_refuse_a_newer_store() {
+    let (dir, conn) = store();
+    drop(conn);
+    // Opening again is a no-op migration.
+    let conn = open_rw(&path(dir.path())).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = open_rw(&path(dir.path())).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("newer than this modelgate knows"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn retention_removes_old_rows_only() {
+    let (_dir, mut conn) = store();
+    let now = now_ms();
+    insert(
+        &mut conn,
+        &[
+            row("/old", "m", 1, 1, 1.0, now - 40 * 24 * 3600 * 1000),
+            row("/new", "m", 1, 1, 1.0, now),
+        ],
+    )
+    .unwrap();
+    assert_eq!(prune(&conn, DEFAULT_RETENTION).unwrap(), 1);
+    let left = summarize(&conn, 0, By::Exe).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, "/new");
+}
+
+#[test]
+fn percentile_is_nearest_rank() {
+    let v: Vec<f64> = (1..=100).map(f64::from).collect();
+    assert_eq!(query_percentile(&v, 0.5), Some(50.0));
+    assert_eq!(query_percentile(&v, 0.95), Some(95.0));
+    assert_eq!(query_percentile(&[], 0.5), None);
+}
+
+fn query_percentile(v: &[f64], q: f64) -> Option<f64> {
+    query::percentile(v, q)
+}
