@@ -20,6 +20,7 @@ mod dns_responder;
 mod http_client;
 mod proxy;
 mod upstream;
+mod usage;
 
 use std::{
     fs,
@@ -78,6 +79,9 @@ enum Bench {
     /// agent) handles with no lost event, and the loss at twice that rate
     /// (needs root and UDP port 53 on 127.0.3.53).
     Dns(dns::DnsArgs),
+    /// Rows per second the usage store absorbs, and `modelgate usage`'s
+    /// query latency over a million rows.
+    Usage(usage::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Proxy(args) => proxy::run(args),
         Bench::Classify(args) => classify::run(args),
         Bench::Dns(args) => dns::run(args),
+        Bench::Usage(args) => usage::run(args),
     }
 }
 

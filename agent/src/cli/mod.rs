@@ -2,6 +2,7 @@
 
 mod alerts;
 mod bench_classify;
+mod bench_usage;
 mod ca;
 mod policy_check;
 mod policy_explain;
@@ -44,6 +45,9 @@ enum Command {
     /// Throughput of the data classifiers (used by `cargo xtask bench classify`).
     #[command(hide = true)]
     BenchClassify(bench_classify::BenchArgs),
+    /// Usage store write rate and query latency (used by `cargo xtask bench usage`).
+    #[command(hide = true)]
+    BenchUsage(bench_usage::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,5 +70,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Usage(args) => usage::run(args),
         Command::Ca(command) => ca::run(command).map(|()| ExitCode::SUCCESS),
         Command::BenchClassify(args) => bench_classify::run(args),
+        Command::BenchUsage(args) => bench_usage::run(args),
     }
 }

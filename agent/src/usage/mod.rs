@@ -146,8 +146,18 @@ pub struct UsageLog {
 }
 
 impl UsageLog {
+    /// Queues `row`, or hands it back when the queue is full (benches wait
+    /// instead of dropping).
+    pub fn try_send(&self, row: Row) -> Result<(), Box<Row>> {
+        self.tx.try_send(row).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(row) | mpsc::error::TrySendError::Closed(row) => {
+                Box::new(row)
+            }
+        })
+    }
+
     pub fn send(&self, row: Row) {
-        if self.tx.try_send(row).is_err() {
+        if self.try_send(row).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_power_of_two() {
                 warn!(
