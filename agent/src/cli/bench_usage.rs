@@ -37,11 +37,11 @@ const MODELS: [&str; 8] = [
 ];
 
 /// A plausible host's traffic: 200 processes of 50 executables in 20
-/// units, spread over the last day.
-fn row(i: u64, now_ms: i64) -> Row {
+/// units, spread evenly over the last day.
+fn row(i: u64, rows: u64, now_ms: i64) -> Row {
     let exe = i % 50;
     Row {
-        ts_ms: now_ms - (i % 86_400_000) as i64,
+        ts_ms: now_ms - (i * 86_400_000 / rows) as i64,
         kind: "request",
         coverage: if i.is_multiple_of(10) {
             "passthrough"
@@ -80,7 +80,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     for i in 0..args.rows {
         // Paced only by the queue: when it is full, wait for the writer
         // rather than drop, so what is measured is the writer's rate.
-        let mut row = row(i, now_ms);
+        let mut row = row(i, args.rows, now_ms);
         loop {
             match log.try_send(row) {
                 Ok(()) => break,
@@ -117,7 +117,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let mut groups = 0;
         for _ in 0..args.runs.max(1) {
             let start = Instant::now();
-            groups = usage::summarize(&conn, 0, by)?.len();
+            // `modelgate usage`'s default window: a partial first hour included.
+            groups = usage::summarize(&conn, now_ms - 86_400_000, by)?.len();
             times.push(start.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(f64::total_cmp);

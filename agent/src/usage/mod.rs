@@ -4,7 +4,9 @@
 //! transactions, so a slow disk costs queue space, never request time, and
 //! a full queue is counted.
 
+mod histogram;
 mod query;
+mod rollup;
 mod schema;
 
 use std::{
@@ -255,11 +257,17 @@ pub fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
             ])?;
         }
     }
+    rollup::fold(&tx, rows)?;
     tx.commit()
 }
 
 fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<usize> {
     let cutoff = now_ms() - retention.as_millis() as i64;
+    // An hour is kept while any of it is within the retention.
+    conn.execute(
+        "DELETE FROM usage_hourly WHERE hour_ms + ?2 <= ?1",
+        [cutoff, rollup::HOUR_MS],
+    )?;
     conn.execute("DELETE FROM usage WHERE ts_ms < ?1", [cutoff])
 }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
+use super::{histogram::Histogram, rollup::HOUR_MS};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum By {
     Process,
@@ -19,15 +21,16 @@ pub enum By {
 }
 
 impl By {
-    /// The grouping key as SQL over the `usage` columns.
+    /// The grouping key as SQL over the columns `usage` and `usage_hourly`
+    /// share (the rollups store '' for none).
     fn key(self) -> &'static str {
         match self {
-            By::Process => "coalesce(exe, '?') || ' [' || pid || ']'",
-            By::Exe => "coalesce(exe, '?')",
-            By::Unit => "coalesce(unit, '-')",
-            By::Container => "coalesce(substr(container, 1, 12), '-')",
-            By::User => "coalesce(user, CAST(uid AS TEXT))",
-            By::Model => "coalesce(model, '-')",
+            By::Process => "coalesce(nullif(exe, ''), '?') || ' [' || pid || ']'",
+            By::Exe => "coalesce(nullif(exe, ''), '?')",
+            By::Unit => "coalesce(nullif(unit, ''), '-')",
+            By::Container => "coalesce(nullif(substr(container, 1, 12), ''), '-')",
+            By::User => "coalesce(nullif(user, ''), CAST(uid AS TEXT))",
+            By::Model => "coalesce(nullif(model, ''), '-')",
             By::Provider => "provider",
         }
     }
@@ -69,18 +72,37 @@ impl Summary {
     }
 }
 
-/// Rows since `since_ms` grouped by `by`, most tokens first.
+/// Everything since `since_ms` grouped by `by`, most tokens first. Whole
+/// hours come from the rollups, the partial first hour from the rows.
 pub fn summarize(conn: &Connection, since_ms: i64, by: By) -> rusqlite::Result<Vec<Summary>> {
     let key = by.key();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {key}, SUM(kind = 'request'), SUM(kind = 'request' AND error),
-            SUM(coalesce(input_tokens, 0)), SUM(coalesce(output_tokens, 0)), SUM(cost_usd),
-            MIN(ts_ms), MAX(ts_ms), SUM(coverage = 'governed'), SUM(coverage = 'passthrough'),
-            SUM(coverage = 'blocked'), SUM(coverage = 'direct')
-         FROM usage WHERE ts_ms >= ?1 GROUP BY 1"
+    let boundary = since_ms.div_euclid(HOUR_MS) * HOUR_MS
+        + if since_ms.rem_euclid(HOUR_MS) == 0 {
+            0
+        } else {
+            HOUR_MS
+        };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {key}, SUM(requests), SUM(errors), SUM(input_tokens), SUM(output_tokens),
+            SUM(cost_usd), MIN(first_ms), MAX(last_ms),
+            SUM(CASE coverage WHEN 'governed' THEN events ELSE 0 END),
+            SUM(CASE coverage WHEN 'passthrough' THEN events ELSE 0 END),
+            SUM(CASE coverage WHEN 'blocked' THEN events ELSE 0 END),
+            SUM(CASE coverage WHEN 'direct' THEN events ELSE 0 END)
+         FROM (
+            SELECT coverage, provider, model, pid, uid, user, exe, unit, container, events,
+                requests, errors, input_tokens, output_tokens, cost_usd, first_ms, last_ms
+            FROM usage_hourly WHERE hour_ms >= ?2
+            UNION ALL
+            SELECT coverage, provider, coalesce(model, ''), pid, uid, coalesce(user, ''),
+                coalesce(exe, ''), coalesce(unit, ''), coalesce(container, ''), 1,
+                kind = 'request', kind = 'request' AND error, coalesce(input_tokens, 0),
+                coalesce(output_tokens, 0), cost_usd, ts_ms, ts_ms
+            FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2
+         ) GROUP BY 1"
     ))?;
     let mut rows: Vec<Summary> = stmt
-        .query_map([since_ms], |r| {
+        .query_map([since_ms, boundary], |r| {
             Ok(Summary {
                 key: r.get(0)?,
                 requests: r.get(1)?,
@@ -99,31 +121,32 @@ pub fn summarize(conn: &Connection, since_ms: i64, by: By) -> rusqlite::Result<V
         })?
         .collect::<rusqlite::Result<_>>()?;
 
-    let mut latencies: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {key}, latency_ms FROM usage
-         WHERE ts_ms >= ?1 AND kind = 'request' AND latency_ms IS NOT NULL"
+    let mut latencies: HashMap<String, Histogram> = HashMap::new();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {key}, latency FROM usage_hourly WHERE hour_ms >= ?1 AND latency IS NOT NULL"
     ))?;
-    let mut it = stmt.query([since_ms])?;
+    let mut it = stmt.query([boundary])?;
     while let Some(r) = it.next()? {
-        latencies.entry(r.get(0)?).or_default().push(r.get(1)?);
+        let blob: Vec<u8> = r.get(1)?;
+        latencies
+            .entry(r.get(0)?)
+            .or_default()
+            .merge(&Histogram::decode(&blob));
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {key}, latency_ms FROM usage
+         WHERE ts_ms >= ?1 AND ts_ms < ?2 AND kind = 'request' AND latency_ms IS NOT NULL"
+    ))?;
+    let mut it = stmt.query([since_ms, boundary])?;
+    while let Some(r) = it.next()? {
+        latencies.entry(r.get(0)?).or_default().record(r.get(1)?);
     }
     for row in &mut rows {
-        if let Some(values) = latencies.get_mut(&row.key) {
-            values.sort_by(f64::total_cmp);
-            row.p50_ms = percentile(values, 0.50);
-            row.p95_ms = percentile(values, 0.95);
+        if let Some(h) = latencies.get(&row.key) {
+            row.p50_ms = h.percentile(0.50);
+            row.p95_ms = h.percentile(0.95);
         }
     }
     rows.sort_by(|a, b| (b.tokens(), b.requests, &a.key).cmp(&(a.tokens(), a.requests, &b.key)));
     Ok(rows)
-}
-
-/// Nearest-rank percentile of sorted values.
-pub(super) fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    Some(sorted[rank.min(sorted.len()) - 1])
 }
