@@ -17,6 +17,16 @@ use serde::Serialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, warn};
 
+/// Puts the calling thread behind the proxy in the CPU queue: on a busy
+/// core, a writer must not hold up requests, only be a little late.
+pub fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 pub struct JsonlLog<T> {
     tx: mpsc::Sender<T>,
     what: &'static str,
@@ -49,13 +59,7 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
             .with_context(|| format!("opening the {what} log {}", path.display()))?;
         let (tx, mut rx) = mpsc::channel::<T>(queue);
         let writer = tokio::task::spawn_blocking(move || {
-            // Behind the proxy in the CPU queue: on a busy core, writing the
-            // log must not hold up requests, only be a little late.
-            // SAFETY: plain syscalls on this thread's own id.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            }
+            lower_priority();
             let mut out = BufWriter::new(file);
             let mut failed = 0u64;
             let mut write = |out: &mut BufWriter<std::fs::File>, record: &T| {

@@ -3,7 +3,6 @@
 //! stopped (and on a copy of another host's state directory).
 
 use std::{
-    io::{self, Write},
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -71,11 +70,7 @@ pub fn run(args: AlertsArgs) -> Result<ExitCode> {
             &selected.iter().map(|(_, a)| row(a)).collect::<Vec<_>>(),
         )
     };
-    // A closed pipe (`| head`) is the reader's choice, not an error.
-    match io::stdout().lock().write_all(out.as_bytes()) {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => return Err(err.into()),
-        _ => {}
-    }
+    super::table::print(&out)?;
     if unreadable > 0 {
         eprintln!("{unreadable} line(s) could not be read as alerts and were skipped");
     }

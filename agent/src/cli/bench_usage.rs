@@ -71,8 +71,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let _guard = runtime.enter();
     let (log, writer) = usage::open(dir.path(), usage::DEFAULT_RETENTION)?;
     let dropped = log.dropped.clone();
     let start = Instant::now();

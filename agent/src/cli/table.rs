@@ -24,3 +24,13 @@ pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String 
     }
     out
 }
+
+/// Writes `out` to stdout; a closed pipe (`| head`) is the reader's
+/// choice, not an error.
+pub fn print(out: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err),
+        _ => Ok(()),
+    }
+}

@@ -86,7 +86,7 @@ pub fn run(args: UsageArgs) -> Result<ExitCode> {
     } else {
         table(HEADER, &rows.iter().map(cells).collect::<Vec<_>>())
     };
-    print!("{out}");
+    super::table::print(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 

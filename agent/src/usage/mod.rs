@@ -196,6 +196,7 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
     let writer = std::thread::Builder::new()
         .name("usage-writer".into())
         .spawn(move || {
+            crate::jsonl::lower_priority();
             let mut last_prune: Option<Instant> = None;
             let mut batch = Vec::with_capacity(BATCH);
             while let Some(row) = rx.blocking_recv() {
