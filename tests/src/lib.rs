@@ -287,31 +287,31 @@ impl Agent {
 
     /// The `/metrics` address, from the ready line of the log.
     pub fn metrics_addr(&self) -> String {
+        self.ready_field("metrics")
+    }
+
+    /// A field of the ready line of the log.
+    fn ready_field(&self, field: &str) -> String {
         let log = self.log_text();
         let line = log
             .lines()
             .find(|l| l.contains("modelgate ready"))
             .expect("ready line");
         let ready: Value = serde_json::from_str(line).expect("JSON log line");
-        ready["metrics"]
+        ready[field]
             .as_str()
-            .unwrap_or_else(|| panic!("no metrics address in {line}"))
+            .unwrap_or_else(|| panic!("no `{field}` in {line}"))
             .to_string()
     }
 
     /// The proxy's port, from the ready line of the log.
     pub fn proxy_port(&self) -> u16 {
-        let log = self.log_text();
-        let line = log
-            .lines()
-            .find(|l| l.contains("modelgate ready"))
-            .expect("ready line");
-        let ready: Value = serde_json::from_str(line).expect("JSON log line");
-        ready["proxy"]
-            .as_str()
-            .and_then(|p| p.rsplit(':').next())
+        let proxy = self.ready_field("proxy");
+        proxy
+            .rsplit(':')
+            .next()
             .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no proxy address in {line}"))
+            .unwrap_or_else(|| panic!("no port in the proxy address {proxy}"))
     }
 
     pub fn alerts_now(&self) -> Vec<Value> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, ToSql, Transaction, params_from_iter};
 
 use super::{Row, histogram::Histogram};
 
@@ -108,17 +108,17 @@ pub fn fold(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?;
     for (k, mut agg) in groups {
-        let key = params![
-            k.hour_ms,
-            k.coverage,
-            k.provider,
-            k.model,
-            k.pid,
-            k.uid,
-            k.user,
-            k.exe,
-            k.unit,
-            k.container
+        let key: [&dyn ToSql; 10] = [
+            &k.hour_ms,
+            &k.coverage,
+            &k.provider,
+            &k.model,
+            &k.pid,
+            &k.uid,
+            &k.user,
+            &k.exe,
+            &k.unit,
+            &k.container,
         ];
         let before = read
             .query_row(key, |r| {
@@ -141,27 +141,19 @@ pub fn fold(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
         if let Some(before) = before {
             agg.merge(before);
         }
-        write.execute(params![
-            k.hour_ms,
-            k.coverage,
-            k.provider,
-            k.model,
-            k.pid,
-            k.uid,
-            k.user,
-            k.exe,
-            k.unit,
-            k.container,
-            agg.events as i64,
-            agg.requests as i64,
-            agg.errors as i64,
-            agg.input_tokens as i64,
-            agg.output_tokens as i64,
-            agg.cost_usd,
-            agg.first_ms,
-            agg.last_ms,
-            (!agg.latency.is_empty()).then(|| agg.latency.encode()),
-        ])?;
+        let latency = (!agg.latency.is_empty()).then(|| agg.latency.encode());
+        let values: [&dyn ToSql; 9] = [
+            &(agg.events as i64),
+            &(agg.requests as i64),
+            &(agg.errors as i64),
+            &(agg.input_tokens as i64),
+            &(agg.output_tokens as i64),
+            &agg.cost_usd,
+            &agg.first_ms,
+            &agg.last_ms,
+            &latency,
+        ];
+        write.execute(params_from_iter(key.iter().chain(values.iter())))?;
     }
     Ok(())
 }
