@@ -1,14 +1,30 @@
 //! Trust roots for the agent's outgoing TLS (upstream model APIs, alert
 //! webhooks): the system's, plus an optional extra CA file.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use rustls::{
-    RootCertStore,
+    ClientConfig, RootCertStore,
     pki_types::{CertificateDer, pem::PemObject},
 };
 use tracing::warn;
+
+/// A TLS client config over `roots(extra_ca, what)` offering `alpn`.
+pub fn client_config(
+    extra_ca: Option<&Path>,
+    what: &str,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>> {
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("configuring TLS versions")?
+            .with_root_certificates(roots(extra_ca, what)?)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
 
 /// `what` names the connections in messages ("upstream", "webhook").
 pub fn roots(extra_ca: Option<&Path>, what: &str) -> Result<RootCertStore> {

@@ -48,12 +48,7 @@ fn about(mut alert: Alert, record: &Decision) -> Alert {
 
 /// Alerts a kernel decision calls for.
 pub fn connect_alerts(record: &Decision, policy: &Policy, default: Action) -> Vec<Alert> {
-    let who = record
-        .identity
-        .exe
-        .as_deref()
-        .unwrap_or(&record.identity.comm)
-        .to_string();
+    let who = record.identity.who().to_string();
     let mut alerts = Vec::new();
     if record.event == "udp" {
         let verdict = if record.action == Action::Allow || record.action == Action::Monitor {
@@ -111,7 +106,7 @@ pub fn egress_alert(
     ip: std::net::IpAddr,
     port: u16,
 ) -> Alert {
-    let who = identity.exe.as_deref().unwrap_or(&identity.comm);
+    let who = identity.who();
     let message = if kind == "proxy-connect" {
         format!(
             "{who} (pid {}) asked the HTTP proxy {ip}:{port} to CONNECT to {host} ({provider}): the proxy hides the destination from connect()-time policy",

@@ -46,6 +46,13 @@ pub struct Identity {
     pub cgroup_info: CgroupInfo,
 }
 
+impl Identity {
+    /// The name to show a person: the executable, else the comm.
+    pub fn who(&self) -> &str {
+        self.exe.as_deref().unwrap_or(&self.comm)
+    }
+}
+
 /// A NUL-padded kernel string (comm) as text.
 pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());

@@ -167,12 +167,7 @@ pub async fn decide(
 
     if controls.managed_keys || controls.credential.is_some() {
         if let Some(key) = credentials::app_key(headers, query) {
-            let who = conn
-                .info
-                .identity
-                .exe
-                .as_deref()
-                .unwrap_or(&conn.info.identity.comm);
+            let who = conn.info.identity.who();
             let mut alert = Alert::new(
                 "unmanaged-key",
                 Severity::High,
@@ -283,11 +278,7 @@ fn quarantine(shared: &Shared, conn: &Conn, rule: &str, duration: Duration) {
         Severity::Critical,
         format!(
             "model access of {} (pid {}) is blocked in the kernel for {} by rule `{rule}`",
-            conn.info
-                .identity
-                .exe
-                .as_deref()
-                .unwrap_or(&conn.info.identity.comm),
+            conn.info.identity.who(),
             conn.info.identity.tgid,
             humantime::format_duration(duration)
         ),

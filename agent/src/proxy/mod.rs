@@ -324,12 +324,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             // Most often a client that does not trust the CA (or pins).
             info!(%peer, %host, error = %err, exe = ?conn.info.identity.exe,
                 "TLS handshake with the client failed; does it trust the modelgate CA?");
-            let who = conn
-                .info
-                .identity
-                .exe
-                .as_deref()
-                .unwrap_or(&conn.info.identity.comm);
+            let who = conn.info.identity.who();
             let mut alert = Alert::new(
                 "ca-untrusted",
                 Severity::Warning,

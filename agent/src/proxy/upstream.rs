@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::Full;
@@ -66,15 +66,7 @@ impl Pins {
 /// TLS to upstreams: the system's trust roots plus an optional extra CA
 /// (a private model gateway, or a test's stand-in).
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
-    let roots = crate::trust::roots(extra_ca, "upstream")?;
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("configuring TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::trust::client_config(extra_ca, "upstream", &[b"h2", b"http/1.1"])
 }
 
 pub fn client(tls: Arc<ClientConfig>, pins: Arc<Pins>) -> UpstreamClient {

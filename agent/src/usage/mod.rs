@@ -94,7 +94,7 @@ impl Row {
             pid: identity.tgid,
             uid: identity.uid,
             user: identity.user.clone(),
-            exe: identity.exe.clone().or_else(|| Some(identity.comm.clone())),
+            exe: Some(identity.who().to_string()),
             unit: identity.cgroup_info.unit.clone(),
             container: identity.cgroup_info.container_id.clone(),
             ..Row::default()

@@ -189,15 +189,7 @@ pub fn classify(status: StatusCode, after: Option<Duration>) -> Outcome {
 
 /// The system's trust roots plus the sink's own CA, if any.
 fn tls_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
-    let roots = crate::trust::roots(ca, "webhook")?;
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("configuring TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::trust::client_config(ca, "webhook", &[b"http/1.1"])
 }
 
 #[cfg(test)]
