@@ -203,6 +203,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.attachments = Some(programs.attachments(&agent.settings.cgroup)?);
     agent.heartbeat = Some(heartbeat);
     agent.beat(false);
+    // Signals and watching start before we say ready: a SIGHUP or a change
+    // right after the ready line must not fall into the gap.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (_watcher, mut changes) = watch_policies(&agent.settings.policies);
     info!(
         proxy = %format!("127.0.0.1:{proxy_port}"),
         metrics = %metrics_addr,
@@ -222,11 +228,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     // which keeps it open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(TICK);
-    let (_watcher, mut changes) = watch_policies(&agent.settings.policies);
 
     loop {
         tokio::select! {
