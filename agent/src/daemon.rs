@@ -135,6 +135,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
     let metrics = Metrics::new();
     metrics.watch_queue("audit", audit.dropped.clone());
+    metrics.watch_alerts(alerts.clone());
     let (usage, usage_writer) = usage::open(&settings.proxy.state_dir, settings.usage_retention)?;
     metrics.watch_queue("usage", usage.dropped.clone());
     let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
@@ -586,6 +587,7 @@ impl Agent {
                 .unwrap_or(0)
         };
         self.metrics.set_kernel(&counters);
+        self.metrics.set_map_sizes(&self.maps.sizes());
         let lost = get(Counter::EventsLost);
         if lost > self.lost_reported {
             // Some were DNS answers the kernel acted on but we never saw:

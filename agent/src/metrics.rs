@@ -63,6 +63,17 @@ struct QueueLabels {
     queue: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -72,6 +83,13 @@ pub struct Metrics {
     dropped: Family<QueueLabels, Gauge>,
     /// The queues' own loss counters, read at each scrape.
     queues: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    /// Read at each scrape: the alert sinks own their counts.
+    alerts: Mutex<Option<crate::alerts::Alerts>>,
+    alerts_delivered: Family<SinkLabels, Gauge>,
+    alerts_dropped: Family<SinkLabels, Gauge>,
+    alerts_spool: Family<SinkLabels, Gauge>,
     workloads: Mutex<HashSet<String>>,
 }
 
@@ -112,8 +130,44 @@ impl Metrics {
             "Records refused because a writer's queue was full (audit, usage)",
             dropped.clone(),
         );
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "map_entries",
+            "Entries in the kernel maps the agent fills",
+            map_entries.clone(),
+        );
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "map_capacity",
+            "Capacity of those maps; past it new entries are refused",
+            map_capacity.clone(),
+        );
+        let alerts_delivered = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "alerts_delivered",
+            "Alerts each sink delivered (file, syslog, webhook-<id>)",
+            alerts_delivered.clone(),
+        );
+        let alerts_dropped = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "alerts_dropped",
+            "Alerts lost: by a sink, or `queue` when the alert queue was full",
+            alerts_dropped.clone(),
+        );
+        let alerts_spool = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "alerts_spool_depth",
+            "Alerts waiting in a webhook's on-disk spool for delivery",
+            alerts_spool.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            alerts_delivered,
+            alerts_dropped,
+            alerts_spool,
+            map_entries,
+            map_capacity,
+            alerts: Mutex::new(None),
             requests,
             tokens,
             latency,
@@ -189,6 +243,23 @@ impl Metrics {
         self.queues.lock().expect("poisoned").push((queue, counter));
     }
 
+    pub fn set_map_sizes(&self, sizes: &[crate::ebpf::maps::MapSize]) {
+        for size in sizes {
+            let labels = MapLabels { map: size.map };
+            self.map_entries
+                .get_or_create(&labels)
+                .set(size.entries as i64);
+            self.map_capacity
+                .get_or_create(&labels)
+                .set(i64::from(size.capacity));
+        }
+    }
+
+    /// Reports the alert sinks' deliveries, losses and spool depths.
+    pub fn watch_alerts(&self, alerts: crate::alerts::Alerts) {
+        *self.alerts.lock().expect("poisoned") = Some(alerts);
+    }
+
     pub fn set_kernel(&self, counters: &[(agent_common::Counter, u64)]) {
         for (counter, value) in counters {
             self.kernel
@@ -204,6 +275,26 @@ impl Metrics {
             self.dropped
                 .get_or_create(&QueueLabels { queue })
                 .set(counter.load(Ordering::Relaxed) as i64);
+        }
+        if let Some(alerts) = &*self.alerts.lock().expect("poisoned") {
+            let stats = alerts.stats();
+            self.alerts_dropped
+                .get_or_create(&SinkLabels {
+                    sink: "queue".into(),
+                })
+                .set(stats.queue_full as i64);
+            for sink in stats.sinks {
+                let labels = SinkLabels { sink: sink.sink };
+                self.alerts_delivered
+                    .get_or_create(&labels)
+                    .set(sink.delivered as i64);
+                self.alerts_dropped
+                    .get_or_create(&labels)
+                    .set(sink.dropped as i64);
+                self.alerts_spool
+                    .get_or_create(&labels)
+                    .set(sink.spool_depth as i64);
+            }
         }
         let mut text = String::new();
         if let Err(err) = encode(&mut text, &self.registry) {

@@ -51,6 +51,26 @@ pub fn boot_ns_to_wall(boot_ns: u64) -> SystemTime {
     now - Duration::from_nanos(boot_now.saturating_sub(boot_ns))
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 for a clock before it).
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+/// `ago` before now, in Unix-epoch milliseconds: the `--since` of the CLI.
+pub fn ms_ago(ago: Duration) -> i64 {
+    unix_ms(
+        SystemTime::now()
+            .checked_sub(ago)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }

@@ -6,7 +6,7 @@
 use std::{
     process::ExitCode,
     sync::atomic::Ordering,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -67,10 +67,7 @@ fn row(i: u64, rows: u64, now_ms: i64) -> Row {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = crate::record::now_ms();
     let (log, writer) = usage::open(dir.path(), usage::DEFAULT_RETENTION)?;
     let dropped = log.dropped.clone();
     let start = Instant::now();

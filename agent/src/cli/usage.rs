@@ -6,7 +6,7 @@
 use std::{
     path::PathBuf,
     process::ExitCode,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -64,12 +64,7 @@ pub fn run(args: UsageArgs) -> Result<ExitCode> {
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let since = SystemTime::now()
-        .checked_sub(args.since)
-        .unwrap_or(UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let since = crate::record::ms_ago(args.since);
     let rows = usage::summarize(&conn, since, args.by)
         .with_context(|| format!("querying {}", path.display()))?;
     let out = if args.json {

@@ -239,8 +239,44 @@ impl KernelMaps {
             .collect()
     }
 
+    /// Entries and capacity of the maps the agent fills: a map near its
+    /// capacity refuses new entries, which is worth an alert before it does.
+    pub fn sizes(&self) -> Vec<MapSize> {
+        use agent_common::limits;
+        vec![
+            MapSize::new("endpoints", self.installed.exact.len(), limits::MAX_ENDPOINTS),
+            MapSize::new("cidrs", self.installed.cidrs.len(), limits::MAX_CIDRS),
+            MapSize::new("cgroup_policy", self.cgroup_entries.len(), limits::MAX_CGROUPS),
+            // The kernel adds entries (forked children), so count its keys;
+            // the map only holds processes that rules name.
+            MapSize::new(
+                "proc_policy",
+                self.proc_policy.keys().filter(Result::is_ok).count(),
+                limits::MAX_PROCS,
+            ),
+            MapSize::new("dns_names", self.installed_dns.len(), limits::DNS_NAMES),
+        ]
+    }
+
     pub fn endpoint_count(&self) -> usize {
         self.installed.exact.len() + self.installed.cidrs.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct MapSize {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl MapSize {
+    fn new(map: &'static str, entries: usize, capacity: u32) -> MapSize {
+        MapSize {
+            map,
+            entries,
+            capacity,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -25,7 +25,11 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::{audit::AuditRecord, identity::Identity, record::Decision};
+use crate::{
+    audit::AuditRecord,
+    identity::Identity,
+    record::{Decision, now_ms},
+};
 
 pub const FILE_NAME: &str = "usage.db";
 const QUEUE: usize = 65_536;
@@ -78,13 +82,6 @@ pub struct Row {
     pub output_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub latency_ms: Option<f64>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Row {
