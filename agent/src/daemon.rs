@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::{AgentConfig, ConnectEvent, Counter, ExecEvent, Redirect, hook, names, source};
@@ -19,6 +19,9 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+mod status;
+
+use self::status::Facts;
 use crate::{
     alerts::{self, Alert, Alerts, Severity},
     audit,
@@ -29,6 +32,7 @@ use crate::{
         resolver::{self, Resolved, ResolvedHosts},
         sni,
     },
+    control::{self, live::Live},
     ebpf::{
         self,
         endpoints::{self, EndpointSet, from_v6_bytes},
@@ -103,6 +107,8 @@ struct Agent {
     /// Processes whose model connects are blocked until the instant, by
     /// the named rule (a proxy quarantine verdict).
     quarantined: HashMap<u32, (Instant, String)>,
+    live: Arc<Live>,
+    facts: Facts,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -135,11 +141,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
     let metrics = Metrics::new();
     metrics.watch_queue("audit", audit.dropped.clone());
-    metrics.watch_alerts(alerts.clone());
+    metrics.watch_alerts(alerts.counters());
     let (usage, usage_writer) = usage::open(&settings.proxy.state_dir, settings.usage_retention)?;
     metrics.watch_queue("usage", usage.dropped.clone());
     let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
+    let audit_dropped = audit.dropped.clone();
+    let live = Arc::new(Live::default());
     let links = ProxyLinks {
+        live: live.clone(),
         metrics: metrics.clone(),
         audit,
         usage: usage.clone(),
@@ -151,6 +160,33 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let proxy = Proxy::bind(&settings.proxy, redirects, links).await?;
     let proxy_port = proxy.port;
+    let (api_tx, mut api_rx) = mpsc::channel::<control::Request>(64);
+    let control_socket = control::socket_path(&settings.proxy.state_dir);
+    let _control = control::serve(
+        &control_socket,
+        control::Context {
+            state_dir: settings.proxy.state_dir.clone(),
+            alerts_file: settings
+                .alerts
+                .file
+                .path
+                .clone()
+                .unwrap_or_else(|| settings.proxy.state_dir.join(alerts::FILE_NAME)),
+            live: live.clone(),
+            daemon: api_tx,
+        },
+    )
+    .await?;
+    let facts = Facts {
+        started: SystemTime::now(),
+        policy_version: String::new(),
+        policy_loaded: SystemTime::now(),
+        proxy_listeners: proxy.addresses().iter().map(ToString::to_string).collect(),
+        proxy_connections: proxy.connections(),
+        metrics_addr,
+        control_socket: control_socket.clone(),
+        audit_dropped,
+    };
     let mut ids = Ids::default();
     let compiled = Compiled::new(policy, &catalog, &mut ids)?;
     let (hosts_tx, hosts_rx) = watch::channel(catalog.exact_hosts());
@@ -190,7 +226,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         alerts,
         usage,
         quarantined: HashMap::new(),
+        live,
+        facts,
     };
+    agent.policy_loaded();
     // Everything is in the maps before the hooks see their first connect.
     agent.apply_policy()?;
     agent.sync_endpoints()?;
@@ -213,6 +252,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     info!(
         proxy = %format!("127.0.0.1:{proxy_port}"),
         metrics = %metrics_addr,
+        control = %control_socket.display(),
+        policy_version = %agent.facts.policy_version,
         cgroup = %agent.settings.cgroup.display(),
         policies = %agent.settings.policies.display(),
         providers = agent.catalog.providers.len(),
@@ -250,8 +291,9 @@ pub async fn run(settings: Settings) -> Result<()> {
                 let _ = query.reply.send(info);
             }
             Some(control) = control_rx.recv() => agent.control(control),
-            _ = hup.recv() => agent.reload("SIGHUP"),
-            Some(()) = changes.recv() => agent.reload("a policy file changed"),
+            Some(request) = api_rx.recv() => agent.answer(request),
+            _ = hup.recv() => { let _ = agent.reload("SIGHUP"); }
+            Some(()) = changes.recv() => { let _ = agent.reload("a policy file changed"); }
             _ = tick.tick() => agent.tick(),
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -421,7 +463,7 @@ impl Agent {
 
     /// SIGHUP or a file change: load catalog, policy and prices again;
     /// keep the old ones on error, and say so in an alert.
-    fn reload(&mut self, trigger: &str) {
+    fn reload(&mut self, trigger: &str) -> Result<(), String> {
         let loaded = Catalog::load(&self.settings.policies).and_then(|catalog| {
             let policy = Policy::load(&self.settings.policies, &catalog)?;
             Ok((catalog, policy))
@@ -454,7 +496,7 @@ impl Agent {
                         .into(),
                 );
                 self.alerts.send(alert.with_id());
-                return;
+                return Err(errors.to_string());
             }
         };
         let state = Arc::new(PolicyState {
@@ -466,7 +508,7 @@ impl Agent {
             Ok(compiled) => compiled,
             Err(err) => {
                 error!("reload refused, the previous policy stays in force: {err}");
-                return;
+                return Err(err.to_string());
             }
         };
         self.catalog = catalog;
@@ -481,9 +523,13 @@ impl Agent {
         let _ = self.hosts_tx.send(self.catalog.exact_hosts());
         if let Err(err) = self.sync_endpoints().and_then(|()| self.apply_policy()) {
             error!("applying the reloaded policy failed: {err:#}");
-            return;
+            return Err(format!(
+                "applying the policy to the kernel maps failed: {err:#}"
+            ));
         }
+        self.policy_loaded();
         info!(
+            version = %self.facts.policy_version,
             providers = self.catalog.providers.len(),
             rules = self.compiled.policy.rules.len(),
             generation = self.generation,
@@ -491,6 +537,7 @@ impl Agent {
             trigger,
             "policy reloaded"
         );
+        Ok(())
     }
 
     fn control(&mut self, control: Control) {
@@ -851,6 +898,8 @@ impl Agent {
         for alert in watchdog::connect_alerts(&record, &state.policy, state.default_action()) {
             self.alerts.send(alert);
         }
+        self.live
+            .connect(&record.identity, &record.action.to_string());
         if let Some(row) = usage::Row::from_connection(&record) {
             self.usage.send(row);
         }

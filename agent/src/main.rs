@@ -8,6 +8,7 @@ mod catalog;
 mod classify;
 mod cli;
 mod config;
+mod control;
 mod daemon;
 mod ebpf;
 mod heartbeat;

@@ -73,7 +73,6 @@ struct SinkLabels {
     sink: String,
 }
 
-
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -86,7 +85,7 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     /// Read at each scrape: the alert sinks own their counts.
-    alerts: Mutex<Option<crate::alerts::Alerts>>,
+    alerts: Mutex<Option<crate::alerts::AlertCounters>>,
     alerts_delivered: Family<SinkLabels, Gauge>,
     alerts_dropped: Family<SinkLabels, Gauge>,
     alerts_spool: Family<SinkLabels, Gauge>,
@@ -256,7 +255,7 @@ impl Metrics {
     }
 
     /// Reports the alert sinks' deliveries, losses and spool depths.
-    pub fn watch_alerts(&self, alerts: crate::alerts::Alerts) {
+    pub fn watch_alerts(&self, alerts: crate::alerts::AlertCounters) {
         *self.alerts.lock().expect("poisoned") = Some(alerts);
     }
 

@@ -122,6 +122,7 @@ fn check_prerequisites() -> Result<()> {
         ("python3", "python3"),
         ("unshare", "util-linux"),
         ("bpftool", "bpftool"),
+        ("tmux", "tmux"),
     ]
     .into_iter()
     .filter(|(tool, _)| util::which(tool).is_none())

@@ -99,9 +99,24 @@ impl Alerts {
 
     /// Counters so far: delivered, retried and dropped per sink, spool
     /// depth, folding — for the daemon to log or serve.
-    #[allow(dead_code)]
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// The counters without a sender: a holder that lives as long as the
+    /// process (the metrics server) must not keep the dispatcher from
+    /// seeing that every producer is gone at shutdown.
+    pub fn counters(&self) -> AlertCounters {
+        AlertCounters(self.shared.clone())
+    }
+}
+
+#[derive(Clone)]
+pub struct AlertCounters(Arc<Shared>);
+
+impl AlertCounters {
+    pub fn stats(&self) -> Stats {
+        self.0.stats()
     }
 }
 

@@ -17,6 +17,7 @@ mod backoff;
 mod dispatch;
 pub mod file;
 mod fold;
+pub mod query;
 pub mod settings;
 mod spool;
 pub mod stats;
@@ -28,7 +29,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use self::{
-    dispatch::{Alerts, open},
+    dispatch::{AlertCounters, Alerts, open},
     settings::AlertsConfig,
 };
 use crate::{identity::Identity, record};

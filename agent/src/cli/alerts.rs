@@ -1,6 +1,7 @@
-//! `modelgate alerts`: the recent alerts from `<state>/alerts.jsonl` and its
-//! rotated files. Reads the files only, so it works while the agent is
-//! stopped (and on a copy of another host's state directory).
+//! `modelgate alerts`: the recent alerts, from the running agent (which
+//! knows where its configuration puts them), else from
+//! `<state>/alerts.jsonl` and its rotated files, so it also works while the
+//! agent is stopped (and on a copy of another host's state directory).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +14,10 @@ use clap::Args;
 use serde_json::Value;
 
 use super::table::table;
-use crate::{alerts, config};
+use crate::{
+    alerts::{self, query::text},
+    control::client::Client,
+};
 
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
@@ -26,36 +30,20 @@ pub struct AlertsArgs {
     /// Print the alerts as JSON lines, as stored, instead of a table.
     #[arg(long)]
     json: bool,
-    /// The agent's state directory.
-    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// The alerts file, when agent.yaml puts it elsewhere (alerts.file.path).
+    /// Read this alerts file instead of asking the agent (e.g. a copy of
+    /// another host's).
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
 }
 
-pub fn run(args: AlertsArgs) -> Result<ExitCode> {
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join(alerts::FILE_NAME));
-    let files = alerts::file::log_files(&path);
-    if files.is_empty() {
-        if !path.parent().is_some_and(Path::exists) {
-            bail!(
-                "{} does not exist; pass the agent's --state-dir",
-                path.parent().unwrap_or(Path::new("")).display()
-            );
-        }
-        eprintln!("no alerts yet ({} does not exist)", path.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (lines, unreadable) = read(&files);
-    let cutoff = args.since.map(|since| SystemTime::now() - since);
-    let selected: Vec<&(String, Value)> = lines
-        .iter()
-        .filter(|(_, alert)| keep(alert, cutoff, &args.types))
-        .collect();
+pub fn run(args: AlertsArgs, state_dir: &Path) -> Result<ExitCode> {
+    let (selected, unreadable) = match &args.file {
+        Some(file) => from_file(file, &args)?,
+        None => match from_agent(state_dir, &args)? {
+            Some(found) => found,
+            None => from_file(&state_dir.join(alerts::FILE_NAME), &args)?,
+        },
+    };
     let out = if args.json {
         // The lines as stored: same keys, same order.
         selected
@@ -80,47 +68,51 @@ pub fn run(args: AlertsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every alert in `files` (oldest first) as its line and its value, and
-/// how many lines were not alerts (a line cut by a crash, say).
-fn read(files: &[PathBuf]) -> (Vec<(String, Value)>, usize) {
-    let mut alerts = Vec::new();
-    let mut unreadable = 0;
-    for file in files {
-        // A file rotated away between listing and reading is simply gone.
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<Value>(line) {
-                Ok(value) if value.is_object() => alerts.push((line.to_string(), value)),
-                _ => unreadable += 1,
-            }
-        }
+/// The running agent's alerts, wherever its configuration puts the file;
+/// `None` when no agent runs.
+fn from_agent(state_dir: &Path, args: &AlertsArgs) -> Result<Option<Selected>> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(since) = args.since {
+        query.append_pair("since_ms", &crate::record::ms_ago(since).to_string());
     }
-    (alerts, unreadable)
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str)
-}
-
-/// A folded alert counts as recent when its last occurrence is.
-fn keep(alert: &Value, cutoff: Option<SystemTime>, types: &[String]) -> bool {
-    if !types.is_empty()
-        && !types
-            .iter()
-            .any(|t| text(alert, "type") == Some(t.as_str()))
-    {
-        return false;
+    for kind in &args.types {
+        query.append_pair("type", kind);
     }
-    let Some(cutoff) = cutoff else {
-        return true;
+    let path = format!("/v1/alerts?{}", query.finish());
+    let Some(reply) = Client::new(state_dir).get_if_running(&path)? else {
+        return Ok(None);
     };
-    text(alert, "last_seen")
-        .or_else(|| text(alert, "time"))
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .is_some_and(|seen| seen >= cutoff)
+    let reply = reply.ok()?;
+    let unreadable = reply
+        .headers
+        .get("x-unreadable")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let lines = reply
+        .text()
+        .lines()
+        .filter_map(|line| Some((line.to_string(), serde_json::from_str(line).ok()?)))
+        .collect();
+    Ok(Some((lines, unreadable)))
 }
+
+fn from_file(path: &Path, args: &AlertsArgs) -> Result<Selected> {
+    if alerts::file::log_files(path).is_empty() {
+        if !path.parent().is_some_and(Path::exists) {
+            bail!(
+                "{} does not exist; pass the agent's --state-dir",
+                path.parent().unwrap_or(Path::new("")).display()
+            );
+        }
+        eprintln!("no alerts yet ({} does not exist)", path.display());
+        return Ok((Vec::new(), 0));
+    }
+    let cutoff = args.since.map(|since| SystemTime::now() - since);
+    Ok(alerts::query::recent(path, cutoff, &args.types))
+}
+
+/// Alerts as stored lines and values, and how many lines were not alerts.
+type Selected = (Vec<(String, Value)>, usize);
 
 const HEADER: [&str; 7] = [
     "TIME",
@@ -174,7 +166,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::alerts::file::rotated;
 
     fn alert(kind: &str, time: &str, count: u64) -> Value {
         json!({
@@ -184,36 +175,6 @@ mod tests {
             "identity": {"pid": 1, "tgid": 1, "uid": 0, "gid": 0, "comm": "python3",
                          "exe": "/usr/bin/python3", "unit": "batch.service"}
         })
-    }
-
-    #[test]
-    fn reads_rotated_files_oldest_first_and_skips_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alerts.jsonl");
-        let line = |k| format!("{}\n", alert(k, "2026-01-01T00:00:00.000001Z", 1));
-        std::fs::write(rotated(&path, 2), line("a")).unwrap();
-        std::fs::write(rotated(&path, 1), line("b") + "{\"torn\n").unwrap();
-        std::fs::write(&path, line("c")).unwrap();
-        let (alerts, unreadable) = read(&alerts::file::log_files(&path));
-        let kinds: Vec<&str> = alerts.iter().filter_map(|(_, a)| text(a, "type")).collect();
-        assert_eq!(kinds, ["a", "b", "c"]);
-        assert_eq!(unreadable, 1);
-    }
-
-    #[test]
-    fn filters_by_type_and_last_seen() {
-        let now = SystemTime::now();
-        let recent = crate::record::rfc3339(now - Duration::from_secs(60));
-        let old = crate::record::rfc3339(now - Duration::from_secs(7200));
-        let hour = Some(now - Duration::from_secs(3600));
-        assert!(keep(&alert("quarantine", &recent, 1), hour, &[]));
-        assert!(!keep(&alert("quarantine", &old, 1), hour, &[]));
-        let mut folded = alert("quarantine", &old, 5);
-        folded["last_seen"] = json!(recent);
-        assert!(keep(&folded, hour, &[]), "its last occurrence is recent");
-        let types = ["unmanaged-key".to_string()];
-        assert!(!keep(&alert("quarantine", &recent, 1), None, &types));
-        assert!(keep(&alert("unmanaged-key", &old, 1), None, &types));
     }
 
     #[test]

@@ -1,40 +1,37 @@
 //! `modelgate ca export|install`: the local CA that clients must trust for
 //! redirected (TLS-terminated) model traffic.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
-use crate::{config, proxy::ca::Ca};
+use crate::proxy::ca::Ca;
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Print the CA certificate (PEM), creating the CA if needed.
-    Export(CaArgs),
+    Export,
     /// Add the CA to the system trust store (Debian: update-ca-certificates).
-    Install(CaArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CaArgs {
-    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    Install,
 }
 
 /// Where Debian's update-ca-certificates picks up local CAs.
 const LOCAL_CA_DIR: &str = "/usr/local/share/ca-certificates";
 const LOCAL_CA_FILE: &str = "modelgate.crt";
 
-pub fn run(command: CaCommand) -> Result<()> {
+pub fn run(command: CaCommand, state_dir: &Path) -> Result<()> {
     match command {
-        CaCommand::Export(args) => {
-            let ca = Ca::load_or_create(&args.state_dir)?;
+        CaCommand::Export => {
+            let ca = Ca::load_or_create(state_dir)?;
             print!("{}", ca.cert_pem());
             Ok(())
         }
-        CaCommand::Install(args) => {
-            let ca = Ca::load_or_create(&args.state_dir)?;
+        CaCommand::Install => {
+            let ca = Ca::load_or_create(state_dir)?;
             let dir = PathBuf::from(LOCAL_CA_DIR);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating {} (run as root)", dir.display()))?;

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     audit::StorePrompts,
-    config::{self, FileConfig, LogFormat},
+    config::{self, LogFormat},
     daemon::{self, Settings},
     identity::cgroups,
     policy::Action,
@@ -17,10 +17,6 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Agent configuration (YAML). Built-in defaults apply when the default
-    /// file is absent.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Directory with endpoints.yaml and policy.yaml.
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
@@ -30,8 +26,6 @@ pub struct RunArgs {
     /// Where decision records go (JSON lines): a file, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     events: Option<String>,
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
     /// Overrides the policy's default action, e.g. start in `monitor`.
     #[arg(long, value_name = "ACTION")]
     default_action: Option<Action>,
@@ -51,15 +45,8 @@ pub struct RunArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
-pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let explicit = args.config.is_some();
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
-    let file = FileConfig::load(&config_path, explicit)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("the agent configuration is invalid")?;
+pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
+    let file = common.file_config()?;
 
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| {
         // Under systemd stderr goes to the journal: structured is better there.
@@ -71,9 +58,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     });
     init_logging(log_format);
 
-    let state_dir = args
+    let state_dir = common
         .state_dir
-        .or(file.state_dir)
+        .clone()
+        .or(file.state_dir.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;

@@ -1,21 +1,21 @@
 //! `modelgate usage`: what each process, service, container, user, model
-//! or provider used, from `<state>/usage.db`. Reads the store directly
-//! (SQLite WAL allows it beside the writing agent), so it also works while
-//! the agent is stopped.
+//! or provider used, from `<state>/usage.db`: through the running agent's
+//! control socket (so members of the `modelgate` group may ask), else
+//! straight from the store, so it also works while the agent is stopped.
 
 use std::{
-    path::PathBuf,
+    path::Path,
     process::ExitCode,
     time::{Duration, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
-use clap::Args;
-use rusqlite::{Connection, OpenFlags};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
 
 use super::table::table;
 use crate::{
-    config, record,
+    control::client::Client,
+    record,
     usage::{self, By, Summary},
 };
 
@@ -33,9 +33,6 @@ pub struct UsageArgs {
     /// CSV with a header line instead of a table.
     #[arg(long)]
     csv: bool,
-    /// The agent's state directory.
-    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
 }
 
 const HEADER: [&str; 11] = [
@@ -52,21 +49,15 @@ const HEADER: [&str; 11] = [
     "COVERAGE g/p/b/d",
 ];
 
-pub fn run(args: UsageArgs) -> Result<ExitCode> {
-    let path = usage::path(&args.state_dir);
-    if !path.exists() {
-        bail!(
-            "no usage store at {}: the agent has not run with this state directory; \
-             pass the agent's --state-dir",
-            path.display()
-        );
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+pub fn run(args: UsageArgs, state_dir: &Path) -> Result<ExitCode> {
     let since = crate::record::ms_ago(args.since);
-    let rows = usage::summarize(&conn, since, args.by)
-        .with_context(|| format!("querying {}", path.display()))?;
+    let by = args.by.to_possible_value().expect("no skipped variants");
+    let client = Client::new(state_dir);
+    let query = format!("/v1/usage?since_ms={since}&by={}", by.get_name());
+    let rows: Vec<Summary> = match client.get_if_running(&query)? {
+        Some(reply) => reply.ok()?.json()?,
+        None => usage::query_file(&usage::path(state_dir), since, args.by)?,
+    };
     let out = if args.json {
         let mut text = serde_json::to_string_pretty(&rows)?;
         text.push('\n');

@@ -244,9 +244,17 @@ impl KernelMaps {
     pub fn sizes(&self) -> Vec<MapSize> {
         use agent_common::limits;
         vec![
-            MapSize::new("endpoints", self.installed.exact.len(), limits::MAX_ENDPOINTS),
+            MapSize::new(
+                "endpoints",
+                self.installed.exact.len(),
+                limits::MAX_ENDPOINTS,
+            ),
             MapSize::new("cidrs", self.installed.cidrs.len(), limits::MAX_CIDRS),
-            MapSize::new("cgroup_policy", self.cgroup_entries.len(), limits::MAX_CGROUPS),
+            MapSize::new(
+                "cgroup_policy",
+                self.cgroup_entries.len(),
+                limits::MAX_CGROUPS,
+            ),
             // The kernel adds entries (forked children), so count its keys;
             // the map only holds processes that rules name.
             MapSize::new(

@@ -52,6 +52,11 @@ impl Programs {
 }
 
 impl Attachments {
+    /// The programs attached at start.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.expected.iter().map(|(name, _, _)| *name).collect()
+    }
+
     /// Programs of ours no longer attached to the cgroup.
     pub fn missing(&self) -> Vec<&'static str> {
         self.expected

@@ -6,6 +6,7 @@ pub mod controls;
 pub mod decide;
 mod load;
 mod rules;
+mod version;
 
 use std::{fmt, path::Path, sync::Arc};
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     load::data_action,
     rules::{CgroupFacts, ProcFacts, RequestFacts, Rule},
+    version::version,
 };
 use crate::{catalog::Catalog, classify::Classifier, yaml::FileErrors};
 

@@ -102,6 +102,7 @@ pub struct ProxyLinks {
     pub control: mpsc::Sender<Control>,
     pub policy: SharedPolicy,
     pub budgets: Arc<Mutex<Budgets>>,
+    pub live: Arc<crate::control::live::Live>,
 }
 
 pub(crate) struct Shared {
@@ -120,7 +121,9 @@ pub(crate) struct Shared {
     budgets: Arc<Mutex<Budgets>>,
     credentials: credentials::Credentials,
     store_prompts: StorePrompts,
-    connections: AtomicU64,
+    live: Arc<crate::control::live::Live>,
+    /// Client connections accepted; also each one's id in the audit.
+    connections: Arc<AtomicU64>,
 }
 
 pub struct Proxy {
@@ -160,9 +163,23 @@ impl Proxy {
                 budgets: links.budgets,
                 credentials: credentials::Credentials::default(),
                 store_prompts: settings.store_prompts,
-                connections: AtomicU64::new(0),
+                live: links.live,
+                connections: Arc::new(AtomicU64::new(0)),
             }),
         })
+    }
+
+    /// Where it listens, for `modelgate status`.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Client connections accepted so far, counted as they come.
+    pub fn connections(&self) -> Arc<AtomicU64> {
+        self.shared.connections.clone()
     }
 
     /// Accepts until `shutdown` flips; then gives connections in flight
@@ -365,6 +382,7 @@ impl Shared {
     /// see exactly what the audit trail gets.
     pub(crate) fn record(&self, audit: AuditRecord) {
         self.metrics.observe(&audit);
+        self.live.request(&audit);
         self.usage.send(crate::usage::Row::from_audit(&audit));
         self.audit.send(audit);
     }

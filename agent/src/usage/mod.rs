@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-pub use query::{By, Summary, summarize};
+pub use query::{By, Summary, query_file, summarize};
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 use tracing::{error, warn};

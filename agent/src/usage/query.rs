@@ -2,10 +2,11 @@
 //! was used since a time, how fast, how often it failed, and how much of it
 //! the host governed.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path, time::Duration};
 
-use rusqlite::Connection;
-use serde::Serialize;
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
 
 use super::{histogram::Histogram, rollup::HOUR_MS};
 
@@ -36,7 +37,7 @@ impl By {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub key: String,
     /// Requests the proxy saw (governed, passthrough or refused).
@@ -70,6 +71,22 @@ impl Summary {
             100.0 * self.governed as f64 / all as f64
         }
     }
+}
+
+/// [`summarize`] on the store at `path`, opened read-only: SQLite's WAL
+/// lets a reader run beside the writing agent.
+pub fn query_file(path: &Path, since_ms: i64, by: By) -> Result<Vec<Summary>> {
+    if !path.exists() {
+        bail!(
+            "no usage store at {}: the agent has not run with this state directory; \
+             pass the agent's --state-dir",
+            path.display()
+        );
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    summarize(&conn, since_ms, by).with_context(|| format!("querying {}", path.display()))
 }
 
 /// Everything since `since_ms` grouped by `by`, most tokens first. Whole

@@ -1,0 +1,103 @@
+//! `modelgate status`: what the running agent is doing, and whether
+//! anything is being lost.
+
+use std::{fmt::Write as _, path::Path, process::ExitCode};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::control::{client::Client, status::Status};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The status as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: StatusArgs, state_dir: &Path) -> Result<ExitCode> {
+    let reply = Client::new(state_dir).get("/v1/status")?.ok()?;
+    if args.json {
+        super::table::print(&format!("{}\n", reply.text().trim_end()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status = reply.json()?;
+    super::table::print(&render(&status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_s));
+    let _ = writeln!(
+        out,
+        "modelgate {} (pid {}), up {uptime} since {}",
+        s.version, s.pid, s.started
+    );
+    let attached = s.attach.programs.iter().filter(|p| p.attached).count();
+    let _ = writeln!(
+        out,
+        "attached   {} ({attached}/{} programs)",
+        s.attach.cgroup,
+        s.attach.programs.len()
+    );
+    for program in s.attach.programs.iter().filter(|p| !p.attached) {
+        let _ = writeln!(out, "           DETACHED: {}", program.name);
+    }
+    let p = &s.policy;
+    let _ = writeln!(
+        out,
+        "policy     {} from {}, loaded {} (generation {}): {} providers, {} rules, default {}",
+        p.version, p.dir, p.loaded, p.generation, p.providers, p.rules, p.default_action
+    );
+    let count = |name: &str| s.counters.get(name).copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "connects   {} to endpoints: {} allowed, {} monitored, {} blocked, {} redirected",
+        count("endpoint_hits"),
+        count("allowed"),
+        count("monitored"),
+        count("blocked"),
+        count("redirected")
+    );
+    let _ = writeln!(
+        out,
+        "events     {} lost in the kernel; alerts pending: {}",
+        count("events_lost"),
+        s.alerts_pending
+    );
+    let _ = writeln!(
+        out,
+        "proxy      {} ({} connections)",
+        s.proxy.listeners.join(", "),
+        s.proxy.connections
+    );
+    let _ = writeln!(out, "metrics    http://{}/metrics", s.metrics);
+    let _ = writeln!(out, "control    {}", s.control);
+    let maps: Vec<String> = s
+        .maps
+        .iter()
+        .map(|m| format!("{} {}/{}", m.map, m.entries, m.capacity))
+        .collect();
+    let _ = writeln!(out, "maps       {}", maps.join(", "));
+    let _ = writeln!(out, "sinks");
+    let rows: Vec<[String; 5]> = s
+        .sinks
+        .iter()
+        .map(|k| {
+            [
+                k.name.clone(),
+                k.state().to_string(),
+                k.delivered.map_or("-".into(), |d| d.to_string()),
+                format!("{} lost, {} pending", k.lost, k.pending),
+                k.target.clone(),
+            ]
+        })
+        .collect();
+    for line in
+        super::table::table(["NAME", "STATE", "DELIVERED", "LOSSES", "TARGET"], &rows).lines()
+    {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
