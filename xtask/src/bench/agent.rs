@@ -53,7 +53,9 @@ impl Agent {
             .arg(p.events)
             .arg("--state-dir")
             .arg(p.state_dir)
-            .args(["--log-format", "json"]);
+            .args(["--log-format", "json"])
+            // Beside an installed agent, which has the default port.
+            .args(["--metrics-addr", "127.0.0.1:0"]);
         if let Some(config) = p.config {
             cmd.arg("--config").arg(config);
         }

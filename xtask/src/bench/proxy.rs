@@ -56,7 +56,7 @@ providers:
     hosts: [api.openai.com]
     addresses: [127.0.0.9]
 ";
-const POLICY_YAML: &str = "\
+pub(super) const POLICY_YAML: &str = "\
 # Written by `cargo xtask bench proxy`.
 default_action: redirect
 rules: []
@@ -651,7 +651,7 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// Sets the CPU affinity of every thread of `pid`: one CPU, or all.
-fn set_affinity(pid: u32, cpu: Option<usize>) -> Result<()> {
+pub(super) fn set_affinity(pid: u32, cpu: Option<usize>) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET only touches the local set.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
