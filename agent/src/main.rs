@@ -14,6 +14,7 @@ mod heartbeat;
 mod identity;
 mod jsonl;
 mod metrics;
+mod otlp;
 mod policy;
 mod proxy;
 mod record;

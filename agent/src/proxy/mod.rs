@@ -102,6 +102,8 @@ pub struct ProxyLinks {
     pub control: mpsc::Sender<Control>,
     pub policy: SharedPolicy,
     pub budgets: Arc<Mutex<Budgets>>,
+    /// OTLP export, when configured.
+    pub otlp: Option<crate::otlp::OtlpHandle>,
 }
 
 pub(crate) struct Shared {
@@ -121,6 +123,7 @@ pub(crate) struct Shared {
     credentials: credentials::Credentials,
     store_prompts: StorePrompts,
     connections: AtomicU64,
+    otlp: Option<crate::otlp::OtlpHandle>,
 }
 
 pub struct Proxy {
@@ -161,6 +164,7 @@ impl Proxy {
                 credentials: credentials::Credentials::default(),
                 store_prompts: settings.store_prompts,
                 connections: AtomicU64::new(0),
+                otlp: links.otlp,
             }),
         })
     }
@@ -366,6 +370,9 @@ impl Shared {
     pub(crate) fn record(&self, audit: AuditRecord) {
         self.metrics.observe(&audit);
         self.usage.send(crate::usage::Row::from_audit(&audit));
+        if let Some(otlp) = &self.otlp {
+            otlp.send(&audit);
+        }
         self.audit.send(audit);
     }
 
