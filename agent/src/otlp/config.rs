@@ -15,6 +15,15 @@ pub const DEFAULT_QUEUE: usize = 8192;
 pub const DEFAULT_BATCH: usize = 512;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Headers the protocol needs as the exporter sets them.
+const RESERVED: [HeaderName; 5] = [
+    http::header::HOST,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::TRANSFER_ENCODING,
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
@@ -78,6 +87,9 @@ impl OtlpConfig {
             let header = HeaderName::try_from(name).with_context(|| {
                 format!("otlp.{from}: `{name}` is not a valid HTTP header name")
             })?;
+            if RESERVED.contains(&header) {
+                bail!("otlp.{from}: `{name}` is set by the exporter itself; remove it");
+            }
             let mut value = HeaderValue::try_from(value).with_context(|| {
                 format!(
                     "otlp.{from}: the value of `{name}` is not a valid HTTP header value \
@@ -298,5 +310,8 @@ mod tests {
         let config = parse("endpoint: http://c\nheaders: {'bad header': x}").unwrap();
         let err = format!("{:#}", config.header_map().unwrap_err());
         assert!(err.contains("not a valid HTTP header name"), "{err}");
+        let config = parse("endpoint: http://c\nheaders: {Content-Type: text/plain}").unwrap();
+        let err = format!("{:#}", config.header_map().unwrap_err());
+        assert!(err.contains("set by the exporter itself"), "{err}");
     }
 }

@@ -114,6 +114,8 @@ pub struct Exporter {
     stop: watch::Sender<Option<Instant>>,
     logs: JoinHandle<()>,
     metrics: JoinHandle<()>,
+    exported: Counter,
+    loss: Loss,
 }
 
 impl Exporter {
@@ -134,6 +136,11 @@ impl Exporter {
         {
             warn!("the OTLP exporter did not finish in time; stopping without it");
         }
+        info!(
+            log_records_exported = self.exported.get(),
+            log_records_lost = self.loss.0.load(Ordering::Relaxed),
+            "OTLP exporter stopped"
+        );
     }
 }
 
@@ -164,6 +171,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(config.queue.get());
 
     let (exported, failed) = metrics.otlp_counters("logs");
+    let logs_exported = exported.clone();
     let sender = Sender::new(
         "logs",
         client()?,
@@ -213,12 +221,14 @@ pub fn spawn(
         OtlpHandle {
             tx,
             aggregate,
-            loss,
+            loss: loss.clone(),
         },
         Exporter {
             stop: stop_tx,
             logs,
             metrics,
+            exported: logs_exported,
+            loss,
         },
     ))
 }
