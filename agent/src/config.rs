@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub usage_retention: Option<std::time::Duration>,
     /// Where alerts go: the rotated file, syslog, webhooks; and folding.
     pub alerts: AlertsConfig,
+    /// OpenTelemetry export of audit records and metrics (absent: none).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 impl FileConfig {

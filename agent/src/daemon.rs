@@ -70,10 +70,13 @@ pub struct Settings {
     pub usage_retention: Duration,
     pub proxy: ProxySettings,
     pub alerts: alerts::AlertsConfig,
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// How long proxied requests in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the OTLP exporter may take to send what is queued at shutdown.
+const OTLP_FLUSH: Duration = Duration::from_secs(5);
 
 struct Agent {
     maps: KernelMaps,
@@ -147,6 +150,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
     let audit_dropped = audit.dropped.clone();
     let live = Arc::new(Live::default());
+    let (otlp, otlp_exporter) = match &settings.otlp {
+        Some(config) => {
+            let (handle, exporter) = crate::otlp::spawn(config, &metrics)?;
+            (Some(handle), Some(exporter))
+        }
+        None => (None, None),
+    };
     let links = ProxyLinks {
         live: live.clone(),
         metrics: metrics.clone(),
@@ -157,6 +167,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         control: control_tx,
         policy: shared_policy.clone(),
         budgets: budgets.clone(),
+        otlp,
     };
     let proxy = Proxy::bind(&settings.proxy, redirects, links).await?;
     let proxy_port = proxy.port;
@@ -317,6 +328,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     drop(describe_rx);
     if let Err(err) = audit_writer.await {
         error!("the audit writer failed: {err}");
+    }
+    if let Some(exporter) = otlp_exporter {
+        exporter.finish(OTLP_FLUSH).await;
     }
     agent.save_budgets();
     agent.beat(true);

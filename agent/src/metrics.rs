@@ -27,7 +27,7 @@ use crate::audit::AuditRecord;
 
 /// Distinct workload labels kept; the rest are counted as `other`, so one
 /// host cannot blow up a Prometheus server's series count.
-const MAX_WORKLOADS: usize = 100;
+pub const MAX_WORKLOADS: usize = 100;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -73,6 +73,11 @@ struct SinkLabels {
     sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    signal: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -80,6 +85,8 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     kernel: Family<CounterLabels, Gauge>,
     dropped: Family<QueueLabels, Gauge>,
+    otlp_exported: Family<SignalLabels, Counter>,
+    otlp_failed: Family<SignalLabels, Counter>,
     /// The queues' own loss counters, read at each scrape.
     queues: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
     map_entries: Family<MapLabels, Gauge>,
@@ -126,7 +133,8 @@ impl Metrics {
         let dropped = Family::<QueueLabels, Gauge>::default();
         registry.register(
             "records_dropped",
-            "Records refused because a writer's queue was full (audit, usage)",
+            "Records lost on the way: a writer's queue was full (audit, usage); for otlp, \
+             also refused by the collector or not delivered in time",
             dropped.clone(),
         );
         let map_entries = Family::<MapLabels, Gauge>::default();
@@ -159,6 +167,18 @@ impl Metrics {
             "Alerts waiting in a webhook's on-disk spool for delivery",
             alerts_spool.clone(),
         );
+        let otlp_exported = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "otlp_exported",
+            "Log records and metric data points the OTLP collector accepted",
+            otlp_exported.clone(),
+        );
+        let otlp_failed = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "otlp_failed",
+            "OTLP export requests that failed (each retry counts)",
+            otlp_failed.clone(),
+        );
         Arc::new(Metrics {
             registry,
             alerts_delivered,
@@ -172,26 +192,16 @@ impl Metrics {
             latency,
             kernel,
             dropped,
+            otlp_exported,
+            otlp_failed,
             queues: Mutex::new(Vec::new()),
             workloads: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The unit, else the container, else the exe: capped in number.
+    /// The workload, capped in number.
     fn workload(&self, record: &AuditRecord) -> String {
-        let id = &record.identity;
-        let name = id
-            .cgroup_info
-            .unit
-            .clone()
-            .or_else(|| {
-                id.cgroup_info
-                    .container_id
-                    .clone()
-                    .map(|c| c.chars().take(12).collect())
-            })
-            .or_else(|| id.exe.clone())
-            .unwrap_or_else(|| "unknown".into());
+        let name = workload_of(&record.identity);
         let mut seen = self.workloads.lock().expect("poisoned");
         if seen.contains(&name) || seen.len() < MAX_WORKLOADS {
             seen.insert(name.clone());
@@ -235,6 +245,16 @@ impl Metrics {
                 workload,
             })
             .observe(record.latency_ms / 1000.0);
+    }
+
+    /// The OTLP exporter's counters for `signal` (`logs`, `metrics`):
+    /// items exported, and export requests that failed.
+    pub fn otlp_counters(&self, signal: &'static str) -> (Counter, Counter) {
+        let labels = SignalLabels { signal };
+        (
+            self.otlp_exported.get_or_create(&labels).clone(),
+            self.otlp_failed.get_or_create(&labels).clone(),
+        )
     }
 
     /// Reports `counter` as `modelgate_records_dropped{queue}`.
@@ -301,6 +321,22 @@ impl Metrics {
         }
         text
     }
+}
+
+/// The workload label: the unit, else the container (short id), else the
+/// exe.
+pub fn workload_of(id: &crate::identity::Identity) -> String {
+    id.cgroup_info
+        .unit
+        .clone()
+        .or_else(|| {
+            id.cgroup_info
+                .container_id
+                .clone()
+                .map(|c| c.chars().take(12).collect())
+        })
+        .or_else(|| id.exe.clone())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Serves `/metrics` on `addr` (port 0: any free port); returns the

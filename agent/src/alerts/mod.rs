@@ -13,7 +13,7 @@
 //! Every loss (a full queue, a failed write, a refused or overflowing
 //! webhook) is counted in [`Stats`] and logged.
 
-mod backoff;
+pub mod backoff;
 mod dispatch;
 pub mod file;
 mod fold;
@@ -21,7 +21,7 @@ pub mod query;
 pub mod settings;
 mod spool;
 pub mod stats;
-mod syslog;
+pub mod syslog;
 mod webhook;
 
 use serde::Serialize;

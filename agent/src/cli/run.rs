@@ -111,6 +111,7 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
             .unwrap_or(crate::usage::DEFAULT_RETENTION),
         proxy,
         alerts: file.alerts,
+        otlp: file.otlp,
     };
     // One worker per CPU this process may run on (tokio's default follows
     // the affinity mask): pinned to one core, one worker, and no task

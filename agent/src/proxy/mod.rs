@@ -103,6 +103,8 @@ pub struct ProxyLinks {
     pub policy: SharedPolicy,
     pub budgets: Arc<Mutex<Budgets>>,
     pub live: Arc<crate::control::live::Live>,
+    /// OTLP export, when configured.
+    pub otlp: Option<crate::otlp::OtlpHandle>,
 }
 
 pub(crate) struct Shared {
@@ -124,6 +126,7 @@ pub(crate) struct Shared {
     live: Arc<crate::control::live::Live>,
     /// Client connections accepted; also each one's id in the audit.
     connections: Arc<AtomicU64>,
+    otlp: Option<crate::otlp::OtlpHandle>,
 }
 
 pub struct Proxy {
@@ -165,6 +168,7 @@ impl Proxy {
                 store_prompts: settings.store_prompts,
                 live: links.live,
                 connections: Arc::new(AtomicU64::new(0)),
+                otlp: links.otlp,
             }),
         })
     }
@@ -384,6 +388,9 @@ impl Shared {
         self.metrics.observe(&audit);
         self.live.request(&audit);
         self.usage.send(crate::usage::Row::from_audit(&audit));
+        if let Some(otlp) = &self.otlp {
+            otlp.send(&audit);
+        }
         self.audit.send(audit);
     }
 
