@@ -157,6 +157,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         None => (None, None),
     };
+    let otlp_health = settings
+        .otlp
+        .as_ref()
+        .zip(otlp_exporter.as_ref())
+        .map(|(config, exporter)| exporter.health(config));
     let links = ProxyLinks {
         live: live.clone(),
         metrics: metrics.clone(),
@@ -197,6 +202,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics_addr,
         control_socket: control_socket.clone(),
         audit_dropped,
+        otlp: otlp_health,
     };
     let mut ids = Ids::default();
     let compiled = Compiled::new(policy, &catalog, &mut ids)?;

@@ -531,4 +531,31 @@ fn otlp_export_retries_through_a_collector_outage_and_loses_nothing() {
         log.contains("the OTLP collector is reachable again"),
         "{log}"
     );
+
+    // `modelgate status` shows the export as a healthy sink.
+    let out = modelgate_tests::output(
+        std::process::Command::new(modelgate_tests::agent_bin())
+            .args(["status", "--json", "--state-dir"])
+            .arg(s.agent.state_dir()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let otlp = status["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sink| sink["name"] == "otlp")
+        .unwrap_or_else(|| panic!("no otlp sink: {status:#}"))
+        .clone();
+    assert_eq!(otlp["delivered"], 3, "{otlp}");
+    assert_eq!(otlp["lost"], 0, "{otlp}");
+    assert_eq!(
+        otlp["target"],
+        receiver.endpoint().trim_end_matches('/'),
+        "{otlp}"
+    );
 }

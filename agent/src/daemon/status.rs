@@ -104,6 +104,15 @@ impl Agent {
                 pending: 0,
             },
         ];
+        if let Some(otlp) = &facts.otlp {
+            sinks.push(SinkHealth {
+                name: "otlp".into(),
+                target: otlp.endpoint.clone(),
+                delivered: Some(otlp.exported()),
+                lost: otlp.lost(),
+                pending: 0,
+            });
+        }
         let mut alerts_pending = 0;
         for sink in &alerts.sinks {
             alerts_pending += sink.spool_depth;
@@ -175,4 +184,5 @@ pub(super) struct Facts {
     pub metrics_addr: SocketAddr,
     pub control_socket: PathBuf,
     pub audit_dropped: Arc<AtomicU64>,
+    pub otlp: Option<crate::otlp::Health>,
 }

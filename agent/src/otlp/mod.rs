@@ -144,6 +144,33 @@ impl Exporter {
     }
 }
 
+/// What `modelgate status` shows of the export.
+pub struct Health {
+    pub endpoint: String,
+    exported: Counter,
+    loss: Loss,
+}
+
+impl Health {
+    pub fn exported(&self) -> u64 {
+        self.exported.get()
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.loss.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Exporter {
+    pub fn health(&self, config: &OtlpConfig) -> Health {
+        Health {
+            endpoint: config.endpoint.to_string(),
+            exported: self.exported.clone(),
+            loss: self.loss.clone(),
+        }
+    }
+}
+
 /// Resolves once the agent is stopping; never, if the exporter was
 /// dropped without `finish`.
 async fn stopped(stop: &mut watch::Receiver<Option<Instant>>) {
