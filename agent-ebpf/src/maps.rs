@@ -60,6 +60,10 @@ pub static MG_REDIRECT_COOKIE: LruHashMap<u64, Redirect> =
 pub static MG_REDIRECT_PORT: LruHashMap<u32, Redirect> =
     LruHashMap::with_max_entries(limits::REDIRECTS, 0);
 
+/// CLOCK_BOOTTIME ns of the agent's last heartbeat, for `fail_mode: open`.
+#[map]
+pub static MG_HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = MG_COUNTERS.get_ptr_mut(counter as u32) {

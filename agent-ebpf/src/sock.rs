@@ -18,8 +18,8 @@ use aya_ebpf::{
 
 use crate::{
     maps::{
-        MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_PROC_POLICY,
-        count,
+        MG_CGROUP_POLICY, MG_CIDRS, MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_HEARTBEAT, MG_PORTS,
+        MG_PROC_POLICY, count,
     },
     redirect::redirect_to_proxy,
 };
@@ -242,6 +242,10 @@ pub(crate) fn resolve_action(
     provider: u32,
 ) -> (u8, u16, u8) {
     let default = (config.default_action, RULE_DEFAULT, source::DEFAULT);
+    if config.fail_open_after_s != 0 && agent_gone(config.fail_open_after_s) {
+        count(Counter::FailOpen);
+        return (action::MONITOR, RULE_DEFAULT, source::FAIL_OPEN);
+    }
     let index = provider as usize;
     if index >= limits::MAX_PROVIDERS {
         count(Counter::BadProvider);
@@ -266,6 +270,16 @@ pub(crate) fn resolve_action(
         return (hit.0, hit.1, source::DEFAULT);
     }
     default
+}
+
+/// The agent has not beaten for `after_s` seconds (or never did).
+#[inline(always)]
+fn agent_gone(after_s: u16) -> bool {
+    let Some(beat) = MG_HEARTBEAT.get(0) else {
+        return true;
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now.saturating_sub(*beat) > u64::from(after_s) * 1_000_000_000
 }
 
 #[inline(always)]

@@ -17,6 +17,31 @@ pub const DEFAULT_POLICIES: &str = "/etc/modelgate/policies";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelgate";
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
 
+/// What the kernel does with model traffic while no agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// The programs keep enforcing the last policy: blocked stays blocked,
+    /// redirected calls fail (the proxy is down) until the agent is back.
+    #[default]
+    Closed,
+    /// Once the agent has missed its heartbeat for `fail_open_after`, the
+    /// kernel only monitors: calls go out directly and are reported when
+    /// the agent is back.
+    Open,
+}
+
+impl std::fmt::Display for FailMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        })
+    }
+}
+
+pub const DEFAULT_FAIL_OPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -58,6 +83,18 @@ pub struct FileConfig {
     pub usage_retention: Option<std::time::Duration>,
     /// Where alerts go: the rotated file, syslog, webhooks; and folding.
     pub alerts: AlertsConfig,
+    /// What the kernel does while no agent runs: closed (the default) or open.
+    pub fail_mode: Option<FailMode>,
+    /// Under `fail_mode: open`, how long without a heartbeat before the
+    /// kernel only monitors (default 15s; whole seconds, 3s to 18h).
+    #[serde(with = "crate::policy::controls::humantime_serde_opt")]
+    pub fail_open_after: Option<std::time::Duration>,
+    /// Where programs, links and maps are pinned (bpffs) so a restarted or
+    /// upgraded agent adopts them; default /sys/fs/bpf/modelgate.
+    pub pin_dir: Option<PathBuf>,
+    /// One info log line per kernel decision on a model endpoint (never
+    /// per packet); default false: the decisions are in the events file.
+    pub log_decisions: Option<bool>,
     /// OpenTelemetry export of audit records and metrics (absent: none).
     pub otlp: Option<crate::otlp::OtlpConfig>,
 }

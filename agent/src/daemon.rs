@@ -32,6 +32,7 @@ use crate::{
         resolver::{self, Resolved, ResolvedHosts},
         sni,
     },
+    config::FailMode,
     control::{self, live::Live},
     ebpf::{
         self,
@@ -48,6 +49,7 @@ use crate::{
         users::Users,
     },
     metrics::Metrics,
+    notify::Notifier,
     policy::{
         Action, CgroupFacts, Policy, PolicyState, ProcFacts,
         compile::{Compiled, Ids},
@@ -59,6 +61,8 @@ use crate::{
 };
 
 const TICK: Duration = Duration::from_secs(5);
+/// How often the kernel hears from us; `fail_open_after` is at least 3 s.
+const KERNEL_BEAT: Duration = Duration::from_secs(1);
 
 pub struct Settings {
     pub policies: PathBuf,
@@ -71,6 +75,10 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub alerts: alerts::AlertsConfig,
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    pub pin_dir: PathBuf,
+    pub fail_mode: FailMode,
+    pub fail_open_after: Duration,
+    pub log_decisions: bool,
 }
 
 /// How long proxied requests in flight may take to finish at shutdown.
@@ -135,8 +143,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let budgets = Arc::new(Mutex::new(budgets));
 
-    let mut programs = ebpf::load()?;
-    let (maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
+    let mut programs = ebpf::load(&settings.pin_dir)?;
+    let (mut maps, ring) = KernelMaps::take(&mut programs.ebpf)?;
+    // What the last agent wrote is what the kernel enforced while we were
+    // away; know it, so what this policy no longer wants is removed.
+    let adopted = if programs.pins.compatible {
+        maps.adopt().context("reading the adopted maps")?
+    } else {
+        None
+    };
     let redirects = ebpf::maps::take(&mut programs.ebpf, names::MAP_REDIRECT_PORT)?;
     let (audit, audit_writer) = audit::open(&settings.proxy.state_dir)?;
     let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir, &settings.alerts)?;
@@ -252,10 +267,21 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.sync_endpoints()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let proxy = tokio::spawn(proxy.serve(shutdown_rx, SHUTDOWN_GRACE));
-    programs.attach(&agent.settings.cgroup)?;
+    // Beat before attaching: under fail_mode open, adopted programs must
+    // not take us for gone while we take over.
+    agent.kernel_beat();
+    let attached = programs.attach(&agent.settings.cgroup)?;
+    info!(
+        pins = %programs.pins.root().display(),
+        adopted = programs.pins.adopting,
+        switched = attached.switched,
+        attached = attached.attached,
+        "programs in force"
+    );
     let (heartbeat, gap) = Heartbeat::open(&agent.settings.proxy.state_dir);
     if let Some(gap) = gap {
-        agent.alerts.send(watchdog::gap_alert(&gap));
+        let kernel = adopted.map(|config| config.fail_open_after_s);
+        agent.alerts.send(watchdog::gap_alert(&gap, kernel));
     }
     agent.attachments = Some(programs.attachments(&agent.settings.cgroup)?);
     agent.heartbeat = Some(heartbeat);
@@ -279,6 +305,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         events = %agent.settings.events,
         "modelgate ready"
     );
+    let notifier = Notifier::from_env();
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=enforcing policy {} on {}",
+        agent.facts.policy_version,
+        agent.settings.cgroup.display()
+    ));
+    let mut watchdog =
+        tokio::time::interval(notifier.watchdog.unwrap_or(Duration::from_secs(3600)));
 
     let (resolved_tx, mut resolved_rx) = mpsc::channel::<Resolved>(64);
     let resolver = tokio::spawn(resolver::run(hosts_rx, resolved_tx));
@@ -288,6 +322,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
+    let mut kernel_beat = tokio::time::interval(KERNEL_BEAT);
 
     loop {
         tokio::select! {
@@ -312,11 +347,14 @@ pub async fn run(settings: Settings) -> Result<()> {
             _ = hup.recv() => { let _ = agent.reload("SIGHUP"); }
             Some(()) = changes.recv() => { let _ = agent.reload("a policy file changed"); }
             _ = tick.tick() => agent.tick(),
+            _ = kernel_beat.tick() => agent.kernel_beat(),
+            _ = watchdog.tick(), if notifier.watchdog.is_some() => notifier.notify("WATCHDOG=1"),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
 
+    notifier.notify("STOPPING=1");
     // Requests in flight finish (or are cancelled and say so); every audit
     // record is on disk before we report that we stopped.
     let _ = shutdown_tx.send(true);
@@ -344,6 +382,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.drain(ring.get_mut());
     agent.report_counters(true);
     resolver.abort();
+    let agent_settings_fail_mode = agent.settings.fail_mode;
+    let agent_settings_fail_after = agent.settings.fail_open_after.as_secs();
     drop(agent);
     if usage_writer.join().is_err() {
         error!("the usage writer panicked");
@@ -352,8 +392,22 @@ pub async fn run(settings: Settings) -> Result<()> {
         Ok(stats) => info!(counters = %stats, "alerts"),
         Err(err) => error!("the alert writer failed: {err}"),
     }
+    let pins = programs.pins.root().to_path_buf();
     drop(programs);
-    info!("detached; modelgate stopped");
+    match agent_settings_fail_mode {
+        FailMode::Closed => info!(
+            pins = %pins.display(),
+            "modelgate stopped; its programs stay attached and keep enforcing the last policy \
+             (fail_mode closed: redirected calls fail until it is back); \
+             `modelgate uninstall-bpf` removes them"
+        ),
+        FailMode::Open => info!(
+            pins = %pins.display(),
+            "modelgate stopped; its programs stay attached and, {}s from now, only monitor \
+             (fail_mode open); `modelgate uninstall-bpf` removes them",
+            agent_settings_fail_after
+        ),
+    }
     Ok(())
 }
 
@@ -377,7 +431,10 @@ impl Agent {
             _pad: [0; 2],
             generation: self.generation,
             proxy_port: self.proxy_port,
-            _pad2: 0,
+            fail_open_after_s: match self.settings.fail_mode {
+                FailMode::Closed => 0,
+                FailMode::Open => self.settings.fail_open_after.as_secs() as u16,
+            },
             agent_tgid: std::process::id(),
         })?;
         self.refresh_cgroup_entries()?;
@@ -898,6 +955,7 @@ impl Agent {
             decided_by: match ev.source {
                 source::PROCESS => "process",
                 source::CGROUP => "cgroup",
+                source::FAIL_OPEN => "fail-open",
                 _ => "default",
             },
             provider,
@@ -923,7 +981,17 @@ impl Agent {
         if let Some(row) = usage::Row::from_connection(&record) {
             self.usage.send(row);
         }
+        if self.settings.log_decisions {
+            log_decision(&record);
+        }
         self.sink.write(&record);
+    }
+
+    /// Tells the kernel we are alive (fail_mode open counts from this).
+    fn kernel_beat(&mut self) {
+        if let Err(err) = self.maps.beat() {
+            warn!("{err:#}");
+        }
     }
 
     fn beat(&self, clean: bool) {
@@ -1041,6 +1109,33 @@ impl Agent {
             self.ids.rule_name(rule).unwrap_or("unknown").to_string()
         }
     }
+}
+
+/// One line per decision, with the identity record's fields flat, so the
+/// journal (JSON) can be queried by any of them.
+fn log_decision(record: &Decision) {
+    let id = &record.identity;
+    info!(
+        event = record.event,
+        action = %record.action,
+        rule = %record.rule,
+        decided_by = record.decided_by,
+        provider = %record.provider,
+        ip = %record.destination.ip,
+        port = record.destination.port,
+        host = record.destination.host.as_deref().unwrap_or(""),
+        pid = id.pid,
+        tgid = id.tgid,
+        uid = id.uid,
+        user = id.user.as_deref().unwrap_or(""),
+        comm = %id.comm,
+        exe = id.exe.as_deref().unwrap_or(""),
+        cmdline = id.cmdline.as_deref().unwrap_or(""),
+        unit = id.cgroup_info.unit.as_deref().unwrap_or(""),
+        container_id = id.cgroup_info.container_id.as_deref().unwrap_or(""),
+        cgroup = id.cgroup.as_deref().unwrap_or(""),
+        "decision"
+    );
 }
 
 /// Reloads on any change under the policies directory, debounced: an

@@ -15,6 +15,7 @@ mod heartbeat;
 mod identity;
 mod jsonl;
 mod metrics;
+mod notify;
 mod otlp;
 mod policy;
 mod proxy;

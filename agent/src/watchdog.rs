@@ -128,7 +128,11 @@ pub fn egress_alert(
     alert.with_id()
 }
 
-pub fn gap_alert(gap: &Gap) -> Alert {
+/// `kernel`: what the pinned programs did while no agent ran — `None`
+/// when nothing was pinned (nothing was enforced), else the previous
+/// agent's `fail_open_after` in seconds (0: fail closed, enforcing all
+/// along).
+pub fn gap_alert(gap: &Gap, kernel: Option<u16>) -> Alert {
     let seconds = gap
         .started
         .duration_since(gap.stopped)
@@ -146,12 +150,37 @@ pub fn gap_alert(gap: &Gap) -> Alert {
         } else {
             Severity::High
         },
-        format!(
-            "the agent {how} at {} and enforced again at {} ({seconds:.0} s without enforcement)",
-            record::rfc3339(gap.stopped),
-            record::rfc3339(gap.started)
-        ),
+        match kernel {
+            None => format!(
+                "the agent {how} at {} and enforced again at {} ({seconds:.0} s without \
+                 enforcement)",
+                record::rfc3339(gap.stopped),
+                record::rfc3339(gap.started)
+            ),
+            Some(0) => format!(
+                "the agent {how} at {} and was back at {} ({seconds:.0} s); its pinned programs \
+                 kept enforcing the last policy meanwhile (fail_mode closed: redirected calls \
+                 failed), and what they decided is recorded from the kernel's queue",
+                record::rfc3339(gap.stopped),
+                record::rfc3339(gap.started)
+            ),
+            Some(after) => format!(
+                "the agent {how} at {} and was back at {} ({seconds:.0} s); its pinned programs \
+                 enforced the last policy for {after} s, then only monitored (fail_mode open): \
+                 calls made after that went out ungoverned and are recorded from the kernel's \
+                 queue",
+                record::rfc3339(gap.stopped),
+                record::rfc3339(gap.started)
+            ),
+        },
     );
+    alert
+        .details
+        .insert("kernel_enforcing".into(), json!(kernel.is_some()));
+    if let Some(after) = kernel {
+        let mode = if after == 0 { "closed" } else { "open" };
+        alert.details.insert("fail_mode".into(), json!(mode));
+    }
     alert
         .details
         .insert("stopped_at".into(), json!(record::rfc3339(gap.stopped)));

@@ -272,6 +272,32 @@ impl Agent {
         log
     }
 
+    /// Kills the agent with SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `bin` (another build, say) on the same files, after `stop` or
+    /// `kill`.
+    pub fn start_again(&mut self, bin: &Path) {
+        assert!(self.child.is_none(), "stop or kill the running agent first");
+        self.spawn(Command::new(bin));
+    }
+
+    /// The pin directory, from the agent's log.
+    pub fn pin_dir(&self) -> PathBuf {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("programs in force"))
+            .expect("a `programs in force` line");
+        let value: Value = serde_json::from_str(line).expect("JSON log line");
+        PathBuf::from(value["pins"].as_str().expect("pins field"))
+    }
+
     pub fn policies_dir(&self) -> PathBuf {
         self.dir.path().join("policies")
     }
@@ -427,8 +453,23 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent and removes its pins: the programs outlive the
+    /// agent on purpose, but not the test.
     fn drop(&mut self) {
         self.stop();
+        let out = Command::new(agent_bin())
+            .args(["uninstall-bpf", "--force", "--state-dir"])
+            .arg(self.state_dir())
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: uninstall-bpf failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(err) => eprintln!("warning: uninstall-bpf: {err}"),
+        }
     }
 }
 

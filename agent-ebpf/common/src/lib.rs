@@ -20,6 +20,7 @@ pub mod names {
     pub const MAP_REDIRECT_PORT: &str = "MG_REDIRECT_PORT";
     pub const MAP_DNS_NAMES: &str = "MG_DNS_NAMES";
     pub const MAP_ARGV_SCRATCH: &str = "MG_ARGV_SCRATCH";
+    pub const MAP_HEARTBEAT: &str = "MG_HEARTBEAT";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
     pub const PROG_CONNECT6: &str = "mg_connect6";
@@ -98,6 +99,9 @@ pub mod source {
     pub const DEFAULT: u8 = 0;
     pub const CGROUP: u8 = 1;
     pub const PROCESS: u8 = 2;
+    /// No agent heartbeat for `fail_open_after_s` under `fail_mode: open`:
+    /// the kernel only monitors.
+    pub const FAIL_OPEN: u8 = 3;
 }
 
 /// `MG_CGROUP_POLICY` key of the entry that applies to every cgroup without
@@ -141,10 +145,13 @@ pub enum Counter {
     /// ClientHellos to unknown addresses dropped because their SNI named a
     /// provider this workload may not reach.
     SniBlocked = 12,
+    /// Verdicts turned into monitor because the agent stopped heartbeating
+    /// under `fail_mode: open`.
+    FailOpen = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -159,6 +166,7 @@ impl Counter {
         Counter::DnsMatches,
         Counter::DnsLearned,
         Counter::SniBlocked,
+        Counter::FailOpen,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -176,6 +184,7 @@ impl Counter {
             Counter::DnsMatches => "dns_matches",
             Counter::DnsLearned => "dns_learned",
             Counter::SniBlocked => "sni_blocked",
+            Counter::FailOpen => "fail_open",
         }
     }
 }
@@ -245,7 +254,10 @@ pub struct AgentConfig {
     pub generation: u32,
     /// The proxy's port on 127.0.0.1 and ::1 (host order); 0 = no proxy.
     pub proxy_port: u16,
-    pub _pad2: u16,
+    /// `fail_mode: open`: seconds without an agent heartbeat
+    /// (`MG_HEARTBEAT`) after which verdicts become monitor. 0: fail
+    /// closed, the programs keep enforcing the last policy.
+    pub fail_open_after_s: u16,
     /// The agent's tgid: its own sockets (the proxy's upstream connections)
     /// are never redirected, or the proxy would loop into itself.
     pub agent_tgid: u32,

@@ -12,6 +12,7 @@ mod run;
 mod status;
 mod table;
 mod top;
+mod uninstall_bpf;
 mod usage;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -89,6 +90,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Live per-process model traffic, refreshed every second.
     Top(top::TopArgs),
+    /// Remove the pinned programs and maps (they outlive the agent on
+    /// purpose); after the agent has stopped.
+    UninstallBpf(uninstall_bpf::UninstallArgs),
     /// The local CA that signs the proxy's certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -119,6 +123,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy(PolicyCommand::Reload) => reload::run(&common.state_dir()?),
         Command::Status(args) => status::run(args, &common.state_dir()?),
         Command::Top(args) => top::run(args, &common.state_dir()?),
+        Command::UninstallBpf(args) => {
+            let pin_dir = common.file_config()?.pin_dir;
+            uninstall_bpf::run(args, &common.state_dir()?, pin_dir.as_deref())
+        }
         Command::Policy(PolicyCommand::Check(args)) => policy_check::check(args),
         Command::Policy(PolicyCommand::Explain(args)) => policy_explain::run(*args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(args),

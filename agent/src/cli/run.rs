@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     audit::StorePrompts,
-    config::{self, LogFormat},
+    config::{self, FailMode, LogFormat},
     daemon::{self, Settings},
     identity::cgroups,
     policy::Action,
@@ -43,6 +43,19 @@ pub struct RunArgs {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// What the kernel does while no agent runs.
+    #[arg(long, value_name = "MODE")]
+    fail_mode: Option<FailMode>,
+    /// Under fail-mode open: how long without a heartbeat before the
+    /// kernel only monitors, e.g. 15s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    fail_open_after: Option<std::time::Duration>,
+    /// Where programs, links and maps are pinned (on bpffs).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Log each kernel decision on a model endpoint at info.
+    #[arg(long)]
+    log_decisions: bool,
 }
 
 pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
@@ -112,6 +125,13 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
         proxy,
         alerts: file.alerts,
         otlp: file.otlp,
+        pin_dir: crate::ebpf::pins::pin_dir(
+            args.pin_dir.as_deref().or(file.pin_dir.as_deref()),
+            &state_dir,
+        ),
+        fail_mode: args.fail_mode.or(file.fail_mode).unwrap_or_default(),
+        fail_open_after: fail_open_after(args.fail_open_after.or(file.fail_open_after))?,
+        log_decisions: args.log_decisions || file.log_decisions.unwrap_or(false),
     };
     // One worker per CPU this process may run on (tokio's default follows
     // the affinity mask): pinned to one core, one worker, and no task
@@ -122,6 +142,19 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(daemon::run(settings))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whole seconds the kernel can count (it keeps them in 16 bits), and more
+/// than the agent's heartbeat period, or a running agent would look gone.
+fn fail_open_after(configured: Option<std::time::Duration>) -> Result<std::time::Duration> {
+    let after = configured.unwrap_or(config::DEFAULT_FAIL_OPEN_AFTER);
+    if !(3..=u64::from(u16::MAX)).contains(&after.as_secs()) {
+        anyhow::bail!(
+            "fail_open_after is {}; give 3s to 18h (whole seconds)",
+            humantime::format_duration(after)
+        );
+    }
+    Ok(std::time::Duration::from_secs(after.as_secs()))
 }
 
 fn init_logging(format: LogFormat) {

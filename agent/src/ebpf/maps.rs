@@ -24,6 +24,7 @@ pub struct KernelMaps {
     config: Array<MapData, AgentConfig>,
     counters: PerCpuArray<MapData, u64>,
     dns_names: BpfHashMap<MapData, u64, DnsName>,
+    heartbeat: Array<MapData, u64>,
     installed_dns: HashMap<u64, DnsName>,
     installed: EndpointSet,
     installed_ports: HashMap<u16, u8>,
@@ -53,6 +54,7 @@ impl KernelMaps {
             config: take(ebpf, names::MAP_CONFIG)?,
             counters: take(ebpf, names::MAP_COUNTERS)?,
             dns_names: take(ebpf, names::MAP_DNS_NAMES)?,
+            heartbeat: take(ebpf, names::MAP_HEARTBEAT)?,
             installed_dns: HashMap::new(),
             installed: EndpointSet::default(),
             installed_ports: HashMap::new(),
@@ -61,6 +63,61 @@ impl KernelMaps {
         };
         let events = take(ebpf, names::MAP_EVENTS)?;
         Ok((maps, events))
+    }
+
+    /// Takes what a previous agent left in the pinned maps as installed,
+    /// so the next sync removes what this policy no longer wants. Returns
+    /// the configuration the kernel ran with meanwhile, if there was one.
+    pub fn adopt(&mut self) -> Result<Option<AgentConfig>> {
+        for entry in self.endpoints.iter() {
+            let (key, value) = entry.context("reading MG_ENDPOINTS")?;
+            self.installed.exact.insert(key, value);
+        }
+        for entry in self.cidrs.iter() {
+            let (key, value) = entry.context("reading MG_CIDRS")?;
+            self.installed
+                .cidrs
+                .insert((key.prefix_len(), key.data()), value);
+        }
+        for port in 0..=u16::MAX {
+            let flags = self
+                .ports
+                .get(&u32::from(port), 0)
+                .context("reading MG_PORTS")?;
+            if flags != 0 {
+                self.installed_ports.insert(port, flags);
+            }
+        }
+        for entry in self.cgroup_policy.iter() {
+            let (id, policy) = entry.context("reading MG_CGROUP_POLICY")?;
+            self.cgroup_entries.insert(id, policy);
+        }
+        for entry in self.dns_names.iter() {
+            let (hash, name) = entry.context("reading MG_DNS_NAMES")?;
+            self.installed_dns.insert(hash, name);
+        }
+        let config = self.config.get(&0, 0).context("reading MG_CONFIG")?;
+        // An all-zero config is a map no agent configured yet.
+        Ok((config.generation != 0).then_some(config))
+    }
+
+    /// Stamps MG_HEARTBEAT with CLOCK_BOOTTIME, the clock the programs read.
+    pub fn beat(&mut self) -> Result<()> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+            anyhow::bail!(
+                "reading CLOCK_BOOTTIME: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        self.heartbeat
+            .set(0, now, 0)
+            .context("writing MG_HEARTBEAT")
     }
 
     pub fn set_config(&mut self, config: AgentConfig) -> Result<()> {

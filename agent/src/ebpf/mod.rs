@@ -3,6 +3,7 @@
 pub mod endpoints;
 pub mod events;
 pub mod maps;
+pub mod pins;
 pub mod tamper;
 mod tracefmt;
 
@@ -13,29 +14,47 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramFd, SockOps,
+        TracePoint, links::FdLink,
     },
 };
 use tracing::{debug, warn};
+
+use self::pins::{OpenLink, Pins};
 
 /// The object built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modelgate-ebpf"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// The loaded programs. Dropping this detaches everything.
+/// The loaded programs. Their links are pinned: dropping this (the agent
+/// stopping) leaves them attached, enforcing what the maps say.
 pub struct Programs {
     pub ebpf: Ebpf,
     execve_argv: bool,
+    pub pins: Pins,
+}
+
+/// What attaching found and did, for the log and `modelgate status`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attached {
+    /// Links switched to the new programs in place.
+    pub switched: usize,
+    /// Links made (and pinned) anew; any old ones replaced after.
+    pub attached: usize,
 }
 
 /// Loads the programs and maps; nothing is attached yet, so the agent can
-/// fill the maps first and never expose a half-configured policy.
-pub fn load() -> Result<Programs> {
+/// fill the maps first and never expose a half-configured policy. The
+/// state maps are pinned under `pin_dir`, or reopened from there.
+pub fn load(pin_dir: &Path) -> Result<Programs> {
     raise_memlock();
     ensure_tracefs()?;
+    let pins = Pins::open(pin_dir, OBJECT)?;
     let offsets = tracefmt::read(Path::new(TRACEFS))?;
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    pins.configure(&mut loader);
+    let ebpf = loader
         .override_global(names::GLOBAL_EXEC_FILENAME, &offsets.exec_filename, true)
         .override_global(
             names::GLOBAL_EXIT_GROUP_DEAD,
@@ -58,13 +77,16 @@ pub fn load() -> Result<Programs> {
     Ok(Programs {
         ebpf,
         execve_argv: offsets.execve_argv != 0,
+        pins,
     })
 }
 
 impl Programs {
     /// Attaches the tracepoints (host-wide) and the socket hooks at `cgroup`
-    /// (that cgroup and everything below it).
-    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
+    /// (that cgroup and everything below it), taking over the links a
+    /// previous agent pinned.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<Attached> {
+        let mut done = Attached::default();
         let mut tracepoints = vec![
             (names::PROG_EXEC, "sched", "sched_process_exec"),
             (names::PROG_EXIT, "sched", "sched_process_exit"),
@@ -79,15 +101,24 @@ impl Programs {
             );
         }
         for (program, category, name) in tracepoints {
-            let tp: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the eBPF object"))?
-                .try_into()?;
+            let path = self.pins.link_path(program);
+            let tp: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
             tp.load()
                 .with_context(|| format!("the kernel rejected program {program}"))?;
-            tp.attach(category, name)
+            // Perf links cannot be switched to another program: the new one
+            // goes in beside the old, which goes once the new is pinned.
+            let old = take_pin(&path)?;
+            let id = tp
+                .attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
+            match FdLink::try_from(tp.take_link(id)?) {
+                Ok(link) => pin(link, &path)?,
+                // A kernel without perf bpf_links: attached for as long as
+                // the agent runs, as before pinning existed.
+                Err(_) => debug!(program, "tracepoint link cannot be pinned on this kernel"),
+            }
+            drop(old);
+            done.attached += 1;
         }
         let cgroup_fd = File::open(cgroup).with_context(|| {
             format!(
@@ -95,6 +126,7 @@ impl Programs {
                 cgroup.display()
             )
         })?;
+        let cgroup_id = pins::cgroup_id(cgroup)?;
         for program in [
             names::PROG_CONNECT4,
             names::PROG_CONNECT6,
@@ -103,64 +135,133 @@ impl Programs {
             names::PROG_GETPEERNAME4,
             names::PROG_GETPEERNAME6,
         ] {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the eBPF object"))?
-                .try_into()?;
+            let prog: &mut CgroupSockAddr = program_mut(&mut self.ebpf, program)?;
             prog.load()
                 .with_context(|| format!("the kernel rejected program {program}"))?;
-            // On kernels >= 5.7 aya attaches with a bpf_link, which always
-            // coexists with other programs on the cgroup and rejects any
-            // attach flag: `Single` means "no flags" there, not exclusive.
-            prog.attach(&cgroup_fd, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
-            debug!(program, cgroup = %cgroup.display(), "attached");
+            let fd = prog.fd()?.try_clone()?;
+            place(
+                &self.pins,
+                program,
+                cgroup,
+                cgroup_id,
+                fd,
+                &mut done,
+                || {
+                    // On kernels >= 5.7 aya attaches with a bpf_link, which
+                    // always coexists with other programs on the cgroup and
+                    // rejects any attach flag: `Single` means "no flags" there.
+                    let id = prog.attach(&cgroup_fd, CgroupAttachMode::Single)?;
+                    Ok(FdLink::try_from(prog.take_link(id)?)?)
+                },
+            )?;
         }
-        let program = names::PROG_DNS;
-        let dns: &mut CgroupSkb = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the eBPF object"))?
-            .try_into()?;
-        dns.load()
-            .with_context(|| format!("the kernel rejected program {program}"))?;
-        dns.attach(
-            &cgroup_fd,
-            CgroupSkbAttachType::Ingress,
-            CgroupAttachMode::Single,
-        )
-        .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
-        let program = names::PROG_EGRESS;
-        let egress: &mut CgroupSkb = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the eBPF object"))?
-            .try_into()?;
-        egress
-            .load()
-            .with_context(|| format!("the kernel rejected program {program}"))?;
-        egress
-            .attach(
-                &cgroup_fd,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
+        for (program, direction) in [
+            (names::PROG_DNS, CgroupSkbAttachType::Ingress),
+            (names::PROG_EGRESS, CgroupSkbAttachType::Egress),
+        ] {
+            let prog: &mut CgroupSkb = program_mut(&mut self.ebpf, program)?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            let fd = prog.fd()?.try_clone()?;
+            place(
+                &self.pins,
+                program,
+                cgroup,
+                cgroup_id,
+                fd,
+                &mut done,
+                || {
+                    let id = prog.attach(&cgroup_fd, direction, CgroupAttachMode::Single)?;
+                    Ok(FdLink::try_from(prog.take_link(id)?)?)
+                },
+            )?;
+        }
         let program = names::PROG_SOCKOPS;
-        let sock_ops: &mut SockOps = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the eBPF object"))?
-            .try_into()?;
-        sock_ops
-            .load()
+        let prog: &mut SockOps = program_mut(&mut self.ebpf, program)?;
+        prog.load()
             .with_context(|| format!("the kernel rejected program {program}"))?;
-        sock_ops
-            .attach(&cgroup_fd, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
-        Ok(())
+        let fd = prog.fd()?.try_clone()?;
+        place(
+            &self.pins,
+            program,
+            cgroup,
+            cgroup_id,
+            fd,
+            &mut done,
+            || {
+                let id = prog.attach(&cgroup_fd, CgroupAttachMode::Single)?;
+                Ok(FdLink::try_from(prog.take_link(id)?)?)
+            },
+        )?;
+        Ok(done)
     }
+}
+
+/// Puts one loaded cgroup program in force: into the link a previous agent
+/// pinned for it when that link is on this cgroup and its maps are ours
+/// (one atomic switch), else through a new pinned link, the old one (if
+/// any) detached only after.
+fn place(
+    pins: &Pins,
+    program: &'static str,
+    cgroup: &Path,
+    cgroup_id: u64,
+    fd: ProgramFd,
+    done: &mut Attached,
+    attach: impl FnOnce() -> Result<FdLink>,
+) -> Result<()> {
+    let path = pins.link_path(program);
+    let old = OpenLink::open(&path)?;
+    if let Some(link) = &old
+        && pins.compatible
+        && link
+            .info()
+            .is_ok_and(|i| i.link_type == pins::LINK_TYPE_CGROUP && i.cgroup_id == cgroup_id)
+    {
+        link.update(&fd)
+            .with_context(|| format!("switching {program} to the new program"))?;
+        debug!(program, "switched the pinned link to the new program");
+        done.switched += 1;
+        return Ok(());
+    }
+    if old.is_some() {
+        // The open link keeps the old program attached until the new
+        // one is in.
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let link =
+        attach().with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
+    pin(link, &path)?;
+    drop(old);
+    debug!(program, cgroup = %cgroup.display(), "attached");
+    done.attached += 1;
+    Ok(())
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?;
+    Ok(program.try_into()?)
+}
+
+/// Opens the link pinned at `path` and removes the pin, so a new one can
+/// take its place while the open link keeps the old program attached.
+fn take_pin(path: &Path) -> Result<Option<OpenLink>> {
+    let old = OpenLink::open(path)?;
+    if old.is_some() {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(old)
+}
+
+fn pin(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path)
+        .with_context(|| format!("pinning a link at {}", path.display()))?;
+    Ok(())
 }
 
 fn raise_memlock() {

@@ -37,6 +37,8 @@ pub struct Paths<'a> {
 pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    /// How to remove its pins once stopped: the binary and its state dir.
+    unpin: Option<(PathBuf, PathBuf)>,
 }
 
 impl Agent {
@@ -75,6 +77,7 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             log: p.log.to_path_buf(),
+            unpin: Some((p.bin.to_path_buf(), p.state_dir.to_path_buf())),
         };
         agent.wait_ready()?;
         Ok(agent)
@@ -178,7 +181,29 @@ impl Agent {
         Ok((status, self.log_text()))
     }
 
+    /// SIGTERM, wait, then remove the pins: the programs outlive an agent
+    /// on purpose, but not a bench.
     fn terminate(&mut self) -> Result<ExitStatus> {
+        let status = self.signal_and_wait();
+        if let Some((bin, state_dir)) = self.unpin.take() {
+            let out = Command::new(&bin)
+                .args(["uninstall-bpf", "--force", "--state-dir"])
+                .arg(&state_dir)
+                .stdin(Stdio::null())
+                .output();
+            if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                eprintln!(
+                    "xtask: warning: could not remove the agent's pins; run `{} uninstall-bpf \
+                     --state-dir {}`",
+                    bin.display(),
+                    state_dir.display()
+                );
+            }
+        }
+        status
+    }
+
+    fn signal_and_wait(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("the agent was already stopped")?;
         let pid = libc::pid_t::try_from(child.id()).context("agent pid out of range")?;
         // SAFETY: kill has no memory-safety preconditions; the child is not
@@ -304,6 +329,7 @@ mod tests {
         let mut agent = Agent {
             child: Some(child),
             log: log.clone(),
+            unpin: None,
         };
         let mark = agent.log_mark();
         assert_eq!(mark, old.len());
