@@ -19,6 +19,7 @@ mod dns_client;
 mod dns_responder;
 mod http_client;
 mod proxy;
+mod startup;
 mod upstream;
 mod usage;
 
@@ -82,6 +83,9 @@ enum Bench {
     /// Rows per second the usage store absorbs, and `modelgate usage`'s
     /// query latency over a million rows.
     Usage(usage::UsageArgs),
+    /// Time from exec to READY (programs attached, proxy listening), first
+    /// start and restart, against the 1 s target (needs root).
+    Startup(startup::StartupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +113,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Classify(args) => classify::run(args),
         Bench::Dns(args) => dns::run(args),
         Bench::Usage(args) => usage::run(args),
+        Bench::Startup(args) => startup::run(args),
     }
 }
 
@@ -339,9 +344,9 @@ fn remove_stale_cgroups(mount: &Path) {
 }
 
 struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Stats {
