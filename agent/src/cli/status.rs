@@ -41,6 +41,11 @@ fn render(s: &Status) -> String {
         s.attach.cgroup,
         s.attach.programs.len()
     );
+    let _ = writeln!(
+        out,
+        "pinned     {} (fail_mode {})",
+        s.attach.pins, s.attach.fail_mode
+    );
     for program in s.attach.programs.iter().filter(|p| !p.attached) {
         let _ = writeln!(out, "           DETACHED: {}", program.name);
     }

@@ -27,6 +27,12 @@ pub struct Status {
 pub struct Attach {
     pub cgroup: String,
     pub programs: Vec<Program>,
+    /// Where the links and maps are pinned: they outlive the agent.
+    #[serde(default)]
+    pub pins: String,
+    /// What the kernel does while no agent runs: closed or open.
+    #[serde(default)]
+    pub fail_mode: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use std::{
 
 use super::Agent;
 use crate::{
+    config::FailMode,
     control::{
         Request,
         status::{
@@ -135,6 +136,13 @@ impl Agent {
             attach: Attach {
                 cgroup: self.settings.cgroup.display().to_string(),
                 programs,
+                pins: self.settings.pin_dir.display().to_string(),
+                fail_mode: match self.settings.fail_mode {
+                    FailMode::Closed => "closed".into(),
+                    FailMode::Open => {
+                        format!("open after {}s", self.settings.fail_open_after.as_secs())
+                    }
+                },
             },
             policy: PolicyStatus {
                 dir: self.settings.policies.display().to_string(),
