@@ -92,6 +92,8 @@ pub struct FileConfig {
     /// Where programs, links and maps are pinned (bpffs) so a restarted or
     /// upgraded agent adopts them; default /sys/fs/bpf/modelgate.
     pub pin_dir: Option<PathBuf>,
+    /// What one client may cost the proxy: timeouts, sizes, connections.
+    pub client_limits: Option<crate::proxy::ClientLimits>,
     /// One info log line per kernel decision on a model endpoint (never
     /// per packet); default false: the decisions are in the events file.
     pub log_decisions: Option<bool>,

@@ -191,6 +191,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let proxy = Proxy::bind(&settings.proxy, redirects, links).await?;
     let proxy_port = proxy.port;
+    metrics.watch_proxy_refused(proxy.refused());
     let (api_tx, mut api_rx) = mpsc::channel::<control::Request>(64);
     let control_socket = control::socket_path(&settings.proxy.state_dir);
     let _control = control::serve(

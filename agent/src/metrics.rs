@@ -91,6 +91,10 @@ pub struct Metrics {
     queues: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
+    /// Client connections the proxy closed at once at its limit; read at
+    /// each scrape.
+    proxy_refused: Gauge,
+    proxy_refused_source: Mutex<Option<Arc<AtomicU64>>>,
     /// Read at each scrape: the alert sinks own their counts.
     alerts: Mutex<Option<crate::alerts::AlertCounters>>,
     alerts_delivered: Family<SinkLabels, Gauge>,
@@ -179,8 +183,17 @@ impl Metrics {
             "OTLP export requests that failed (each retry counts)",
             otlp_failed.clone(),
         );
+        let proxy_refused = Gauge::default();
+        registry.register(
+            "proxy_connections_refused",
+            "Client connections closed at once because client_limits.max_connections were \
+             being served",
+            proxy_refused.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            proxy_refused,
+            proxy_refused_source: Mutex::new(None),
             alerts_delivered,
             alerts_dropped,
             alerts_spool,
@@ -274,6 +287,10 @@ impl Metrics {
         }
     }
 
+    pub fn watch_proxy_refused(&self, counter: Arc<AtomicU64>) {
+        *self.proxy_refused_source.lock().expect("poisoned") = Some(counter);
+    }
+
     /// Reports the alert sinks' deliveries, losses and spool depths.
     pub fn watch_alerts(&self, alerts: crate::alerts::AlertCounters) {
         *self.alerts.lock().expect("poisoned") = Some(alerts);
@@ -294,6 +311,10 @@ impl Metrics {
             self.dropped
                 .get_or_create(&QueueLabels { queue })
                 .set(counter.load(Ordering::Relaxed) as i64);
+        }
+        if let Some(refused) = &*self.proxy_refused_source.lock().expect("poisoned") {
+            self.proxy_refused
+                .set(refused.load(Ordering::Relaxed) as i64);
         }
         if let Some(alerts) = &*self.alerts.lock().expect("poisoned") {
             let stats = alerts.stats();

@@ -125,6 +125,39 @@ pub fn line_of(text: &str, key: &str, value: &str, nth: usize) -> Option<usize> 
         .map(|(index, _)| index + 1)
 }
 
+/// `90s`, `10m`, `1h` in settings files.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(de)?;
+        humantime::parse_duration(&raw).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "`{raw}` is not a duration like 500ms, 90s, 10m or 1h: {err}"
+            ))
+        })
+    }
+}
+
+/// A [`duration`] that must be longer than 0s: a timeout or a period.
+pub mod positive_duration {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let duration = super::duration::deserialize(de)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(
+                "the duration must be longer than 0s",
+            ));
+        }
+        Ok(duration)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

@@ -287,6 +287,11 @@ impl Agent {
         self.spawn(Command::new(bin));
     }
 
+    /// The running agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The pin directory, from the agent's log.
     pub fn pin_dir(&self) -> PathBuf {
         let log = self.log_text();

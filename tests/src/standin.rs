@@ -145,6 +145,19 @@ pub fn setup(
     delay: f64,
     agent_in_cgroup: bool,
 ) -> Setup {
+    setup_with_config(name, ip, policy, chunks, delay, agent_in_cgroup, "")
+}
+
+/// [`setup`] with more `agent.yaml`.
+pub fn setup_with_config(
+    name: &str,
+    ip: &'static str,
+    policy: &str,
+    chunks: u32,
+    delay: f64,
+    agent_in_cgroup: bool,
+    config: &str,
+) -> Setup {
     require_root();
     let cgroup = TestCgroup::new(name);
     let pki = Pki::new(&[HOST]);
@@ -164,6 +177,7 @@ pub fn setup(
     let mut spec = AgentSpec::new(&cgroup, &endpoints, policy);
     spec.extra_args = &args;
     spec.agent_in_cgroup = agent_in_cgroup;
+    spec.config = config;
     let agent = Agent::start(spec);
     Setup {
         agent,

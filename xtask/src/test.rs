@@ -48,6 +48,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema>=4,<5",
     "pyyaml>=6,<7",
     "prometheus-client>=0.20,<1",
+    "h2>=4,<5",
 ];
 
 /// A python with the official `openai` SDK: the proxy tests drive it as a

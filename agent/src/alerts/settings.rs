@@ -16,7 +16,7 @@ pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// Repeats of an alert within this window are sent as one (0s: never fold).
-    #[serde(with = "duration")]
+    #[serde(with = "crate::yaml::duration")]
     pub fold_window: Duration,
     pub file: FileSink,
     pub syslog: Option<SyslogSink>,
@@ -157,7 +157,7 @@ pub struct WebhookSink {
     pub secret_file: Option<PathBuf>,
     #[serde(default)]
     pub format: WebhookFormat,
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_timeout", with = "crate::yaml::positive_duration")]
     pub timeout: Duration,
     /// An extra trust root (PEM) beside the system's.
     pub ca: Option<PathBuf>,
@@ -235,22 +235,6 @@ impl fmt::Display for WebhookUrl {
 impl fmt::Debug for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "WebhookUrl({self})")
-    }
-}
-
-/// `90s`, `10m`, `1h`.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-        let raw = String::deserialize(de)?;
-        humantime::parse_duration(&raw).map_err(|err| {
-            serde::de::Error::custom(format!(
-                "`{raw}` is not a duration like 90s, 10m or 1h: {err}"
-            ))
-        })
     }
 }
 

@@ -105,6 +105,14 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
             .store_prompts
             .or(file.store_prompts)
             .unwrap_or_default(),
+        limits: {
+            let limits = file.client_limits.unwrap_or_default();
+            limits
+                .check()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("the agent configuration is invalid")?;
+            limits
+        },
     };
     let settings = Settings {
         policies: args

@@ -100,14 +100,31 @@ async fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 async fn connection(stream: UnixStream, context: Arc<Context>) {
-    let peer = stream
-        .peer_cred()
+    // The socket's mode already keeps others out; the peer's credentials
+    // are checked too, so a socket made world-writable by mistake (or an
+    // fd passed to another process) still answers only root and the group.
+    let cred = stream.peer_cred().ok();
+    let peer = cred
         .map(|c| format!("uid {}", c.uid()))
-        .unwrap_or_else(|_| "an unknown peer".into());
+        .unwrap_or_else(|| "an unknown peer".into());
+    let allowed = cred.is_some_and(|c| may_use(c.uid(), c.gid(), c.pid()));
+    if !allowed {
+        warn!(peer = %peer, "refused a control socket client: not root nor in the `{GROUP}` group");
+    }
     let service = service_fn(move |request: HttpRequest<hyper::body::Incoming>| {
         let context = context.clone();
         let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&context, &peer, request).await) }
+        async move {
+            let reply = if allowed {
+                route(&context, &peer, request).await
+            } else {
+                error(
+                    StatusCode::FORBIDDEN,
+                    format!("the control API is for root and the `{GROUP}` group"),
+                )
+            };
+            Ok::<_, std::convert::Infallible>(reply)
+        }
     });
     if let Err(err) = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -115,6 +132,36 @@ async fn connection(stream: UnixStream, context: Arc<Context>) {
     {
         debug!(error = %err, "control connection ended with an error");
     }
+}
+
+/// Root, or a process whose group or supplementary groups include
+/// `modelgate` (read from /proc: the peer's groups now, not its user's
+/// entry in /etc/group, which may have changed since it logged in).
+fn may_use(uid: u32, gid: u32, pid: Option<i32>) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(group) = uzers::get_group_by_name(GROUP).map(|g| g.gid()) else {
+        return false;
+    };
+    gid == group || pid.is_some_and(|pid| supplementary_groups(pid).contains(&group))
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|groups| {
+                    groups
+                        .split_whitespace()
+                        .filter_map(|g| g.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
 }
 
 type Reply = Response<Full<Bytes>>;

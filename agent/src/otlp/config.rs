@@ -38,7 +38,7 @@ pub struct OtlpConfig {
     #[serde(default)]
     pub headers_env: BTreeMap<String, String>,
     /// Bound on one export request: connect, TLS, send and answer.
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_timeout", with = "crate::yaml::positive_duration")]
     pub timeout: Duration,
     /// Audit records waiting for export; past this they are dropped and
     /// counted (`modelgate_records_dropped{queue="otlp"}`).
@@ -49,7 +49,7 @@ pub struct OtlpConfig {
     pub batch: NonZeroUsize,
     /// How long a record may wait for its batch to fill, and how often
     /// metrics are exported.
-    #[serde(default = "default_interval", with = "duration")]
+    #[serde(default = "default_interval", with = "crate::yaml::positive_duration")]
     pub interval: Duration,
     /// An extra trust root (PEM) beside the system's, for an https endpoint.
     pub ca_file: Option<PathBuf>,
@@ -204,26 +204,6 @@ pub struct Headers(pub BTreeMap<String, String>);
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
-/// `500ms`, `10s`, `1m`; not zero.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-        let raw = String::deserialize(de)?;
-        match humantime::parse_duration(&raw) {
-            Ok(duration) if duration.is_zero() => Err(serde::de::Error::custom(format!(
-                "`{raw}`: the duration must be longer than 0s"
-            ))),
-            Ok(duration) => Ok(duration),
-            Err(err) => Err(serde::de::Error::custom(format!(
-                "`{raw}` is not a duration like 500ms, 10s or 1m: {err}"
-            ))),
-        }
     }
 }
 

@@ -15,7 +15,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
 use tracing::debug;
 
 use super::{
@@ -51,14 +54,30 @@ pub async fn serve<I>(
         .or_else(|| conn.info.fallback_host.clone())
         .unwrap_or_else(|| conn.destination.ip().to_string())
         .into();
+    let shared_limits = shared.limits;
     let service = service_fn(move |request| {
         let (shared, conn, host) = (shared.clone(), conn.clone(), host.clone());
         async move { Ok::<_, Infallible>(handle(shared, conn, request, scheme, host).await) }
     });
-    if let Err(err) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, service)
-        .await
-    {
+    let limits = shared_limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    // Rapid reset (CVE-2023-44487) and stream floods: bounded streams, and
+    // a connection that keeps resetting them is closed with GOAWAY.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(64)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
+    if let Err(err) = builder.serve_connection(io, service).await {
         debug!(error = %err, "client connection ended with an error");
     }
 }
@@ -83,35 +102,68 @@ async fn handle(
     audit.method = Some(parts.method.to_string());
     audit.path = Some(parts.uri.path().to_string());
 
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
+    // Smuggling needs two parsers that disagree on where a request ends.
+    // hyper frames each request once (Transfer-Encoding over Content-Length,
+    // conflicting lengths refused), and what goes upstream is re-framed from
+    // the collected body, never relayed bytes: upstream sees exactly the
+    // requests the policy saw.
+    let read = tokio::time::timeout(
+        shared.limits.body_timeout,
+        Limited::new(body, MAX_REQUEST_BODY).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Err(_) => {
+            let message = format!(
+                "modelgate: the request body did not arrive within {}s",
+                shared.limits.body_timeout.as_secs()
+            );
+            return refuse(
+                &shared,
+                audit,
+                started,
+                family,
+                StatusCode::REQUEST_TIMEOUT,
+                "client_timeout",
+                &message,
+            );
+        }
+        Ok(Err(err)) => {
             let too_large = err
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
-            let (status, outcome, message) = if too_large {
-                (
+            if too_large {
+                let message =
+                    format!("modelgate: request bodies over {MAX_REQUEST_BODY} bytes are refused");
+                audit.outcome = "too_large";
+                audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
+                audit.error = Some(message.clone());
+                finish(&shared, audit, started, None);
+                return error_response(
+                    family,
+                    Refusal::TooLarge,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("modelgate: request bodies over {MAX_REQUEST_BODY} bytes are refused"),
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("modelgate: reading the request failed: {err}"),
-                )
-            };
-            audit.outcome = outcome;
-            audit.status = Some(status.as_u16());
-            audit.error = Some(message.clone());
-            finish(&shared, audit, started, None);
-            return error_response(family, Refusal::TooLarge, status, &message);
+                    &message,
+                );
+            }
+            let message = format!("modelgate: reading the request failed: {err}");
+            return refuse(
+                &shared,
+                audit,
+                started,
+                family,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &message,
+            );
         }
     };
-    let host = match admitted_host(&conn.info, scheme, &host, requested_host(&parts).as_deref()) {
+    let asked = requested_host(&parts);
+    let host = match admitted_host(&conn.info, scheme, &host, asked.as_deref()) {
         Ok(host) => host,
         Err(message) => {
+            shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
             audit.decision = "refused";
             audit.outcome = "host_mismatch";
             audit.status = Some(421);
@@ -377,6 +429,29 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
         out.remove(name.as_str());
     }
     out
+}
+
+/// Answers a request the client got wrong, records why, and closes the
+/// connection: after a malformed or half-read request, the next bytes on it
+/// cannot be trusted to start a request.
+fn refuse(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+    status: StatusCode,
+    outcome: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    audit.outcome = outcome;
+    audit.status = Some(status.as_u16());
+    audit.error = Some(message.to_string());
+    finish(shared, audit, started, None);
+    let mut response = error_response(family, Refusal::BadRequest, status, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn error_response(

@@ -6,6 +6,7 @@ pub mod ca;
 mod credentials;
 mod forward;
 mod govern;
+mod limits;
 mod origin;
 mod passthrough;
 pub mod providers;
@@ -30,14 +31,14 @@ use hyper_util::rt::TokioIo;
 use rustls::{ServerConfig, server::Acceptor};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinSet,
 };
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-pub use self::origin::Origins;
 use self::{ca::Ca, forward::Conn, upstream::Pins};
+pub use self::{limits::ClientLimits, origin::Origins};
 use crate::{
     alerts::{Alert, Alerts, Severity},
     audit::{AuditLog, AuditRecord, Destination, StorePrompts},
@@ -48,14 +49,12 @@ use crate::{
     policy::PolicyState,
 };
 
-/// How long a client may take to send its first bytes / ClientHello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct ProxySettings {
     pub port: u16,
     pub state_dir: PathBuf,
     pub upstream_ca: Option<PathBuf>,
     pub store_prompts: StorePrompts,
+    pub limits: ClientLimits,
 }
 
 /// What the agent knows about a redirected connection's process and
@@ -126,6 +125,11 @@ pub(crate) struct Shared {
     live: Arc<crate::control::live::Live>,
     /// Client connections accepted; also each one's id in the audit.
     connections: Arc<AtomicU64>,
+    limits: ClientLimits,
+    /// One permit per client connection being served.
+    slots: Arc<Semaphore>,
+    /// Connections closed at once because every slot was taken.
+    refused: Arc<AtomicU64>,
     otlp: Option<crate::otlp::OtlpHandle>,
 }
 
@@ -168,6 +172,9 @@ impl Proxy {
                 store_prompts: settings.store_prompts,
                 live: links.live,
                 connections: Arc::new(AtomicU64::new(0)),
+                limits: settings.limits,
+                slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
+                refused: Arc::new(AtomicU64::new(0)),
                 otlp: links.otlp,
             }),
         })
@@ -179,6 +186,11 @@ impl Proxy {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// Connections refused because `max_connections` were being served.
+    pub fn refused(&self) -> Arc<AtomicU64> {
+        self.shared.refused.clone()
     }
 
     /// Client connections accepted so far, counted as they come.
@@ -204,7 +216,18 @@ impl Proxy {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(handle(self.shared.clone(), stream, peer));
+                    // Past the limit the connection is closed at once: a
+                    // flood of clients costs a count, not memory.
+                    match self.shared.slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let shared = self.shared.clone();
+                            conns.spawn(async move {
+                                handle(shared, stream, peer).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => self.shared.refuse_over_limit(peer),
+                    }
                 }
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -290,7 +313,10 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     });
 
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    // First bytes and the TLS handshake get the same time as a request's
+    // headers: a client that connects and says nothing holds a slot no
+    // longer than one that stalls mid-request.
+    let peeked = tokio::time::timeout(shared.limits.header_timeout, stream.peek(&mut first)).await;
     if !matches!(peeked, Ok(Ok(1))) {
         debug!(%peer, "client sent nothing; closing");
         return;
@@ -306,7 +332,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         return;
     }
     let start = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        shared.limits.header_timeout,
         LazyConfigAcceptor::new(Acceptor::default(), stream),
     )
     .await
@@ -323,6 +349,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(host) => host,
         Err(message) => {
             warn!(%peer, %message, "refused a redirected connection");
+            shared.fronting_alert(&conn.info, sni.as_deref().unwrap_or(""), &message);
             shared.record(refusal(
                 connection,
                 "host_mismatch",
@@ -392,6 +419,41 @@ impl Shared {
             otlp.send(&audit);
         }
         self.audit.send(audit);
+    }
+
+    /// A redirected client named another host than the one its connection
+    /// was matched for: domain fronting, or an app using the proxy to reach
+    /// a host it could not reach directly. Refused by the caller; raised
+    /// here.
+    pub(crate) fn fronting_alert(&self, info: &ConnInfo, named: &str, message: &str) {
+        let mut alert = Alert::new(
+            "domain-fronting",
+            Severity::High,
+            format!(
+                "{} (pid {}) named `{named}` on a connection to provider `{}`; refused: {message}",
+                info.identity.who(),
+                info.identity.tgid,
+                info.provider
+            ),
+        );
+        alert.rule = Some(info.rule.clone());
+        alert.provider = Some(info.provider.clone());
+        alert.host = Some(named.to_string());
+        alert.identity = Some(info.identity.clone());
+        self.alerts.send(alert.with_id());
+    }
+
+    fn refuse_over_limit(&self, peer: SocketAddr) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            warn!(
+                %peer,
+                refused_total = refused,
+                max_connections = self.limits.max_connections,
+                "refused client connections: the proxy is serving its maximum; raise \
+                 client_limits.max_connections if this load is legitimate"
+            );
+        }
     }
 
     fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>> {

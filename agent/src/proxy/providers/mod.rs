@@ -235,6 +235,8 @@ pub enum Refusal {
     Upstream,
     TooLarge,
     Budget,
+    /// The client's request was malformed, ambiguous or too slow.
+    BadRequest,
 }
 
 /// An error response in the provider's own shape, so the SDK shows the
@@ -264,6 +266,12 @@ pub fn error_body(family: Family, refusal: Refusal, status: u16, message: &str) 
             "rate_limit_error",
             "RESOURCE_EXHAUSTED",
             "budget_exceeded",
+        ),
+        Refusal::BadRequest => (
+            "invalid_request_error",
+            "invalid_request_error",
+            "INVALID_ARGUMENT",
+            "bad_request",
         ),
     };
     let body = match family {

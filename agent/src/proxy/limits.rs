@@ -1,0 +1,55 @@
+//! What one client may cost the proxy: it sits in front of every model
+//! call on the host, so a slow, huge or abusive client must not stall or
+//! exhaust it for the others.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `client_limits:` in agent.yaml.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// Time to send a request's headers (also the idle time allowed
+    /// between requests on a kept-alive connection).
+    #[serde(with = "crate::yaml::positive_duration")]
+    pub header_timeout: Duration,
+    /// Time to send a request's body.
+    #[serde(with = "crate::yaml::positive_duration")]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Client connections served at once; past this new ones are closed
+    /// at once (and counted), so memory and file descriptors stay bounded.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 << 10,
+            max_connections: 8192,
+            max_streams: 100,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// What hyper needs to hold: its HTTP/1 read buffer has a floor.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_header_bytes < 8192 {
+            return Err(format!(
+                "client_limits.max_header_bytes is {}; give at least 8192",
+                self.max_header_bytes
+            ));
+        }
+        if self.max_connections == 0 || self.max_streams == 0 {
+            return Err("client_limits.max_connections and max_streams must be above 0".into());
+        }
+        Ok(())
+    }
+}
