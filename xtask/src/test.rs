@@ -128,6 +128,14 @@ fn check_prerequisites() -> Result<()> {
         ("unshare", "util-linux"),
         ("bpftool", "bpftool"),
         ("tmux", "tmux"),
+        // The package test: build the .deb, install it in a scratch root,
+        // run the installed agent with the unit's capabilities, verify the unit.
+        ("dpkg-deb", "dpkg"),
+        ("objcopy", "binutils"),
+        ("readelf", "binutils"),
+        ("nsenter", "util-linux"),
+        ("setpriv", "util-linux"),
+        ("systemd-analyze", "systemd"),
     ]
     .into_iter()
     .filter(|(tool, _)| util::which(tool).is_none())
