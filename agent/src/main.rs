@@ -14,6 +14,12 @@ mod ebpf;
 mod heartbeat;
 mod identity;
 mod jsonl;
+#[path = "../../packaging/layout.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the xtask, which alone uses the Debian control fields"
+)]
+mod layout;
 mod metrics;
 mod notify;
 mod otlp;

@@ -7,7 +7,14 @@ mod bench;
 mod bootstrap;
 mod build_cmd;
 mod cgroup;
+#[path = "../../packaging/layout.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the agent, which alone prints the descriptions"
+)]
+mod layout;
 mod lint;
+mod package;
 mod run;
 mod test;
 mod util;
@@ -41,6 +48,9 @@ enum Command {
     Test(test::TestArgs),
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Build a release agent and package it: target/package/modelgate_<version>_<arch>.deb
+    /// and modelgate-<version>-<arch>.tar.gz (with install.sh).
+    Package(package::PackageArgs),
     /// Benchmarks that print figures against a baseline from the same run.
     Bench(bench::BenchArgs),
     /// The bench's connect() loop, run in a child process placed in a cgroup.
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
+        Command::Package(args) => package::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchClient(args) => bench::client(&args),
         Command::BenchProxyClient(args) => bench::proxy_client(&args),

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::{build_cmd, cgroup, util};
+use crate::{build_cmd, cgroup, package, util};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -20,6 +20,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     check_prerequisites()?;
     let python = python_with_sdk()?;
     let bin = build_cmd::build(false)?;
+    // The package test installs what `cargo xtask package` would build,
+    // from this same debug binary: no release build in CI.
+    let packages = package::package(&bin, false)?;
     let mut cmd = util::cargo();
     cmd.arg("test");
     // `--workspace` would override a forwarded `-p`.
@@ -29,7 +32,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     cmd.arg("--no-fail-fast")
         .args(&args.args)
         .env("MODELGATE_BIN", &bin)
-        .env("MODELGATE_TEST_PYTHON", &python);
+        .env("MODELGATE_TEST_PYTHON", &python)
+        .env("MODELGATE_DEB", &packages.deb)
+        .env("MODELGATE_TARBALL", &packages.tarball);
     println!(
         "test: MODELGATE_BIN={} {}",
         bin.display(),
@@ -124,6 +129,14 @@ fn check_prerequisites() -> Result<()> {
         ("unshare", "util-linux"),
         ("bpftool", "bpftool"),
         ("tmux", "tmux"),
+        // The package test: build the .deb, install it in a scratch root,
+        // run the installed agent with the unit's capabilities, verify the unit.
+        ("dpkg-deb", "dpkg"),
+        ("objcopy", "binutils"),
+        ("readelf", "binutils"),
+        ("nsenter", "util-linux"),
+        ("setpriv", "util-linux"),
+        ("systemd-analyze", "systemd"),
     ]
     .into_iter()
     .filter(|(tool, _)| util::which(tool).is_none())

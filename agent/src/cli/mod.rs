@@ -4,6 +4,7 @@ mod alerts;
 mod bench_classify;
 mod bench_usage;
 mod ca;
+mod install;
 mod policy_check;
 mod policy_explain;
 mod policy_test;
@@ -96,6 +97,8 @@ enum Command {
     /// The local CA that signs the proxy's certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// What the package installs and does (with --dry-run), for review.
+    Install(install::InstallArgs),
     /// Throughput of the data classifiers (used by `cargo xtask bench classify`).
     #[command(hide = true)]
     BenchClassify(bench_classify::BenchArgs),
@@ -133,6 +136,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Alerts(args) => alerts::run(args, &common.state_dir()?),
         Command::Usage(args) => usage::run(args, &common.state_dir()?),
         Command::Ca(command) => ca::run(command, &common.state_dir()?).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => install::run(&args),
         Command::BenchClassify(args) => bench_classify::run(args),
         Command::BenchUsage(args) => bench_usage::run(args),
     }
