@@ -231,3 +231,80 @@ fn an_upgrade_to_another_build_lets_no_connect_escape() {
         "{programs:?}"
     );
 }
+
+/// An upgrade whose maps changed layout cannot reuse them: the new agent
+/// starts fresh maps, attaches its programs beside the old ones and only
+/// then lets the old ones go — still nothing escapes.
+#[test]
+fn an_upgrade_that_changes_a_maps_layout_replaces_the_links_make_before_break() {
+    require_root();
+    let cgroup = TestCgroup::new("restart-layout");
+    let listener = Listener::start("127.0.0.144:0");
+    let endpoints = endpoints("127.0.0.144", listener.addr.port());
+    let mut agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        &endpoints,
+        "default_action: block\nrules: []\n",
+    ));
+    let pins = agent.pin_dir();
+    agent.stop();
+    // What a build with another MG_CONFIG would have pinned: same name,
+    // another value size. The old programs keep their own map (a link
+    // holds it), so they go on blocking.
+    let config_pin = pins.join("maps/MG_CONFIG");
+    std::fs::remove_file(&config_pin).unwrap();
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&config_pin)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "32",
+            "entries",
+            "1",
+            "name",
+            "MG_CONFIG",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        connect_once(&cgroup, &listener),
+        "EPERM",
+        "the old programs still block"
+    );
+
+    let client = start_loop(&cgroup, &listener, 4.0);
+    thread::sleep(Duration::from_millis(500));
+    agent.start_again(&agent_bin());
+    let counts = loop_counts(client);
+    assert_eq!(
+        counts["ok"], 0,
+        "connects escaped during the replacement: {counts}"
+    );
+    assert_eq!(counts["other"], 0, "{counts}");
+    let force = in_force(&agent);
+    assert_eq!(force["switched"], 0, "{force}");
+    assert!(force["attached"].as_u64().unwrap() >= 9, "{force}");
+    assert!(
+        agent.log_text().contains("another layout"),
+        "the mismatch is said"
+    );
+    // Exactly one set of our programs on the cgroup: the old links went.
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cgroup.path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let connect4 = listing.lines().filter(|l| l.contains("connect4")).count();
+    assert_eq!(connect4, 1, "{listing}");
+    assert_eq!(connect_once(&cgroup, &listener), "EPERM");
+}
