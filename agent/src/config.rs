@@ -94,6 +94,9 @@ pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
     /// What one client may cost the proxy: timeouts, sizes, connections.
     pub client_limits: Option<crate::proxy::ClientLimits>,
+    /// How long the proxy waits on a model server: for its response, and
+    /// between pieces of its body.
+    pub upstream_timeouts: Option<crate::proxy::UpstreamTimeouts>,
     /// One info log line per kernel decision on a model endpoint (never
     /// per packet); default false: the decisions are in the events file.
     pub log_decisions: Option<bool>,

@@ -69,6 +69,38 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def _fail(self, how):
+        """Upstream failures on demand, chosen by the request's model:
+        fail-reset (a stream cut by a TCP reset), fail-stall (a stream that
+        stops), fail-stall-headers (no answer at all), fail-garbage (bytes
+        that are not HTTP)."""
+        import socket, struct
+        if how == "fail-stall-headers":
+            time.sleep(30)
+            return
+        if how == "fail-garbage":
+            self.wfile.write(b"NOT-HTTP garbage \x00\xff\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        raw = ('data: ' + json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": how,
+               "choices": [{"index": 0, "delta": {"content": "w0 "}}]}) + "\n\n").encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+        self.wfile.flush()
+        if how == "fail-stall":
+            time.sleep(30)
+            return
+        # fail-reset: RST instead of FIN, once the proxy has read the first
+        # chunk (a reset makes the peer drop what it has not read yet).
+        time.sleep(0.5)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
     def do_GET(self):
         self._record(b"")
         if self.path.startswith("/v1/models"):
@@ -87,6 +119,9 @@ class Handler(BaseHTTPRequestHandler):
         model = req.get("model", "unknown")
         chunks = self.server.args.chunks
         path = self.path.split("?")[0]
+        if model.startswith("fail-"):
+            self._fail(model)
+            return
         if path.endswith("/chat/completions"):
             if req.get("stream"):
                 events = [

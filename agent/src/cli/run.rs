@@ -113,6 +113,7 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
                 .context("the agent configuration is invalid")?;
             limits
         },
+        upstream_timeouts: file.upstream_timeouts.unwrap_or_default(),
     };
     let settings = Settings {
         policies: args

@@ -262,9 +262,31 @@ async fn handle(
         upstream.headers_mut().insert(header::HOST, value);
     }
 
-    let response = match shared.client.request(upstream).await {
-        Ok(response) => response,
-        Err(err) => {
+    let waited = tokio::time::timeout(
+        shared.upstream_timeouts.response,
+        shared.client.request(upstream),
+    )
+    .await;
+    let response = match waited {
+        Ok(Ok(response)) => response,
+        Err(_) => {
+            let message = format!(
+                "modelgate: {authority} ({}) did not answer within {}s",
+                conn.destination,
+                shared.upstream_timeouts.response.as_secs()
+            );
+            audit.outcome = "upstream_timeout";
+            audit.status = Some(504);
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(
+                family,
+                Refusal::Upstream,
+                StatusCode::GATEWAY_TIMEOUT,
+                &message,
+            );
+        }
+        Ok(Err(err)) => {
             let message = format!(
                 "modelgate could not reach {authority} ({}): {}",
                 conn.destination,
@@ -285,7 +307,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers = forwardable(&parts.headers);
+    let idle = shared.upstream_timeouts.idle;
     let observed = ObservedBody {
+        family,
+        idle,
+        timer: Box::pin(tokio::time::sleep(idle)),
+        ending: None,
+        done: false,
         inner: body,
         observer: ResponseObserver::new(event_stream),
         pending: Some(Pending {
@@ -484,6 +512,13 @@ struct Pending {
 /// it passes. Its end — or its drop, when the client goes away — closes the
 /// audit record; dropping the upstream body cancels the upstream request.
 struct ObservedBody {
+    family: Family,
+    /// Longest wait for the next piece of the body.
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The provider-shaped error event a broken stream ends with.
+    ending: Option<Bytes>,
+    done: bool,
     inner: Incoming,
     observer: ResponseObserver,
     pending: Option<Pending>,
@@ -493,6 +528,25 @@ struct ObservedBody {
 }
 
 impl ObservedBody {
+    /// The upstream body failed: recorded; a stream then ends with an error
+    /// event the client's SDK understands, anything else is cut off (its
+    /// status is already sent, so breaking the body is the only honest
+    /// signal left).
+    fn break_off(
+        &mut self,
+        outcome: &'static str,
+        message: String,
+        err: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.close(outcome, Some(message.clone()));
+        self.done = true;
+        if self.event_stream {
+            let event = providers::stream_error(self.family, &message);
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        Poll::Ready(Some(Err(err)))
+    }
+
     fn close(&mut self, outcome: &'static str, error: Option<String>) {
         let Some(mut pending) = self.pending.take() else {
             return;
@@ -553,8 +607,16 @@ impl Body for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(event) = this.ending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
                 if let Some(data) = frame.data_ref() {
                     this.first_byte.get_or_insert_with(Instant::now);
                     this.bytes += data.len() as u64;
@@ -568,20 +630,31 @@ impl Body for ObservedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                let message = format!("the upstream response broke off: {}", error_chain(&err));
-                this.close("upstream_error", Some(message));
-                Poll::Ready(Some(Err(Box::new(err))))
+                let message = format!(
+                    "modelgate: the upstream response broke off: {}",
+                    error_chain(&err)
+                );
+                this.break_off("upstream_error", message, Box::new(err))
             }
             Poll::Ready(None) => {
                 this.close("ok", None);
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let message = format!(
+                        "modelgate: the upstream response stopped: nothing for {}s",
+                        this.idle.as_secs()
+                    );
+                    this.break_off("upstream_timeout", message.clone(), message.into())
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ending.is_none() && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

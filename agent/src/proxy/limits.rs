@@ -53,3 +53,26 @@ impl ClientLimits {
         Ok(())
     }
 }
+
+/// `upstream_timeouts:` in agent.yaml: how long the proxy waits on a model
+/// server before it gives the client a clean error instead of a hang.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// From the request sent to the response's headers. Generous: a
+    /// reasoning model may think for minutes before its first byte.
+    #[serde(with = "crate::yaml::positive_duration")]
+    pub response: Duration,
+    /// Between two pieces of a response body (a stream that stops).
+    #[serde(with = "crate::yaml::positive_duration")]
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            response: Duration::from_secs(600),
+            idle: Duration::from_secs(300),
+        }
+    }
+}

@@ -38,7 +38,10 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
 use self::{ca::Ca, forward::Conn, upstream::Pins};
-pub use self::{limits::ClientLimits, origin::Origins};
+pub use self::{
+    limits::{ClientLimits, UpstreamTimeouts},
+    origin::Origins,
+};
 use crate::{
     alerts::{Alert, Alerts, Severity},
     audit::{AuditLog, AuditRecord, Destination, StorePrompts},
@@ -55,6 +58,7 @@ pub struct ProxySettings {
     pub upstream_ca: Option<PathBuf>,
     pub store_prompts: StorePrompts,
     pub limits: ClientLimits,
+    pub upstream_timeouts: UpstreamTimeouts,
 }
 
 /// What the agent knows about a redirected connection's process and
@@ -126,6 +130,7 @@ pub(crate) struct Shared {
     /// Client connections accepted; also each one's id in the audit.
     connections: Arc<AtomicU64>,
     limits: ClientLimits,
+    upstream_timeouts: UpstreamTimeouts,
     /// One permit per client connection being served.
     slots: Arc<Semaphore>,
     /// Connections closed at once because every slot was taken.
@@ -173,6 +178,7 @@ impl Proxy {
                 live: links.live,
                 connections: Arc::new(AtomicU64::new(0)),
                 limits: settings.limits,
+                upstream_timeouts: settings.upstream_timeouts,
                 slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
                 refused: Arc::new(AtomicU64::new(0)),
                 otlp: links.otlp,

@@ -239,6 +239,18 @@ pub enum Refusal {
     BadRequest,
 }
 
+/// The last event of a stream that broke off upstream, in the provider's
+/// own shape, so the SDK raises it as an API error with our message
+/// instead of failing on a truncated stream.
+pub fn stream_error(family: Family, message: &str) -> Bytes {
+    let body = error_body(family, Refusal::Upstream, 502, message);
+    let body = String::from_utf8_lossy(&body);
+    Bytes::from(match family {
+        Family::Anthropic => format!("event: error\ndata: {body}\n\n"),
+        _ => format!("data: {body}\n\n"),
+    })
+}
+
 /// An error response in the provider's own shape, so the SDK shows the
 /// message to its user as it would any API error.
 pub fn error_body(family: Family, refusal: Refusal, status: u16, message: &str) -> Bytes {
