@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-use crate::{identity::Identity, jsonl::JsonlLog};
+use crate::{
+    alerts::{Alert, Alerts, Severity},
+    identity::Identity,
+    jsonl::{Change, JsonlLog},
+};
 
 pub const FILE_NAME: &str = "audit.jsonl";
 /// Records queued for the writer; past this they are dropped and counted.
@@ -190,6 +194,68 @@ pub fn sha256(text: &str) -> String {
 /// The audit log: `<state>/audit.jsonl`.
 pub type AuditLog = JsonlLog<AuditRecord>;
 
-pub fn open(state_dir: &Path) -> Result<(AuditLog, JoinHandle<()>)> {
-    JsonlLog::open(&state_dir.join(FILE_NAME), "audit", QUEUE)
+/// What the proxy does while the audit trail cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailure {
+    /// Refuse model requests (503) until the audit can be written: no call
+    /// goes unaudited.
+    #[default]
+    Block,
+    /// Serve them; their records wait in memory (bounded) for the disk.
+    Allow,
+}
+
+/// Opens the audit log; a disk that stops (or starts again) taking its
+/// records raises an alert saying what the proxy does meanwhile.
+pub fn open(
+    state_dir: &Path,
+    alerts: Alerts,
+    mode: AuditFailure,
+) -> Result<(AuditLog, JoinHandle<()>)> {
+    let path = state_dir.join(FILE_NAME);
+    let shown = path.display().to_string();
+    JsonlLog::open(&path, "audit", QUEUE, move |change| {
+        let alert = match change {
+            Change::Failing(err) => {
+                let what = match mode {
+                    AuditFailure::Block => "model requests are refused until it can",
+                    AuditFailure::Allow => {
+                        "model requests are served and their records kept in memory meanwhile"
+                    }
+                };
+                let mut alert = Alert::new(
+                    "audit-failure",
+                    Severity::Critical,
+                    format!(
+                        "the audit trail {shown} cannot be written ({err}): {what} \
+                         (audit_failure: {}); free space or make it writable",
+                        if mode == AuditFailure::Block {
+                            "block"
+                        } else {
+                            "allow"
+                        }
+                    ),
+                );
+                alert.details.insert("error".into(), err.into());
+                alert
+            }
+            Change::Recovered { written_late } => {
+                let mut alert = Alert::new(
+                    "audit-failure",
+                    Severity::Warning,
+                    format!(
+                        "the audit trail {shown} is written again; {written_late} records \
+                         kept meanwhile are on disk"
+                    ),
+                );
+                alert.details.insert("recovered".into(), true.into());
+                alert
+                    .details
+                    .insert("written_late".into(), written_late.into());
+                alert
+            }
+        };
+        alerts.send(alert.with_id());
+    })
 }

@@ -92,6 +92,9 @@ pub struct FileConfig {
     /// Where programs, links and maps are pinned (bpffs) so a restarted or
     /// upgraded agent adopts them; default /sys/fs/bpf/modelgate.
     pub pin_dir: Option<PathBuf>,
+    /// While the audit trail cannot be written: block (the default: refuse
+    /// model requests) or allow (serve them, records kept in memory).
+    pub audit_failure: Option<crate::audit::AuditFailure>,
     /// What one client may cost the proxy: timeouts, sizes, connections.
     pub client_limits: Option<crate::proxy::ClientLimits>,
     /// How long the proxy waits on a model server: for its response, and

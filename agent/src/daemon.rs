@@ -153,8 +153,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         None
     };
     let redirects = ebpf::maps::take(&mut programs.ebpf, names::MAP_REDIRECT_PORT)?;
-    let (audit, audit_writer) = audit::open(&settings.proxy.state_dir)?;
     let (alerts, alerts_writer) = alerts::open(&settings.proxy.state_dir, &settings.alerts)?;
+    let (audit, audit_writer) = audit::open(
+        &settings.proxy.state_dir,
+        alerts.clone(),
+        settings.proxy.audit_failure,
+    )?;
     let (describe_tx, mut describe_rx) = mpsc::channel::<Describe>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
     let metrics = Metrics::new();
@@ -164,6 +168,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     metrics.watch_queue("usage", usage.dropped.clone());
     let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
     let audit_dropped = audit.dropped.clone();
+    let audit_health = audit.health.clone();
     let live = Arc::new(Live::default());
     let (otlp, otlp_exporter) = match &settings.otlp {
         Some(config) => {
@@ -218,6 +223,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics_addr,
         control_socket: control_socket.clone(),
         audit_dropped,
+        audit_health,
         otlp: otlp_health,
     };
     let mut ids = Ids::default();

@@ -165,6 +165,9 @@ pub struct AgentSpec<'a> {
     pub agent_in_cgroup: bool,
     /// More `agent.yaml` (e.g. an `alerts:` section).
     pub config: &'a str,
+    /// Put the state directory on a tmpfs of this size (e.g. "4m"), which a
+    /// test can fill up or remount read-only.
+    pub state_tmpfs: Option<&'a str>,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -177,12 +180,15 @@ impl<'a> AgentSpec<'a> {
             hosts_file: None,
             agent_in_cgroup: false,
             config: "",
+            state_tmpfs: None,
         }
     }
 }
 
 /// A running `modelgate run`, stopped with SIGTERM on drop.
 pub struct Agent {
+    /// The state directory is a tmpfs of ours, unmounted on drop.
+    tmpfs: bool,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub events: PathBuf,
@@ -224,7 +230,24 @@ impl Agent {
                 cmd.pre_exec(move || fs::write(&procs, b"0"));
             }
         }
+        if let Some(size) = spec.state_tmpfs {
+            let state = dir.path().join("state");
+            fs::create_dir(&state).unwrap();
+            let status = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size}"),
+                    "modelgate-test",
+                ])
+                .arg(&state)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount a tmpfs state dir");
+        }
         let mut agent = Agent {
+            tmpfs: spec.state_tmpfs.is_some(),
             child: None,
             events: dir.path().join("events.jsonl"),
             log: dir.path().join("agent.log"),
@@ -474,6 +497,12 @@ impl Drop for Agent {
                 String::from_utf8_lossy(&out.stderr)
             ),
             Err(err) => eprintln!("warning: uninstall-bpf: {err}"),
+        }
+        if self.tmpfs {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.state_dir())
+                .status();
         }
     }
 }

@@ -148,6 +148,20 @@ pub fn setup(
     setup_with_config(name, ip, policy, chunks, delay, agent_in_cgroup, "")
 }
 
+/// [`setup_with_config`] with the state directory on a tmpfs of `size`.
+pub fn setup_on_tmpfs(name: &str, ip: &'static str, config: &str, size: &str) -> Setup {
+    setup_inner(
+        name,
+        ip,
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+        config,
+        Some(size),
+    )
+}
+
 /// [`setup`] with more `agent.yaml`.
 pub fn setup_with_config(
     name: &str,
@@ -157,6 +171,29 @@ pub fn setup_with_config(
     delay: f64,
     agent_in_cgroup: bool,
     config: &str,
+) -> Setup {
+    setup_inner(
+        name,
+        ip,
+        policy,
+        chunks,
+        delay,
+        agent_in_cgroup,
+        config,
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setup_inner(
+    name: &str,
+    ip: &'static str,
+    policy: &str,
+    chunks: u32,
+    delay: f64,
+    agent_in_cgroup: bool,
+    config: &str,
+    state_tmpfs: Option<&str>,
 ) -> Setup {
     require_root();
     let cgroup = TestCgroup::new(name);
@@ -178,6 +215,7 @@ pub fn setup_with_config(
     spec.extra_args = &args;
     spec.agent_in_cgroup = agent_in_cgroup;
     spec.config = config;
+    spec.state_tmpfs = state_tmpfs;
     let agent = Agent::start(spec);
     Setup {
         agent,

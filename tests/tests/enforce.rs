@@ -44,6 +44,7 @@ fn fixture(name: &str, policy: &str) -> Fixture {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
     Fixture {
         agent,
@@ -141,6 +142,7 @@ fn block_fails_connect_with_eperm_and_names_the_rule() {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
 
     let (py_pid, result) = python_connect(&cgroup, "127.0.0.9", port);
@@ -275,6 +277,7 @@ fn ipv6_and_cidr_endpoints() {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
 
     let (pid, result) = python_connect(&cgroup, "::1", port_v6);
@@ -320,6 +323,7 @@ fn udp_to_an_endpoint_port_443_is_refused_under_block() {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
     let child = cgroup
         .command("python3")
@@ -407,6 +411,7 @@ fn container_and_unit_cgroups_are_attributed_and_enforced_in_the_kernel() {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
 
     let (pid, result) = python_connect(&docker, "127.0.0.9", port);
@@ -457,6 +462,7 @@ fn catalog_host_names_are_resolved_into_the_endpoint_map() {
         hosts_file: Some("127.0.0.1 localhost\n127.0.0.11 api.anthropic.com\n"),
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
     // The answer lands shortly after start; poll until the connect is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

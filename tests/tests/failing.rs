@@ -150,3 +150,128 @@ fn a_server_that_never_answers_gives_a_504_and_one_that_speaks_garbage_a_502() {
     assert_eq!(audit["status"], 502, "{audit:#}");
     let _ = HOST;
 }
+
+/// Fills the tmpfs under the state directory to the last byte.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    // dd stops with "No space left on device": that is the point.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    filler
+}
+
+/// Requests until one is answered `want` (or gives up after `tries`).
+fn until_status(s: &Setup, want: &str, tries: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..tries {
+        let (status, body) = call(s, "gpt-4o-mini", false);
+        let done = status.contains(want);
+        seen.push(format!("{status} {}", body.trim()));
+        if done {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    seen
+}
+
+fn alerts_in(path: &std::path::Path) -> Vec<Value> {
+    modelgate_tests::json_lines(path)
+}
+
+#[test]
+fn a_full_audit_disk_blocks_requests_alerts_and_recovers_by_itself() {
+    let outside = tempfile::tempdir().unwrap();
+    let alerts = outside.path().join("alerts.jsonl");
+    let config = format!(
+        "alerts:\n  fold_window: 0s\n  file:\n    path: {}\n",
+        alerts.display()
+    );
+    let s = modelgate_tests::standin::setup_on_tmpfs("audit-full", "127.0.0.174", &config, "16m");
+    let state = s.agent.state_dir();
+    assert!(call(&s, "gpt-4o-mini", false).0.contains("200"));
+
+    let filler = fill(&state);
+    let seen = until_status(&s, "503", 6);
+    let last = seen.last().unwrap();
+    assert!(
+        last.contains("503"),
+        "requests must be refused once the audit fails: {seen:#?}"
+    );
+    assert!(last.contains("audit_failure: block"), "{last}");
+    let failure = alerts_in(&alerts)
+        .into_iter()
+        .find(|a| a["type"] == "audit-failure")
+        .expect("an audit-failure alert");
+    assert_eq!(failure["severity"], "critical", "{failure:#}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let seen = until_status(&s, "200", 20);
+    assert!(
+        seen.last().unwrap().contains("200"),
+        "recovers by itself: {seen:#?}"
+    );
+    let recovered = alerts_in(&alerts)
+        .into_iter()
+        .find(|a| a["type"] == "audit-failure" && a["recovered"] == true)
+        .expect("a recovery alert");
+    assert!(
+        recovered["written_late"].as_u64().unwrap() >= 1,
+        "{recovered:#}"
+    );
+
+    // Every request has its record, none torn: the ones made while the
+    // disk refused waited in memory.
+    let audit = s.agent.audit_now();
+    let refused = audit
+        .iter()
+        .filter(|r| r["outcome"] == "audit_unavailable")
+        .count();
+    assert!(refused >= 2, "{audit:#?}");
+    assert!(audit.iter().all(|r| r["identity"]["tgid"].is_u64()));
+}
+
+#[test]
+fn with_audit_failure_allow_requests_are_served_and_their_records_written_later() {
+    let outside = tempfile::tempdir().unwrap();
+    let alerts = outside.path().join("alerts.jsonl");
+    let config = format!(
+        "audit_failure: allow\nalerts:\n  fold_window: 0s\n  file:\n    path: {}\n",
+        alerts.display()
+    );
+    let s = modelgate_tests::standin::setup_on_tmpfs("audit-allow", "127.0.0.175", &config, "16m");
+    let state = s.agent.state_dir();
+    let filler = fill(&state);
+    for _ in 0..5 {
+        let (status, body) = call(&s, "gpt-4o-mini", false);
+        assert!(
+            status.contains("200"),
+            "served under allow: {status} {body}"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !alerts_in(&alerts)
+        .iter()
+        .any(|a| a["type"] == "audit-failure")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit-failure alert"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while s.agent.audit_now().len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept records were not written: {:#?}",
+            s.agent.audit_now()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(s.agent.audit_now().iter().all(|r| r["outcome"] == "ok"));
+}

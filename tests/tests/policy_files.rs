@@ -68,6 +68,7 @@ fn reload_with_an_invalid_policy_keeps_the_old_one() {
         hosts_file: None,
         agent_in_cgroup: false,
         config: "",
+        state_tmpfs: None,
     });
     let connect = || {
         let out = output(

@@ -114,6 +114,7 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
             limits
         },
         upstream_timeouts: file.upstream_timeouts.unwrap_or_default(),
+        audit_failure: file.audit_failure.unwrap_or_default(),
     };
     let settings = Settings {
         policies: args

@@ -85,8 +85,9 @@ impl Agent {
                     .display()
                     .to_string(),
                 delivered: None,
-                lost: facts.audit_dropped.load(Ordering::Relaxed),
-                pending: 0,
+                lost: facts.audit_dropped.load(Ordering::Relaxed)
+                    + facts.audit_health.lost.load(Ordering::Relaxed),
+                pending: facts.audit_health.backlog.load(Ordering::Relaxed),
             },
             SinkHealth {
                 name: "usage".into(),
@@ -192,5 +193,6 @@ pub(super) struct Facts {
     pub metrics_addr: SocketAddr,
     pub control_socket: PathBuf,
     pub audit_dropped: Arc<AtomicU64>,
+    pub audit_health: Arc<crate::jsonl::Health>,
     pub otlp: Option<crate::otlp::Health>,
 }

@@ -102,6 +102,21 @@ async fn handle(
     audit.method = Some(parts.method.to_string());
     audit.path = Some(parts.uri.path().to_string());
 
+    if shared.audit_blocked() {
+        let message = "modelgate: the audit trail cannot be written right now, and this host \
+                       refuses model requests it cannot audit (audit_failure: block); try again \
+                       shortly";
+        audit.outcome = "audit_unavailable";
+        audit.status = Some(503);
+        audit.error = Some(message.to_string());
+        finish(&shared, audit, started, None);
+        return error_response(
+            family,
+            Refusal::Upstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        );
+    }
     // Smuggling needs two parsers that disagree on where a request ends.
     // hyper frames each request once (Transfer-Encoding over Content-Length,
     // conflicting lengths refused), and what goes upstream is re-framed from

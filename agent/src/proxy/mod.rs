@@ -44,7 +44,7 @@ pub use self::{
 };
 use crate::{
     alerts::{Alert, Alerts, Severity},
-    audit::{AuditLog, AuditRecord, Destination, StorePrompts},
+    audit::{AuditFailure, AuditLog, AuditRecord, Destination, StorePrompts},
     budget::Budgets,
     catalog::{Api, HostPattern},
     ebpf::endpoints::from_v6_bytes,
@@ -59,6 +59,7 @@ pub struct ProxySettings {
     pub store_prompts: StorePrompts,
     pub limits: ClientLimits,
     pub upstream_timeouts: UpstreamTimeouts,
+    pub audit_failure: AuditFailure,
 }
 
 /// What the agent knows about a redirected connection's process and
@@ -131,6 +132,7 @@ pub(crate) struct Shared {
     connections: Arc<AtomicU64>,
     limits: ClientLimits,
     upstream_timeouts: UpstreamTimeouts,
+    audit_failure: AuditFailure,
     /// One permit per client connection being served.
     slots: Arc<Semaphore>,
     /// Connections closed at once because every slot was taken.
@@ -179,6 +181,7 @@ impl Proxy {
                 connections: Arc::new(AtomicU64::new(0)),
                 limits: settings.limits,
                 upstream_timeouts: settings.upstream_timeouts,
+                audit_failure: settings.audit_failure,
                 slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
                 refused: Arc::new(AtomicU64::new(0)),
                 otlp: links.otlp,
@@ -415,6 +418,17 @@ fn upstream_host(info: &ConnInfo, sni: Option<&str>, ip: IpAddr) -> Result<Strin
 }
 
 impl Shared {
+    /// Whether a request must be refused because its audit record could
+    /// not be written now (`audit_failure: block`).
+    pub(crate) fn audit_blocked(&self) -> bool {
+        self.audit_failure == AuditFailure::Block
+            && self
+                .audit
+                .health
+                .failing
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Every audit record goes through here: metrics and the usage store
     /// see exactly what the audit trail gets.
     pub(crate) fn record(&self, audit: AuditRecord) {
