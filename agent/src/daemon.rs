@@ -61,6 +61,8 @@ use crate::{
 };
 
 const TICK: Duration = Duration::from_secs(5);
+/// Events handled per turn of the main loop.
+const DRAIN_BATCH: usize = 512;
 /// How often the kernel hears from us; `fail_open_after` is at least 3 s.
 const KERNEL_BEAT: Duration = Duration::from_secs(1);
 
@@ -335,8 +337,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                agent.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                // A batch at a time: under a flood of events the loop still
+                // answers the control socket, reloads and ticks in between.
+                if !agent.drain(guard.get_inner_mut(), DRAIN_BATCH) {
+                    guard.clear_ready();
+                }
             }
             Some(update) = resolved_rx.recv() => {
                 if agent.resolved.update(update)
@@ -386,7 +391,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     agent.save_budgets();
     agent.beat(true);
     // Whatever the kernel queued before we stop is still recorded.
-    agent.drain(ring.get_mut());
+    agent.drain(ring.get_mut(), usize::MAX);
     agent.report_counters(true);
     resolver.abort();
     let agent_settings_fail_mode = agent.settings.fail_mode;
@@ -754,10 +759,14 @@ impl Agent {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let mut any = false;
-        while let Some(item) = ring.next() {
-            any = true;
+    /// Handles up to `budget` queued events; `true` if more are waiting.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, budget: usize) -> bool {
+        let mut handled = 0;
+        while handled < budget {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            handled += 1;
             match events::decode(&item) {
                 Ok(Event::Connect(ev)) => self.on_connect(&ev),
                 Ok(Event::Exec(ev)) => self.on_exec(&ev),
@@ -773,9 +782,10 @@ impl Agent {
                 }
             }
         }
-        if any {
+        if handled > 0 {
             self.sink.flush();
         }
+        handled == budget
     }
 
     /// The kernel already put the answer's addresses in the endpoint map;
