@@ -19,6 +19,7 @@ mod dns_client;
 mod dns_responder;
 mod http_client;
 mod proxy;
+mod soak;
 mod startup;
 mod upstream;
 mod usage;
@@ -33,7 +34,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-pub use self::{dns_client::DnsClientArgs, http_client::ProxyClientArgs};
+pub use self::{dns_client::DnsClientArgs, http_client::ProxyClientArgs, soak::SoakArgs};
 use crate::{
     build_cmd,
     cgroup::{self, ChildCgroup},
@@ -115,6 +116,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Usage(args) => usage::run(args),
         Bench::Startup(args) => startup::run(args),
     }
+}
+
+pub fn soak(args: &SoakArgs) -> Result<()> {
+    soak::run(args)
 }
 
 pub fn client(args: &ClientArgs) -> Result<()> {

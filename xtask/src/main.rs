@@ -53,6 +53,9 @@ enum Command {
     Package(package::PackageArgs),
     /// Benchmarks that print figures against a baseline from the same run.
     Bench(bench::BenchArgs),
+    /// Mixed traffic through the redirect for N minutes; RSS, file
+    /// descriptors, map fill and losses at the start and the end (needs root).
+    Soak(bench::SoakArgs),
     /// The bench's connect() loop, run in a child process placed in a cgroup.
     #[command(hide = true)]
     BenchClient(bench::ClientArgs),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::Package(args) => package::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Soak(args) => bench::soak(&args),
         Command::BenchClient(args) => bench::client(&args),
         Command::BenchProxyClient(args) => bench::proxy_client(&args),
         Command::BenchDnsClient(args) => bench::dns_client(&args),

@@ -1,0 +1,248 @@
+//! `cargo xtask soak --minutes N`: mixed traffic through the redirect for N
+//! minutes — plain, streamed, redacted, refused by policy, over budget, and
+//! policy reloads in between — on the `bench proxy` rig. After each round
+//! it samples the agent's RSS, open file descriptors, kernel map fill and
+//! losses; at the end it compares the first round after warm-up with the
+//! last (the target: RSS within 10%, no file descriptors leaked).
+
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+use super::{
+    http_client::Mode,
+    proxy::{self, ClientOpts, Rig},
+};
+use crate::util;
+
+const TARGET_RSS_GROWTH: f64 = 0.10;
+
+const POLICY: &str = "\
+# Written by `cargo xtask soak`: redact personal data, refuse one model.
+default_action: redirect
+rules:
+  - name: soak
+    action: redirect
+    controls:
+      models:
+        deny: [\"blocked-*\"]
+      data:
+        secret: block
+        pii: redact
+";
+const BUDGET_POLICY: &str = "\
+# Written by `cargo xtask soak`: the same, with a budget that runs out.
+default_action: redirect
+rules:
+  - name: soak
+    action: redirect
+    controls:
+      models:
+        deny: [\"blocked-*\"]
+      data:
+        secret: block
+        pii: redact
+      budget:
+        per: rule
+        requests_per_minute: 100
+";
+const REDACTED_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write to jane.doe@example.com or call +1 415 555 0100 about the invoice."}]}"#;
+const BLOCKED_BODY: &str =
+    r#"{"model":"blocked-model","messages":[{"role":"user","content":"hello"}]}"#;
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    minutes: u64,
+    /// Concurrent clients of each load run.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    fds: usize,
+    map_entries: u64,
+    lost: u64,
+    requests: u64,
+    errors: u64,
+}
+
+pub fn run(args: &SoakArgs) -> Result<()> {
+    let bin = proxy::prepare("soak", &proxy::UPSTREAM.to_string())?;
+    let mut rig = Rig::start(&bin, "soak", POLICY)?;
+    let pid = rig.agent_pid();
+    let state_dir = rig
+        .audit
+        .parent()
+        .context("the audit file has a directory")?
+        .to_path_buf();
+    let dir = util::xtask_dir();
+    let redacted = dir.join("soak-redacted.json");
+    let blocked = dir.join("soak-blocked.json");
+    fs::write(&redacted, REDACTED_BODY)?;
+    fs::write(&blocked, BLOCKED_BODY)?;
+
+    let end = Instant::now() + Duration::from_secs(args.minutes * 60);
+    let started = Instant::now();
+    let (mut requests, mut errors) = (0u64, 0u64);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut round = 0;
+    while Instant::now() < end {
+        round += 1;
+        let clients = args.clients;
+        let runs = [
+            rig.run_labeled(
+                &load(None, 5, clients),
+                Mode::Load,
+                true,
+                format!("round {round}: plain"),
+            )?,
+            rig.run_labeled(
+                &load(None, 1, clients),
+                Mode::Stream,
+                true,
+                format!("round {round}: streamed"),
+            )?,
+            rig.run_labeled(
+                &load(Some(&redacted), 3, clients),
+                Mode::Load,
+                true,
+                format!("round {round}: redacted"),
+            )?,
+            rig.run_labeled(
+                &load(Some(&blocked), 2, clients),
+                Mode::Load,
+                true,
+                format!("round {round}: refused model"),
+            )?,
+        ];
+        rig.set_policy(BUDGET_POLICY, 1)?;
+        let budget = rig.run_labeled(
+            &load(None, 2, clients),
+            Mode::Load,
+            true,
+            format!("round {round}: over budget"),
+        )?;
+        rig.set_policy(POLICY, 1)?;
+        for run in runs.iter().chain([&budget]) {
+            requests += run.count("completed") + run.count("errors");
+            errors += run.count("errors");
+        }
+        let status = status(&bin, &state_dir)?;
+        let sample = Sample {
+            at: started.elapsed(),
+            rss_kib: rss_kib(pid)?,
+            fds: fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .context("counting the agent's file descriptors")?,
+            map_entries: status["maps"]
+                .as_array()
+                .map(|maps| maps.iter().filter_map(|m| m["entries"].as_u64()).sum())
+                .unwrap_or(0),
+            lost: status["sinks"]
+                .as_array()
+                .map(|sinks| sinks.iter().filter_map(|s| s["lost"].as_u64()).sum())
+                .unwrap_or(0)
+                + status["counters"]["events_lost"].as_u64().unwrap_or(0),
+            requests,
+            errors,
+        };
+        println!(
+            "soak: {:>5.1} min  RSS {} KiB  fds {}  map entries {}  lost {}  requests {} (refused or failed {})",
+            sample.at.as_secs_f64() / 60.0,
+            sample.rss_kib,
+            sample.fds,
+            sample.map_entries,
+            sample.lost,
+            sample.requests,
+            sample.errors
+        );
+        samples.push(sample);
+    }
+    let (exit, _) = rig.finish()?;
+    if !exit.success() {
+        bail!("the agent exited with {exit} at the end of the soak");
+    }
+    report(&samples)
+}
+
+fn load(body: Option<&Path>, seconds: u64, clients: u32) -> ClientOpts<'_> {
+    ClientOpts {
+        requests: 200,
+        seconds,
+        clients,
+        body,
+    }
+}
+
+/// First round after warm-up against the last.
+fn report(samples: &[Sample]) -> Result<()> {
+    let (Some(first), Some(last)) = (samples.get(1).or(samples.first()), samples.last()) else {
+        bail!("the soak ran no round; give it more minutes");
+    };
+    let growth = last.rss_kib as f64 / first.rss_kib as f64 - 1.0;
+    println!(
+        "soak: {:.1} min, {} requests ({} refused by policy or budget, or failed); after warm-up \
+         RSS {} -> {} KiB ({:+.1}%, target within {:.0}%) {}; fds {} -> {} {}; map entries {} -> \
+         {}; lost {}",
+        last.at.as_secs_f64() / 60.0,
+        last.requests,
+        last.errors,
+        first.rss_kib,
+        last.rss_kib,
+        growth * 100.0,
+        TARGET_RSS_GROWTH * 100.0,
+        if growth <= TARGET_RSS_GROWTH {
+            "(met)"
+        } else {
+            "(MISSED)"
+        },
+        first.fds,
+        last.fds,
+        if last.fds <= first.fds + 4 {
+            "(no leak)"
+        } else {
+            "(LEAK?)"
+        },
+        first.map_entries,
+        last.map_entries,
+        last.lost
+    );
+    Ok(())
+}
+
+fn status(bin: &Path, state_dir: &Path) -> Result<Value> {
+    let out = Command::new(bin)
+        .args(["status", "--json", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .context("running modelgate status")?;
+    if !out.status.success() {
+        bail!(
+            "modelgate status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("modelgate status printed something else")
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
