@@ -281,8 +281,22 @@ fn ensure_tracefs() -> Result<()> {
     if events.exists() {
         return Ok(());
     }
-    let target = std::ffi::CString::new(TRACEFS).expect("no NUL in path");
-    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    if let Err(err) = mount("tracefs", TRACEFS) {
+        bail!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed ({err}); \
+             run `mount -t tracefs nodev {TRACEFS}`"
+        );
+    }
+    warn!("mounted tracefs at {TRACEFS} (it was not mounted)");
+    Ok(())
+}
+
+/// `mount -t fstype fstype target`, for the kernel file systems minimal
+/// hosts leave unmounted.
+pub(crate) fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    let target = std::ffi::CString::new(target).expect("no NUL in path");
+    let fstype = std::ffi::CString::new(fstype).expect("no NUL");
+    // SAFETY: valid C strings; no mount data.
     let rc = unsafe {
         libc::mount(
             fstype.as_ptr(),
@@ -292,13 +306,9 @@ fn ensure_tracefs() -> Result<()> {
             std::ptr::null(),
         )
     };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "tracefs is not mounted at {TRACEFS} and mounting it failed ({err}); \
-             run `mount -t tracefs nodev {TRACEFS}`"
-        );
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    warn!("mounted tracefs at {TRACEFS} (it was not mounted)");
-    Ok(())
 }

@@ -155,20 +155,7 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
     if !root.starts_with(BPFFS) || is_bpffs(Path::new(BPFFS)) {
         return Ok(());
     }
-    let target = CString::new(BPFFS).expect("no NUL in path");
-    let fstype = CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no mount data.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = super::mount("bpf", BPFFS) {
         bail!(
             "bpffs is not mounted at {BPFFS} and mounting it failed ({err}); run \
              `mount -t bpf bpf {BPFFS}`, or set pin_dir in agent.yaml to a directory on bpffs"

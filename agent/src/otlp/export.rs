@@ -14,15 +14,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use rustls::pki_types::ServerName;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-    sync::watch,
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
@@ -100,8 +93,6 @@ impl RetryPolicy {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One connection to the collector, made again when it breaks.
 pub struct Client {
@@ -197,29 +188,7 @@ impl Client {
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
         let (host, port) = (self.endpoint.host(), self.endpoint.port());
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .with_context(|| format!("connecting to {host}:{port}"))?;
-        tcp.set_nodelay(true)?;
-        let io: Box<dyn Io> = match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.to_string())
-                    .with_context(|| format!("`{host}` is not a valid TLS name"))?;
-                Box::new(
-                    tls.connect(name, tcp)
-                        .await
-                        .with_context(|| format!("TLS with {host}:{port}"))?,
-                )
-            }
-            None => Box::new(tcp),
-        };
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .context("HTTP handshake")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        crate::trust::connect_http1(host, port, self.tls.as_ref()).await
     }
 }
 
