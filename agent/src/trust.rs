@@ -78,10 +78,9 @@ pub async fn connect_http1(
         }
         None => Box::new(tcp),
     };
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .context("HTTP handshake")?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .context("HTTP handshake")?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -93,7 +93,6 @@ impl RetryPolicy {
     }
 }
 
-
 /// One connection to the collector, made again when it breaks.
 pub struct Client {
     endpoint: Endpoint,

@@ -34,7 +34,6 @@ pub enum Outcome {
     },
 }
 
-
 pub struct Client {
     url: WebhookUrl,
     tls: Option<TlsConnector>,
