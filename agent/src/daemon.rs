@@ -685,6 +685,10 @@ impl Agent {
 
     fn tick(&mut self) {
         self.procs.purge();
+        // Bursts fill the record queues (bounded) and glibc keeps what they
+        // freed: hand it back, so RSS shows what is live, not the last peak.
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) };
         self.beat(false);
         self.check_tamper();
         if self.learned.expire(Instant::now())
