@@ -9,7 +9,7 @@ mod govern;
 mod origin;
 mod passthrough;
 pub mod providers;
-mod sse;
+pub mod sse;
 mod upstream;
 
 use std::{
