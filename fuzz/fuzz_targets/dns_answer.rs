@@ -15,7 +15,7 @@ use std::{
 use agent_common::{dns, name_hash};
 use hickory_proto::{op::Message, rr::Name};
 use libfuzzer_sys::fuzz_target;
-use modelgate::catalog::learned::Learned;
+use modelgate::{catalog::learned::Learned, ebpf::endpoints::to_v6_bytes};
 
 /// `msg` behind an IPv4 header (no options) and a UDP header from port 53.
 fn ipv4_udp(msg: &[u8]) -> Vec<u8> {
@@ -27,11 +27,12 @@ fn ipv4_udp(msg: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// The kernel's verdict: the question's hashes and the addresses learned.
-fn kernel(packet: &[u8]) -> Option<(dns::Question, Vec<IpAddr>)> {
+/// The kernel's verdict: the question's hashes and the addresses learned,
+/// as the endpoint map's 16-byte keys.
+fn kernel(packet: &[u8]) -> Option<(dns::Question, Vec<[u8; 16]>)> {
     let q = dns::question(packet)?;
     let mut addrs = Vec::new();
-    dns::answers(packet, &q, |a| addrs.push(Ipv6Addr::from(a).to_canonical()))?;
+    dns::answers(packet, &q, |a| addrs.push(a))?;
     Some((q, addrs))
 }
 
@@ -81,10 +82,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = Message::from_vec(data) else {
         return;
     };
-    for addr in &kernel_addrs {
+    // Compared as map keys: an AAAA record holding a v4-mapped address
+    // is the same key as the A record's.
+    let agent_keys: HashSet<[u8; 16]> = new.iter().map(|a| to_v6_bytes(*a)).collect();
+    for key in &kernel_addrs {
         assert!(
-            unique.contains(addr),
-            "the kernel learned {addr}, the agent only {new:?}: it would never expire"
+            agent_keys.contains(key),
+            "the kernel learned {}, the agent only {new:?}: it would never expire",
+            Ipv6Addr::from(*key)
         );
     }
     if let Some(query) = message.queries.first()
