@@ -96,12 +96,15 @@ fuzz_target!(|data: &[u8]| {
         && let Some(wire) = plain_wire(&query.name)
         && data.get(dns::HEADER..dns::HEADER + wire.len()) == Some(wire.as_slice())
     {
-        let dotted = query.name.to_ascii();
-        let dotted = dotted.trim_end_matches('.');
+        // The labels' own bytes, as the catalog's dotted names are hashed
+        // (`to_ascii` would escape some of them).
+        let labels: Vec<&[u8]> = query.name.iter().collect();
+        let dotted = labels.join(&b'.');
         assert_eq!(
             q.full,
-            name_hash(dotted.as_bytes()),
-            "kernel and agent hash {dotted:?} differently"
+            name_hash(&dotted),
+            "kernel and agent hash {:?} differently",
+            String::from_utf8_lossy(&dotted)
         );
     }
 });
