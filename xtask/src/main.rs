@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod build_cmd;
 mod cgroup;
+mod fuzz;
 mod lint;
 mod run;
 mod test;
@@ -41,6 +42,9 @@ enum Command {
     Test(test::TestArgs),
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Build the libFuzzer targets in fuzz/ and run each for `--time`
+    /// seconds, one after another; fails on a crash with its reproducer.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks that print figures against a baseline from the same run.
     Bench(bench::BenchArgs),
     /// The bench's connect() loop, run in a child process placed in a cgroup.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchClient(args) => bench::client(&args),
         Command::BenchProxyClient(args) => bench::proxy_client(&args),
