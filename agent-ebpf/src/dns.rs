@@ -8,8 +8,9 @@
 //! which tracks TTLs and removes addresses that expire.
 
 use agent_common::{
-    Counter, DnsEvent, DnsName, EndpointKey, EndpointValue, EventHeader, EventKind, FNV_OFFSET,
-    FNV_PRIME, dns_flags, limits, v4_mapped,
+    Counter, DnsEvent, DnsName, EndpointKey, EndpointValue, EventHeader, EventKind,
+    dns::{self, HEADER, NAME, Packet},
+    dns_flags, limits,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
@@ -21,11 +22,6 @@ use aya_ebpf::{
 use crate::maps::{MG_ENDPOINTS, MG_EVENTS, count};
 
 const BUF: usize = limits::DNS_PAYLOAD;
-pub(crate) const NAME: usize = limits::DNS_NAME_LEN;
-const DNS_PORT: u16 = 53;
-const HEADER: usize = 12;
-const TYPE_A: u16 = 1;
-const TYPE_AAAA: u16 = 28;
 
 #[map]
 pub(crate) static MG_DNS_NAMES: HashMap<u64, DnsName> =
@@ -38,149 +34,64 @@ pub fn mg_dns_answers(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// The socket buffer as `agent_common::dns` reads it. The parsing itself
+/// lives there, shared with the host, where it is unit tested and fuzzed.
+struct Skb<'a>(&'a SkBuffContext);
+
 // Every read goes through bpf_skb_load_bytes at a computed offset rather
 // than indexing a copied buffer: the offsets then never have to be proven
-// exact, the verifier can prune equivalent states, and the loops below
-// stay far from its instruction limit.
-#[inline(always)]
-fn byte(ctx: &SkBuffContext, at: usize) -> Option<u8> {
-    ctx.load::<u8>(at).ok()
-}
+// exact, the verifier can prune equivalent states, and the loops in
+// `agent_common::dns` stay far from its instruction limit.
+impl Packet for Skb<'_> {
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.0.len() as usize
+    }
 
-#[inline(always)]
-fn be16(ctx: &SkBuffContext, at: usize) -> Option<u16> {
-    ctx.load::<u16>(at).ok().map(u16::from_be)
+    #[inline(always)]
+    fn load<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(at).ok()
+    }
+
+    #[inline(always)]
+    fn load_name(&self, at: usize, n: usize, buf: &mut [u8; NAME]) -> Option<()> {
+        // A size the verifier can bound: 1..=NAME.
+        if n == 0
+            || n > NAME
+            || unsafe {
+                bpf_skb_load_bytes(
+                    self.0.skb.skb.cast(),
+                    at as u32,
+                    buf.as_mut_ptr().cast(),
+                    n as u32,
+                )
+            } != 0
+        {
+            return None;
+        }
+        Some(())
+    }
 }
 
 #[inline(always)]
 fn learn(ctx: &SkBuffContext) -> Option<()> {
-    let first = byte(ctx, 0)?;
-    let (udp, proto) = match first >> 4 {
-        4 => (((first & 0x0f) as usize) * 4, byte(ctx, 9)?),
-        6 => (40, byte(ctx, 6)?),
-        _ => return None,
-    };
-    if proto != 17 || be16(ctx, udp)? != DNS_PORT {
-        return None;
-    }
-    let msg = udp + 8;
-    let len = (ctx.len() as usize).checked_sub(msg)?;
-    if len < HEADER {
-        return None;
-    }
-    // A response (QR), no error (RCODE 0), one question, some answers.
-    let flags = be16(ctx, msg + 2)?;
-    if flags & 0x8000 == 0 || flags & 0x000f != 0 || be16(ctx, msg + 4)? != 1 {
-        return None;
-    }
-    let answers = be16(ctx, msg + 6)? as usize;
-    if answers == 0 {
-        return None;
-    }
-
-    // The question name, hashed without a single branch (see `hash_name`).
-    let first_len = byte(ctx, msg + HEADER)? as usize;
-    if first_len == 0 || first_len > 63 {
-        return None;
-    }
-    let avail = len - HEADER;
-    let n = if avail > NAME { NAME } else { avail };
-    let mut name = [0u8; NAME];
-    // A size the verifier can bound: 1..=NAME.
-    if n == 0
-        || n > NAME
-        || unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                (msg + HEADER) as u32,
-                name.as_mut_ptr().cast(),
-                n as u32,
-            )
-        } != 0
-    {
-        return None;
-    }
-    let (full, name_len, ended) = hash_from(&name, 0);
-    if ended == 0 {
-        return None; // longer than NAME, or cut off
-    }
+    let packet = Skb(ctx);
+    let q = dns::question(&packet)?;
     // The whole name (exact), else the name minus its first label
     // (`*.suffix` one level down, as in `myres.openai.azure.com`).
-    let (suffix, _, _) = hash_from(&name, 1 + first_len);
-    let entry = match unsafe { MG_DNS_NAMES.get(full) } {
+    let entry = match unsafe { MG_DNS_NAMES.get(q.full) } {
         Some(entry) if entry.flags & dns_flags::EXACT != 0 => *entry,
-        _ => match unsafe { MG_DNS_NAMES.get(suffix) } {
+        _ => match unsafe { MG_DNS_NAMES.get(q.suffix) } {
             Some(entry) if entry.flags & dns_flags::SUFFIX != 0 => *entry,
             _ => return None,
         },
     };
     count(Counter::DnsMatches);
-    let name_end = msg + HEADER + name_len as usize;
-
-    // Answers: owner names are compressed pointers in practice; anything
-    // else ends the walk (the agent still sees the whole message).
-    let mut pos = name_end + 1 + 4;
-    for record in 0..limits::DNS_ANSWERS {
-        if record >= answers || pos + 12 > msg + len {
-            break;
-        }
-        match byte(ctx, pos)? {
-            0 => pos += 1,
-            b if b & 0xc0 == 0xc0 => pos += 2,
-            _ => break,
-        }
-        let rtype = be16(ctx, pos)?;
-        let rdlen = be16(ctx, pos + 8)? as usize;
-        let rdata = pos + 10;
-        let addr = match (rtype, rdlen) {
-            (TYPE_A, 4) => Some(v4_mapped(ctx.load::<[u8; 4]>(rdata).ok()?)),
-            (TYPE_AAAA, 16) => Some(ctx.load::<[u8; 16]>(rdata).ok()?),
-            _ => None,
-        };
-        if let Some(addr) = addr {
-            insert(&entry, addr);
-        }
-        pos = rdata + rdlen;
-    }
+    dns::answers(&packet, &q, |addr| insert(&entry, addr))?;
     // Always: the agent reads the message itself. Keeping a count here
     // would fork the verifier's paths per answer.
-    report(ctx, msg, len, &entry);
+    report(ctx, q.msg, q.len, &entry);
     Some(())
-}
-
-/// The hash of the wire-form name in `buf` from byte `start` to its root
-/// label, with the number of bytes before the root and whether the root
-/// was found. One fixed pass of pure arithmetic: any per-byte branch (a
-/// comparison, a `match`) forks the verifier's paths at every byte and the
-/// program never loads. Indices wrap within the buffer; bytes past the
-/// root are multiplied by 0.
-#[inline(always)]
-pub(crate) fn hash_from(buf: &[u8; NAME], start: usize) -> (u64, u64, u64) {
-    let (mut hash, mut power) = (0u64, 1u64);
-    let (mut past_end, mut len) = (0u64, 0u64);
-    for j in 0..NAME {
-        let byte = buf[(start + j) & (NAME - 1)];
-        let b = byte as u64;
-        // 1 when b == 0: the root label ends the name.
-        let zero = b.wrapping_sub(1) >> 63;
-        let in_name = (1 - past_end) * (1 - zero);
-        past_end |= zero;
-        len += in_name;
-        let c = fold_case(byte) as u64 * in_name;
-        hash = hash.wrapping_add(c.wrapping_mul(power));
-        power = power.wrapping_mul(FNV_PRIME);
-    }
-    (hash ^ FNV_OFFSET, len, past_end)
-}
-
-/// ASCII lowercase without a branch (the usual `matches!` would fork the
-/// verifier's paths at every byte): bit 7 of `(c + 0x3f) & !(c + 0x25)` is
-/// set exactly for 'A'..='Z'; shifted down it is the 0x20 case bit.
-#[inline(always)]
-fn fold_case(c: u8) -> u8 {
-    let c32 = c as u32;
-    let upper = ((c32 + 0x3f) & !(c32 + 0x25)) & 0x80;
-    c | (upper >> 2) as u8
 }
 
 #[inline(always)]

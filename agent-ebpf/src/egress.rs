@@ -4,8 +4,9 @@
 //! reached on an address nobody told us about is learned and reported.
 
 use agent_common::{
-    Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action, dns_flags,
-    egress_kind, v4_mapped,
+    Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action,
+    dns::{NAME, hash_from},
+    dns_flags, egress_kind, v4_mapped,
 };
 use aya_ebpf::{
     helpers::{
@@ -21,7 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    dns::{MG_DNS_NAMES, NAME, hash_from},
+    dns::MG_DNS_NAMES,
     maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_REDIRECT_COOKIE, count},
     sock::resolve_action,
 };

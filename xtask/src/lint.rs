@@ -36,6 +36,14 @@ pub fn run() -> Result<()> {
         "run `cargo fmt --all` to reformat"
     };
     step("rustfmt check", fmt, fmt_hint);
+    // The fuzz crate is a workspace of its own (it needs nightly).
+    let mut fuzz_fmt = if nightly_fmt {
+        util::nightly("cargo")
+    } else {
+        util::cargo()
+    };
+    fuzz_fmt.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]);
+    step("rustfmt check (fuzz)", fuzz_fmt, fmt_hint);
 
     // clippy runs the agent's build script, which builds the kernel programs.
     bootstrap::run()?;
@@ -50,6 +58,20 @@ pub fn run() -> Result<()> {
     ]);
     clippy.args(["--", "-D", "warnings"]);
     step("clippy", clippy, "fix the warnings above");
+
+    // Plain clippy, no sanitizers: it shares the main target directory, so
+    // the agent's dependencies are checked once for both.
+    let mut fuzz_clippy = util::cargo();
+    fuzz_clippy
+        .args([
+            "clippy",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--target-dir",
+        ])
+        .arg(util::target_dir())
+        .args(["--", "-D", "warnings"]);
+    step("clippy (fuzz)", fuzz_clippy, "fix the warnings above");
 
     let mut kernel = util::nightly("cargo");
     kernel.args([

@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod build_cmd;
 mod cgroup;
+mod fuzz;
 #[path = "../../packaging/layout.rs"]
 #[allow(
     dead_code,
@@ -51,6 +52,9 @@ enum Command {
     /// Build a release agent and package it: target/package/modelgate_<version>_<arch>.deb
     /// and modelgate-<version>-<arch>.tar.gz (with install.sh).
     Package(package::PackageArgs),
+    /// Build the libFuzzer targets in fuzz/ and run each for `--time`
+    /// seconds, one after another; fails on a crash with its reproducer.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks that print figures against a baseline from the same run.
     Bench(bench::BenchArgs),
     /// Mixed traffic through the redirect for N minutes; RSS, file
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
         Command::Package(args) => package::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => bench::soak(&args),
         Command::BenchClient(args) => bench::client(&args),

@@ -6,10 +6,14 @@ use std::ffi::OsString;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::{build_cmd, cgroup, package, util};
+use crate::{build_cmd, cgroup, fuzz, package, util};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
+    /// Leave out the short run of every fuzz target (it builds them with
+    /// sanitizers, a few minutes the first time).
+    #[arg(long)]
+    skip_fuzz: bool,
     /// Arguments for `cargo test` (after `--`), e.g. `-- -p modelgate-tests`.
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
     args: Vec<OsString>,
@@ -43,8 +47,22 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("could not start `{}`", util::display(&cmd)))?;
+    // Each target runs briefly, after the tests, so that every one keeps
+    // building and its seeds keep passing; the long runs are `cargo xtask
+    // fuzz`.
+    let fuzzed = if args.skip_fuzz {
+        Ok(())
+    } else {
+        fuzz::run(&fuzz::FuzzArgs::smoke())
+    };
+    if let Err(err) = &fuzzed {
+        eprintln!("xtask: {err:#}");
+    }
     // cargo's own status, so CI sees exactly what cargo reported.
-    std::process::exit(status.code().unwrap_or(1));
+    match status.code() {
+        Some(0) if fuzzed.is_err() => std::process::exit(1),
+        code => std::process::exit(code.unwrap_or(1)),
+    }
 }
 
 /// Packages the SDK tests install from PyPI into a venv under target/, once.

@@ -5,6 +5,8 @@
 //! round for map values), so one definition serves both sides.
 #![no_std]
 
+pub mod dns;
+
 /// Names of maps and programs, shared so neither side repeats a string.
 pub mod names {
     pub const MAP_PORTS: &str = "MG_PORTS";

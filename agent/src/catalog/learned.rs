@@ -122,7 +122,7 @@ impl Learned {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.by_addr.len()
     }
 }

@@ -41,11 +41,13 @@ pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
         let name_len = r.u16()? as usize;
         let name = r.take(name_len)?;
         let name = std::str::from_utf8(name).ok()?;
+        // Trimmed before the emptiness check: "." is no name either.
+        let name = name.trim_end_matches('.');
         let valid = !name.is_empty()
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        return valid.then(|| name.trim_end_matches('.').to_ascii_lowercase());
+        return valid.then(|| name.to_ascii_lowercase());
     }
     None
 }
@@ -147,6 +149,19 @@ mod tests {
                 .collect();
             let _ = client_hello_sni(&noise);
         }
+    }
+
+    /// Found by the `sni` fuzz target: an SNI of "." came back as the
+    /// empty name.
+    #[test]
+    fn a_name_of_only_dots_is_no_name() {
+        assert_eq!(client_hello_sni(&hello(".")), None);
+        assert_eq!(client_hello_sni(&hello("..")), None);
+        assert_eq!(
+            client_hello_sni(&hello("api.openai.com.")).as_deref(),
+            Some("api.openai.com"),
+            "a trailing dot is still trimmed"
+        );
     }
 
     #[test]

@@ -123,8 +123,7 @@ impl Policy {
         load::load(dir, catalog)
     }
 
-    /// One file on its own.
-    #[cfg(test)]
+    /// One file on its own (tests and the fuzz target).
     pub fn parse(file: &str, text: &str, catalog: &Catalog) -> Result<Policy, FileErrors> {
         load::merge(vec![(file.to_string(), text.to_string())], catalog)
     }

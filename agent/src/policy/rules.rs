@@ -15,7 +15,6 @@ pub struct Rule {
     pub name: String,
     /// For people reading the policy; accepted and kept, not interpreted.
     #[serde(default)]
-    #[expect(dead_code, reason = "documentation for policy readers")]
     pub description: Option<String>,
     #[serde(default, rename = "match")]
     pub matches: Match,

@@ -10,7 +10,7 @@ mod limits;
 mod origin;
 mod passthrough;
 pub mod providers;
-mod sse;
+pub mod sse;
 mod upstream;
 
 use std::{
