@@ -60,6 +60,10 @@ impl Scratch {
             for fs in proc sys dev; do mount --rbind "/$fs" "$d/root/$fs"; done
             # Pins of an agent started or removed in here stay in here.
             mount -t bpf bpf "$d/root/sys/fs/bpf"
+            # /run is on the root filesystem on these machines, so an agent
+            # run on the host (the README's command) leaves its socket
+            # directory there; a freshly booted host has none.
+            rm -rf "$d/root/run/modelgate"
             echo ready
             exec sleep infinity
         "#;
