@@ -62,6 +62,11 @@ fn status_reload_and_alerts_go_through_the_control_socket() {
     spec.config = &config;
     let mut agent = Agent::start(spec);
     let state = agent.state_dir();
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the agent makes its state directory (CA key, audit) private"
+    );
 
     let socket = state.join("control.sock");
     let meta = std::fs::metadata(&socket).expect("the control socket is in the state dir");

@@ -60,10 +60,11 @@ impl Scratch {
             for fs in proc sys dev; do mount --rbind "/$fs" "$d/root/$fs"; done
             # Pins of an agent started or removed in here stay in here.
             mount -t bpf bpf "$d/root/sys/fs/bpf"
-            # /run is on the root filesystem on these machines, so an agent
-            # run on the host (the README's command) leaves its socket
-            # directory there; a freshly booted host has none.
-            rm -rf "$d/root/run/modelgate"
+            # An agent run on the host (the README's command) leaves its
+            # state, and its socket directory (/run is on the root
+            # filesystem on these machines); a fresh host has neither.
+            shift
+            for p in "$@"; do rm -rf "$d/root$p"; done
             echo ready
             exec sleep infinity
         "#;
@@ -79,6 +80,7 @@ impl Scratch {
                 "sh",
             ])
             .arg(dir.path())
+            .args([layout::CONFIG_DIR, layout::STATE_DIR, layout::RUNTIME_DIR])
             .stdout(Stdio::piped())
             .spawn()
             .expect("unshare (util-linux) runs");

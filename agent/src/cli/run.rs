@@ -1,6 +1,6 @@
 //! `modelgate run`.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, os::unix::fs::DirBuilderExt, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -76,8 +76,14 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
         .clone()
         .or(file.state_dir.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
-    std::fs::create_dir_all(&state_dir)
+    // The CA key and the audit trail live here: private from the start,
+    // not only when the package's postinst made the directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    warn_if_shared(&state_dir);
     let cgroup_mount = cgroups::find_mount()?;
     let cgroup = args
         .cgroup
@@ -176,5 +182,21 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// A state directory made before the agent (by hand, or by an older
+/// version) may let other users read the CA key and the audit trail.
+fn warn_if_shared(state_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(state_dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "the state directory {} has mode {mode:o}: other users may read the CA key and the audit trail; run `chmod 700 {}`",
+                state_dir.display(),
+                state_dir.display()
+            );
+        }
     }
 }
