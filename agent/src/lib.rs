@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod delivery;
 pub mod ebpf;
 pub mod heartbeat;
 pub mod identity;

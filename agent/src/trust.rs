@@ -1,6 +1,5 @@
 //! The agent's outgoing connections (upstream model APIs, alert webhooks,
-//! OTLP): trust roots — the system's, plus an optional extra CA file — and
-//! the one HTTP/1.1 connection its own deliveries use.
+//! OTLP): trust roots — the system's, plus an optional extra CA file.
 
 use std::{path::Path, sync::Arc};
 
@@ -49,40 +48,4 @@ pub fn roots(extra_ca: Option<&Path>, what: &str) -> Result<RootCertStore> {
         warn!("no system trust roots found; {what} TLS will fail (install ca-certificates)");
     }
     Ok(roots)
-}
-
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// One HTTP/1.1 connection to `host:port`, over TLS when `tls` is given:
-/// what the agent's own deliveries (webhooks, OTLP) send their requests
-/// on.
-pub async fn connect_http1(
-    host: &str,
-    port: u16,
-    tls: Option<&tokio_rustls::TlsConnector>,
-) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .with_context(|| format!("connecting to {host}:{port}"))?;
-    tcp.set_nodelay(true)?;
-    let io: Box<dyn Io> = match tls {
-        Some(tls) => {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .with_context(|| format!("`{host}` is not a valid TLS name"))?;
-            Box::new(
-                tls.connect(name, tcp)
-                    .await
-                    .with_context(|| format!("TLS with {host}:{port}"))?,
-            )
-        }
-        None => Box::new(tcp),
-    };
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-        .await
-        .context("HTTP handshake")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
 }

@@ -4,27 +4,19 @@
 //! backoff, jitter and the server's `Retry-After` — and given up after a
 //! bounded time, or at once on any other error status.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::watch, time::Instant};
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 use super::config::{Endpoint, OtlpConfig};
-use crate::alerts::backoff::Backoff;
-
-/// Collectors answer with a small status message; anything longer is cut
-/// and the connection dropped.
-const MAX_ANSWER: usize = 64 * 1024;
+use crate::{alerts::backoff::Backoff, delivery::Connection};
 
 /// 1 s doubling to 30 s, jittered.
 pub const BACKOFF: Backoff = Backoff {
@@ -59,16 +51,6 @@ pub fn classify(status: StatusCode, after: Option<Duration>, body: Bytes) -> Att
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
-}
-
 /// When to stop retrying a payload.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -95,11 +77,9 @@ impl RetryPolicy {
 
 /// One connection to the collector, made again when it breaks.
 pub struct Client {
-    endpoint: Endpoint,
-    tls: Option<TlsConnector>,
+    authority: String,
     headers: Arc<HeaderMap>,
-    timeout: Duration,
-    conn: Option<SendRequest<Full<Bytes>>>,
+    conn: Connection,
 }
 
 impl Client {
@@ -111,83 +91,43 @@ impl Client {
         } else {
             None
         };
+        let endpoint = &config.endpoint;
         Ok(Client {
-            endpoint: config.endpoint.clone(),
-            tls,
+            authority: endpoint.authority(),
             headers,
-            timeout: config.timeout,
-            conn: None,
+            conn: Connection::new(endpoint.host(), endpoint.port(), tls, config.timeout),
         })
     }
 
-    /// POSTs `body` to `path`; the whole attempt (connect, TLS, request,
-    /// answer) is bounded by the configured timeout.
+    /// POSTs `body` to `path`.
     pub async fn post(&mut self, path: &str, body: Bytes) -> Attempt {
-        let attempt = tokio::time::timeout(self.timeout, self.try_post(path, body)).await;
-        let result = attempt.unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "no answer within {}",
-                humantime::format_duration(self.timeout)
-            ))
-        });
-        result.unwrap_or_else(|err| {
-            self.conn = None;
-            Attempt::Retry {
-                reason: format!("{err:#}"),
-                after: None,
-            }
-        })
-    }
-
-    async fn try_post(&mut self, path: &str, body: Bytes) -> Result<Attempt> {
-        let reusable = match self.conn.take() {
-            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
-            None => None,
-        };
-        let mut sender = match reusable {
-            Some(sender) => sender,
-            None => self.connect().await?,
-        };
-        let mut request = Request::post(path)
-            .header(header::HOST, self.endpoint.authority())
+        let mut request = match Request::post(path)
+            .header(header::HOST, &self.authority)
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(
                 header::USER_AGENT,
                 concat!("modelgate/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(body))
-            .context("building the request")?;
+        {
+            Ok(request) => request,
+            Err(err) => {
+                return Attempt::Retry {
+                    reason: format!("building the request: {err}"),
+                    after: None,
+                };
+            }
+        };
         request
             .headers_mut()
             .extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let response = sender
-            .send_request(request)
-            .await
-            .context("sending the request")?;
-        let status = response.status();
-        let after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, SystemTime::now()));
-        // Read to the end so the connection can carry the next export; an
-        // answer too long or broken costs only the connection.
-        let body = match Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-        {
-            Ok(body) => {
-                self.conn = Some(sender);
-                body.to_bytes()
-            }
-            Err(_) => Bytes::new(),
-        };
-        Ok(classify(status, after, body))
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
-        let (host, port) = (self.endpoint.host(), self.endpoint.port());
-        crate::trust::connect_http1(host, port, self.tls.as_ref()).await
+        match self.conn.send(request).await {
+            Ok(answer) => classify(answer.status, answer.retry_after, answer.body),
+            Err(reason) => Attempt::Retry {
+                reason,
+                after: None,
+            },
+        }
     }
 }
 
@@ -336,23 +276,6 @@ mod tests {
                 Attempt::Refused(_)
             ));
         }
-    }
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
-        // 2015-10-21 07:28:00 UTC is 1445412480.
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO),
-            "a date in the past means now"
-        );
-        assert_eq!(retry_after("soon", now), None);
     }
 
     #[test]

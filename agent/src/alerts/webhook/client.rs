@@ -1,23 +1,18 @@
-//! One HTTP/1.1 connection to a webhook receiver, kept open between
-//! deliveries and made again when it breaks. Alerts are few and strictly
-//! ordered per sink, so one connection, one request at a time, is all a
-//! sink needs — no pool.
+//! A webhook receiver's answers, as delivered, refused or worth retrying,
+//! over one kept-alive connection (`crate::delivery`). Alerts are few and
+//! strictly ordered per sink, so one connection, one request at a time, is
+//! all a sink needs — no pool.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-use crate::alerts::settings::WebhookUrl;
-
-/// Receivers' answers are read (so the connection can be reused) but
-/// not kept; anything longer is cut and the connection dropped.
-const MAX_ANSWER: usize = 64 * 1024;
+use crate::{alerts::settings::WebhookUrl, delivery::Connection};
 
 /// What a delivery attempt came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,9 +31,7 @@ pub enum Outcome {
 
 pub struct Client {
     url: WebhookUrl,
-    tls: Option<TlsConnector>,
-    timeout: Duration,
-    conn: Option<SendRequest<Full<Bytes>>>,
+    conn: Connection,
 }
 
 impl Client {
@@ -48,50 +41,12 @@ impl Client {
         } else {
             None
         };
-        Ok(Client {
-            url,
-            tls,
-            timeout,
-            conn: None,
-        })
+        let conn = Connection::new(url.host(), url.port(), tls, timeout);
+        Ok(Client { url, conn })
     }
 
-    /// POSTs `body` with `headers`; the whole attempt (connect, TLS,
-    /// request, answer) is bounded by the sink's timeout.
+    /// POSTs `body` with `headers`.
     pub async fn post(&mut self, headers: &[(&'static str, String)], body: Bytes) -> Outcome {
-        let attempt = tokio::time::timeout(self.timeout, self.try_post(headers, body)).await;
-        let result = match attempt {
-            Ok(result) => result,
-            Err(_) => Err(anyhow::anyhow!(
-                "no answer within {}",
-                humantime::format_duration(self.timeout)
-            )),
-        };
-        match result {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                self.conn = None;
-                Outcome::Retry {
-                    reason: format!("{err:#}"),
-                    after: None,
-                }
-            }
-        }
-    }
-
-    async fn try_post(
-        &mut self,
-        headers: &[(&'static str, String)],
-        body: Bytes,
-    ) -> Result<Outcome> {
-        let reusable = match self.conn.take() {
-            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
-            None => None,
-        };
-        let mut sender = match reusable {
-            Some(sender) => sender,
-            None => self.connect().await?,
-        };
         let authority = self
             .url
             .0
@@ -107,35 +62,22 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let request = request
-            .body(Full::new(body))
-            .context("building the request")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("sending the request")?;
-        let status = response.status();
-        let after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // Read the answer to the end so the connection can carry the next
-        // alert; one that is too long or broken costs only the connection.
-        if Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .is_ok()
-        {
-            self.conn = Some(sender);
+        let request = match request.body(Full::new(body)) {
+            Ok(request) => request,
+            Err(err) => {
+                return Outcome::Retry {
+                    reason: format!("building the request: {err}"),
+                    after: None,
+                };
+            }
+        };
+        match self.conn.send(request).await {
+            Ok(answer) => classify(answer.status, answer.retry_after),
+            Err(reason) => Outcome::Retry {
+                reason,
+                after: None,
+            },
         }
-        Ok(classify(status, after))
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
-        let (host, port) = (self.url.host().trim_matches(['[', ']']), self.url.port());
-        crate::trust::connect_http1(host, port, self.tls.as_ref()).await
     }
 }
 
