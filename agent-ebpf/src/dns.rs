@@ -9,7 +9,7 @@
 
 use agent_common::{
     Counter, DnsEvent, DnsName, EndpointKey, EndpointValue, EventHeader, EventKind,
-    dns::{self, HEADER, NAME, Packet},
+    dns::{self, HEADER},
     dns_flags, limits,
 };
 use aya_ebpf::{
@@ -19,7 +19,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::maps::{MG_ENDPOINTS, MG_EVENTS, count};
+use crate::{
+    maps::{MG_ENDPOINTS, MG_EVENTS, count},
+    skb::Skb,
+};
 
 const BUF: usize = limits::DNS_PAYLOAD;
 
@@ -32,45 +35,6 @@ pub fn mg_dns_answers(ctx: SkBuffContext) -> i32 {
     let _ = learn(&ctx);
     // Never drop: learning must not change what the application receives.
     1
-}
-
-/// The socket buffer as `agent_common::dns` reads it. The parsing itself
-/// lives there, shared with the host, where it is unit tested and fuzzed.
-struct Skb<'a>(&'a SkBuffContext);
-
-// Every read goes through bpf_skb_load_bytes at a computed offset rather
-// than indexing a copied buffer: the offsets then never have to be proven
-// exact, the verifier can prune equivalent states, and the loops in
-// `agent_common::dns` stay far from its instruction limit.
-impl Packet for Skb<'_> {
-    #[inline(always)]
-    fn packet_len(&self) -> usize {
-        self.0.len() as usize
-    }
-
-    #[inline(always)]
-    fn load<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
-        self.0.load::<[u8; N]>(at).ok()
-    }
-
-    #[inline(always)]
-    fn load_name(&self, at: usize, n: usize, buf: &mut [u8; NAME]) -> Option<()> {
-        // A size the verifier can bound: 1..=NAME.
-        if n == 0
-            || n > NAME
-            || unsafe {
-                bpf_skb_load_bytes(
-                    self.0.skb.skb.cast(),
-                    at as u32,
-                    buf.as_mut_ptr().cast(),
-                    n as u32,
-                )
-            } != 0
-        {
-            return None;
-        }
-        Some(())
-    }
 }
 
 #[inline(always)]

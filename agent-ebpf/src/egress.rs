@@ -6,7 +6,7 @@
 use agent_common::{
     Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action,
     dns::{NAME, hash_from},
-    dns_flags, egress_kind, v4_mapped,
+    dns_flags, egress_kind, sni, v4_mapped,
 };
 use aya_ebpf::{
     helpers::{
@@ -24,6 +24,7 @@ use aya_ebpf::{
 use crate::{
     dns::MG_DNS_NAMES,
     maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_REDIRECT_COOKIE, count},
+    skb::Skb,
     sock::resolve_action,
 };
 
@@ -38,8 +39,6 @@ static MG_BLOCKED_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(40
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
-/// Extensions walked looking for server_name.
-const MAX_EXTENSIONS: usize = 24;
 
 #[cgroup_skb(egress)]
 pub fn mg_first_bytes(ctx: SkBuffContext) -> i32 {
@@ -117,70 +116,20 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
 }
 
 /// The provider whose catalog host the ClientHello's SNI names, if any.
-/// The name is hashed exactly as `hash_from` hashes DNS names (dotted here),
-/// with no per-byte branch (see dns.rs for why).
+/// The name is read by `agent_common::sni` (shared with the host, fuzzed
+/// against the agent's parser) and hashed exactly as `hash_from` hashes
+/// DNS names (dotted here).
 #[inline(always)]
 fn sni_provider(ctx: &SkBuffContext, payload: usize, len: usize) -> Option<u32> {
-    let end = payload + len;
-    // record (5) + handshake header (4) + version (2) + random (32)
-    let mut pos = payload + 43;
-    pos += 1 + ctx.load::<u8>(pos).ok()? as usize;
-    pos += 2 + u16::from_be(ctx.load::<u16>(pos).ok()?) as usize;
-    pos += 1 + ctx.load::<u8>(pos).ok()? as usize;
-    let extensions_end = pos + 2 + u16::from_be(ctx.load::<u16>(pos).ok()?) as usize;
-    pos += 2;
-    let mut sni_at = 0usize;
-    for _ in 0..MAX_EXTENSIONS {
-        if pos + 4 > extensions_end || pos + 4 > end {
-            break;
-        }
-        let header: [u8; 4] = ctx.load(pos).ok()?;
-        if header[0] == 0 && header[1] == 0 {
-            sni_at = pos + 4;
-            break;
-        }
-        pos += 4 + u16::from_be_bytes([header[2], header[3]]) as usize;
-    }
-    if sni_at == 0 {
-        return None;
-    }
-    // server_name_list length (2), name type (1) = host_name, length (2).
-    let name_len = u16::from_be(ctx.load::<u16>(sni_at + 3).ok()?) as usize;
-    if name_len >= NAME {
-        return None;
-    }
-    // The size passed must be the bounded value itself: a volatile read
-    // stops LLVM from handing the helper the unchecked copy.
-    let size = unsafe { core::ptr::read_volatile(&(name_len & (NAME - 1))) };
-    if size == 0 {
-        return None;
-    }
     let mut name = [0u8; NAME];
-    if unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            (sni_at + 5) as u32,
-            name.as_mut_ptr().cast(),
-            size as u32,
-        )
-    } != 0
-    {
-        return None;
-    }
+    sni::server_name(&Skb(ctx), payload, len, &mut name)?;
     let (full, _, _) = hash_from(&name, 0);
     if let Some(entry) = unsafe { MG_DNS_NAMES.get(full) }
         && entry.flags & dns_flags::SNI_EXACT != 0
     {
         return Some(entry.provider);
     }
-    // Where the first label ends, without a branch per byte.
-    let (mut seen, mut first) = (0u64, 0u64);
-    for byte in name {
-        let dot = ((byte ^ b'.') as u64).wrapping_sub(1) >> 63;
-        seen |= dot;
-        first += 1 - seen;
-    }
-    let (suffix, _, _) = hash_from(&name, first as usize + 1);
+    let (suffix, _, _) = hash_from(&name, sni::first_label_len(&name) + 1);
     let entry = unsafe { MG_DNS_NAMES.get(suffix) }?;
     (entry.flags & dns_flags::SNI_SUFFIX != 0).then_some(entry.provider)
 }

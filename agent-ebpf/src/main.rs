@@ -11,6 +11,7 @@ mod dns;
 mod egress;
 mod maps;
 mod redirect;
+mod skb;
 mod sock;
 mod task;
 

@@ -29,6 +29,8 @@ use tracing::{error, info, warn};
 
 /// Bytes of records kept while the disk refuses them.
 const MAX_BACKLOG: usize = 64 << 20;
+/// Bytes serialized per write while records are queued.
+const BATCH_BYTES: usize = 1 << 20;
 /// How often a failing disk is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -166,9 +168,14 @@ impl Writer {
                 }
             };
             if let Some(record) = first {
+                let start = self.pending.len();
                 self.add(&record);
-                // Batch while more are queued.
-                while let Ok(record) = rx.try_recv() {
+                // Batch while more are queued, a bounded batch at a time:
+                // draining a whole backed-up queue at once would grow the
+                // buffer by tens of MiB.
+                while self.pending.len() - start < BATCH_BYTES
+                    && let Ok(record) = rx.try_recv()
+                {
                     self.add(&record);
                 }
             }
@@ -232,6 +239,11 @@ impl Writer {
             .filter(|b| **b == b'\n')
             .count() as u64;
         self.pending.drain(..written);
+        // A backlog from a failure or a stalled disk is written: give its
+        // memory back.
+        if self.pending.is_empty() && self.pending.capacity() > 2 * BATCH_BYTES {
+            self.pending.shrink_to(BATCH_BYTES);
+        }
         self.lines -= done;
         self.health.backlog.store(self.lines, Ordering::Relaxed);
         let was_failing = self.health.failing.load(Ordering::Relaxed);
@@ -307,5 +319,41 @@ mod tests {
         let changes = changes.lock().unwrap();
         assert!(matches!(changes[0], Change::Failing(_)), "{changes:?}");
         assert_eq!(changes[1], Change::Recovered { written_late: 2 });
+    }
+
+    #[test]
+    fn a_written_backlog_gives_its_memory_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut writer = Writer {
+            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            what: "test",
+            pending: Vec::new(),
+            lines: 0,
+            health: Arc::new(Health::default()),
+            on_change: Box::new(|_| {}),
+            late: 0,
+        };
+        let record = serde_json::json!({"pad": "x".repeat(1000)});
+        for _ in 0..4096 {
+            writer.add(&record);
+        }
+        writer.write();
+        assert!(
+            writer.pending.capacity() > 4 * BATCH_BYTES,
+            "a 4 MiB backlog"
+        );
+        writer.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.write();
+        assert!(writer.pending.is_empty());
+        assert!(
+            writer.pending.capacity() <= BATCH_BYTES,
+            "capacity {} kept after the backlog was written",
+            writer.pending.capacity()
+        );
     }
 }

@@ -251,12 +251,18 @@ except Exception as e:
 "#;
 
 fn tls_client(cgroup: &TestCgroup, ip: &str, ca: &Path) -> String {
+    tls_client_as(cgroup, ip, "api.openai.com", ca)
+}
+
+/// With `name` as the SNI, exactly as written (Python sends case and a
+/// trailing dot as given).
+fn tls_client_as(cgroup: &TestCgroup, ip: &str, name: &str, ca: &Path) -> String {
     let out = output(cgroup.command("python3").args([
         "-c",
         TLS_CLIENT,
         ip,
         "443",
-        "api.openai.com",
+        name,
         &ca.display().to_string(),
     ]));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -315,6 +321,13 @@ fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_under
     );
     let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
     assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    // The name as servers read it: case and a trailing dot do not matter.
+    let _other = ModelServer::start(&pki, "127.0.0.96", 443, 1, 0.0);
+    assert_eq!(
+        tls_client_as(&cgroup, "127.0.0.96", "API.OpenAI.com.", &pki.ca),
+        "timeout",
+        "a trailing dot must not get a hello past the kernel"
+    );
     // And from then on the address is an endpoint: connect() is refused.
     let deadline = Instant::now() + Duration::from_secs(5);
     while tls_client(&cgroup, "127.0.0.99", &pki.ca) != "EPERM" {

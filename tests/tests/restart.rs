@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use modelgate::ebpf::{pins::OpenLink, replace_pin};
 use modelgate_tests::{Agent, AgentSpec, Listener, TestCgroup, agent_bin, require_root};
 use serde_json::Value;
 
@@ -306,5 +307,48 @@ fn an_upgrade_that_changes_a_maps_layout_replaces_the_links_make_before_break() 
     let listing = String::from_utf8_lossy(&out.stdout);
     let connect4 = listing.lines().filter(|l| l.contains("connect4")).count();
     assert_eq!(connect4, 1, "{listing}");
+    assert_eq!(connect_once(&cgroup, &listener), "EPERM");
+}
+
+#[test]
+fn a_replacement_that_fails_pins_the_previous_link_back() {
+    require_root();
+    let cgroup = TestCgroup::new("restart-repin");
+    let listener = Listener::start("127.0.0.145:0");
+    let endpoints = endpoints("127.0.0.145", listener.addr.port());
+    let mut agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        &endpoints,
+        "default_action: block\nrules: []\n",
+    ));
+    let link = agent.pin_dir().join("links/mg_connect4");
+    agent.stop();
+    let id = |what: &str| {
+        OpenLink::open(&link)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: nothing pinned at {}", link.display()))
+            .info()
+            .unwrap()
+            .id
+    };
+    let before = id("before");
+
+    // What an upgrade meets when the kernel refuses the new program's
+    // attach: the old pin is already gone.
+    let err = replace_pin(&link, || {
+        assert!(!link.exists(), "the old pin makes way for the new");
+        Err(anyhow::anyhow!("the kernel refused the attach"))
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+    assert_eq!(id("after"), before, "the same link is pinned back");
+    assert_eq!(
+        connect_once(&cgroup, &listener),
+        "EPERM",
+        "the previous program is still in force"
+    );
+
+    agent.start_again(&agent_bin());
+    assert_eq!(in_force(&agent)["adopted"], true);
     assert_eq!(connect_once(&cgroup, &listener), "EPERM");
 }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod dns;
+pub mod sni;
 
 /// Names of maps and programs, shared so neither side repeats a string.
 pub mod names {

@@ -18,7 +18,7 @@ use aya::{
         TracePoint, links::FdLink,
     },
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use self::pins::{OpenLink, Pins};
 
@@ -113,17 +113,20 @@ impl Programs {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
             // Perf links cannot be switched to another program: the new one
             // goes in beside the old, which goes once the new is pinned.
-            let old = take_pin(&path)?;
-            let id = tp
-                .attach(category, name)
-                .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
-            match FdLink::try_from(tp.take_link(id)?) {
-                Ok(link) => pin(link, &path)?,
-                // A kernel without perf bpf_links: attached for as long as
-                // the agent runs, as before pinning existed.
-                Err(_) => debug!(program, "tracepoint link cannot be pinned on this kernel"),
-            }
-            drop(old);
+            replace_pin(&path, || {
+                let id = tp.attach(category, name).with_context(|| {
+                    format!("attaching {program} to tracepoint {category}/{name}")
+                })?;
+                match FdLink::try_from(tp.take_link(id)?) {
+                    Ok(link) => pin(link, &path),
+                    // A kernel without perf bpf_links: attached for as long
+                    // as the agent runs, as before pinning existed.
+                    Err(_) => {
+                        debug!(program, "tracepoint link cannot be pinned on this kernel");
+                        Ok(())
+                    }
+                }
+            })?;
             done.attached += 1;
         }
         let cgroup_fd = File::open(cgroup).with_context(|| {
@@ -230,15 +233,12 @@ fn place(
         done.switched += 1;
         return Ok(());
     }
-    if old.is_some() {
-        // The open link keeps the old program attached until the new
-        // one is in.
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    let link =
-        attach().with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
-    pin(link, &path)?;
     drop(old);
+    replace_pin(&path, || {
+        let link = attach()
+            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
+        pin(link, &path)
+    })?;
     debug!(program, cgroup = %cgroup.display(), "attached");
     done.attached += 1;
     Ok(())
@@ -254,14 +254,26 @@ where
     Ok(program.try_into()?)
 }
 
-/// Opens the link pinned at `path` and removes the pin, so a new one can
-/// take its place while the open link keeps the old program attached.
-fn take_pin(path: &Path) -> Result<Option<OpenLink>> {
+/// Puts a new link in place of the one pinned at `path`, make before
+/// break: the pin is removed so `attach_and_pin` can take the path while
+/// the open old link keeps its program attached. When `attach_and_pin`
+/// fails the old link is pinned back, so its program stays in force once
+/// this agent exits instead of going with it.
+pub fn replace_pin(path: &Path, attach_and_pin: impl FnOnce() -> Result<()>) -> Result<()> {
     let old = OpenLink::open(path)?;
     if old.is_some() {
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
-    Ok(old)
+    let result = attach_and_pin();
+    if let (Err(err), Some(old)) = (&result, &old) {
+        match old.pin(path) {
+            Ok(()) => warn!(pin = %path.display(), error = %format!("{err:#}"),
+                "the new program could not be put in force; the previous one stays pinned and enforcing"),
+            Err(again) => error!(pin = %path.display(), error = %format!("{again:#}"),
+                "the previous program could not be pinned back either: it is detached once this agent exits"),
+        }
+    }
+    result
 }
 
 fn pin(link: FdLink, path: &Path) -> Result<()> {

@@ -200,6 +200,19 @@ impl OpenLink {
         }))
     }
 
+    /// Pins the link at `path` (again).
+    pub fn pin(&self, path: &Path) -> Result<()> {
+        let c_path = CString::new(path.as_os_str().as_bytes()).context("pin path")?;
+        let mut attr = ObjGetAttr {
+            pathname: c_path.as_ptr() as u64,
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_OBJ_PIN, &mut attr)
+            .with_context(|| format!("pinning a link at {}", path.display()))?;
+        Ok(())
+    }
+
     /// The link's type and, for a cgroup link, its cgroup's id.
     pub fn info(&self) -> Result<LinkInfo> {
         let mut buf = [0u8; 256];
@@ -212,6 +225,7 @@ impl OpenLink {
         let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
         Ok(LinkInfo {
             link_type: u32_at(0),
+            id: u32_at(4),
             // struct bpf_link_info: type, id, prog_id, then an 8-aligned
             // union whose cgroup member starts with the cgroup id.
             cgroup_id: u64::from_ne_bytes(buf[16..24].try_into().expect("8 bytes")),
@@ -235,6 +249,8 @@ impl OpenLink {
 #[derive(Debug, Clone, Copy)]
 pub struct LinkInfo {
     pub link_type: u32,
+    /// The kernel's id of the link, as `bpftool link` shows it.
+    pub id: u32,
     pub cgroup_id: u64,
 }
 
@@ -272,6 +288,7 @@ pub fn remove_all(root: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;

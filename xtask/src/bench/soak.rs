@@ -3,8 +3,8 @@
 //! policy reloads in between — on the `bench proxy` rig. After each round
 //! it samples the agent's RSS, its anonymous (heap) memory, open file
 //! descriptors, kernel map fill and losses; at the end it compares the
-//! first round after warm-up (the first quarter of the run) with the last
-//! (the target: within 10%, no file descriptors leaked). RSS also counts
+//! first minute after warm-up (the first quarter of the run) with the last
+//! minute (the target: within 10%, no file descriptors leaked). RSS also counts
 //! pages of the binary and of the event ring buffer's mapping as they are
 //! first touched — bounded, but they grow for a while — so the heap is what
 //! tells a leak.
@@ -26,7 +26,7 @@ use super::{
 };
 use crate::util;
 
-const TARGET_HEAP_GROWTH: f64 = 0.10;
+const TARGET_GROWTH: f64 = 0.10;
 
 const POLICY: &str = "\
 # Written by `cargo xtask soak`: redact personal data, refuse one model.
@@ -193,44 +193,93 @@ fn load(body: Option<&Path>, seconds: u64, clients: u32) -> ClientOpts<'_> {
     }
 }
 
-/// First round after warm-up against the last.
+/// A minute of rounds: single samples swing by a megabyte or more with
+/// what the record queues hold at that instant, so windows are compared.
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Means over a window of samples.
+struct Window {
+    rss_kib: f64,
+    heap_kib: f64,
+    fds: usize,
+}
+
+impl Window {
+    fn of(samples: &[&Sample]) -> Window {
+        let n = samples.len().max(1) as f64;
+        Window {
+            rss_kib: samples.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n,
+            heap_kib: samples.iter().map(|s| s.anon_kib as f64).sum::<f64>() / n,
+            fds: samples.iter().map(|s| s.fds).max().unwrap_or(0),
+        }
+    }
+}
+
+/// The first minute after warm-up (the first quarter) against the last
+/// minute.
 fn report(samples: &[Sample]) -> Result<()> {
     let Some(last) = samples.last() else {
         bail!("the soak ran no round; give it more minutes");
     };
     let warm = last.at / 4;
-    let first = samples.iter().find(|s| s.at >= warm).unwrap_or(last);
-    let growth = last.anon_kib as f64 / first.anon_kib as f64 - 1.0;
-    println!(
-        "soak: {:.1} min, {} requests ({} refused by policy or budget, or failed); after warm-up \
-         ({:.1} min) heap {} -> {} KiB ({:+.1}%, target within {:.0}%) {}; RSS {} -> {} KiB; \
-         fds {} -> {} {}; map entries {} -> {}; lost {}",
-        last.at.as_secs_f64() / 60.0,
-        last.requests,
-        last.errors,
-        first.at.as_secs_f64() / 60.0,
-        first.anon_kib,
-        last.anon_kib,
-        growth * 100.0,
-        TARGET_HEAP_GROWTH * 100.0,
-        if growth <= TARGET_HEAP_GROWTH {
+    let after_warm: Vec<&Sample> = samples.iter().filter(|s| s.at >= warm).collect();
+    let first = Window::of(
+        &after_warm
+            .iter()
+            .copied()
+            .filter(|s| s.at < warm + WINDOW)
+            .collect::<Vec<_>>(),
+    );
+    let end = Window::of(
+        &after_warm
+            .iter()
+            .copied()
+            .filter(|s| s.at + WINDOW > last.at)
+            .collect::<Vec<_>>(),
+    );
+    let peak_heap = after_warm.iter().map(|s| s.anon_kib).max().unwrap_or(0);
+    let rss_growth = end.rss_kib / first.rss_kib - 1.0;
+    let heap_growth = end.heap_kib / first.heap_kib - 1.0;
+    let verdict = |growth: f64| {
+        if growth <= TARGET_GROWTH {
             "(met)"
         } else {
             "(MISSED)"
-        },
+        }
+    };
+    println!(
+        "soak: {:.1} min, {} requests ({} refused by policy or budget, or failed), lost {}; \
+         mean of the first minute after warm-up ({:.1} min) -> mean of the last minute \
+         (target: within {:.0}%): RSS {:.0} -> {:.0} KiB ({:+.1}%) {}; heap {:.0} -> {:.0} KiB \
+         ({:+.1}%) {}, peak {} KiB; fds {} -> {} {}; map entries {} -> {}",
+        last.at.as_secs_f64() / 60.0,
+        last.requests,
+        last.errors,
+        last.lost,
+        warm.as_secs_f64() / 60.0,
+        TARGET_GROWTH * 100.0,
         first.rss_kib,
-        last.rss_kib,
+        end.rss_kib,
+        rss_growth * 100.0,
+        verdict(rss_growth),
+        first.heap_kib,
+        end.heap_kib,
+        heap_growth * 100.0,
+        verdict(heap_growth),
+        peak_heap,
         first.fds,
-        last.fds,
-        if last.fds <= first.fds + 4 {
+        end.fds,
+        if end.fds <= first.fds + 4 {
             "(no leak)"
         } else {
             "(LEAK?)"
         },
-        first.map_entries,
+        after_warm.first().map_or(0, |s| s.map_entries),
         last.map_entries,
-        last.lost
     );
+    if rss_growth > TARGET_GROWTH || heap_growth > TARGET_GROWTH || end.fds > first.fds + 4 {
+        bail!("the soak missed its targets (see above)");
+    }
     Ok(())
 }
 
