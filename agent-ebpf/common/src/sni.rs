@@ -12,15 +12,12 @@ use crate::dns::{NAME, Packet};
 /// agent, just not dropped in the kernel.
 pub const MAX_EXTENSIONS: usize = 24;
 
-/// Trailing dots removed from a name (`api.openai.com.`), as the agent
-/// and servers ignore them.
-const TRAILING_DOTS: usize = 4;
-
 /// Fills `buf` with the host name of the ClientHello at `payload` (`len`
-/// bytes from there), NUL-padded and without trailing dots, and returns
+/// bytes from there), NUL-padded and without its trailing dot (the root,
+/// as the agent reads it), and returns
 /// its length. `None` when there is no server_name extension within
 /// [`MAX_EXTENSIONS`], it is not a host_name, or the name does not fit
-/// `NAME - 1` bytes, or is only dots.
+/// `NAME - 1` bytes, or is only the dot.
 #[inline(always)]
 pub fn server_name<P: Packet + ?Sized>(
     p: &P,
@@ -60,24 +57,20 @@ pub fn server_name<P: Packet + ?Sized>(
         return None;
     }
     p.load_name(sni_at + 5, name_len, buf)?;
-    let len = trim_trailing_dots(buf, name_len);
+    let len = trim_trailing_dot(buf, name_len);
     (len > 0).then_some(len)
 }
 
-/// Zeroes up to [`TRAILING_DOTS`] dots at the end of the `len` bytes of
-/// `buf`; the new length. No branch per byte: each step is arithmetic on
-/// one (bounded) index.
+/// Zeroes a dot at the end of the `len` bytes of `buf`; the new length.
+/// Arithmetic on one bounded index, no branch.
 #[inline(always)]
-fn trim_trailing_dots(buf: &mut [u8; NAME], len: usize) -> usize {
-    let mut len = len as u64;
-    for _ in 0..TRAILING_DOTS {
-        let last = (len.wrapping_sub(1) as usize) & (NAME - 1);
-        // 1 when the last byte is a dot and there is one.
-        let dot = (((buf[last] ^ b'.') as u64).wrapping_sub(1) >> 63) & (len.wrapping_neg() >> 63);
-        buf[last] *= (1 - dot) as u8;
-        len -= dot;
-    }
-    len as usize
+fn trim_trailing_dot(buf: &mut [u8; NAME], len: usize) -> usize {
+    let len = len as u64;
+    let last = (len.wrapping_sub(1) as usize) & (NAME - 1);
+    // 1 when the last byte is a dot and there is one.
+    let dot = (((buf[last] ^ b'.') as u64).wrapping_sub(1) >> 63) & (len.wrapping_neg() >> 63);
+    buf[last] *= (1 - dot) as u8;
+    (len - dot) as usize
 }
 
 /// Where the first label of the dotted name in `buf` ends: the index of
@@ -150,9 +143,12 @@ mod tests {
     }
 
     #[test]
-    fn trailing_dots_are_not_part_of_the_name() {
-        let p = hello(&[(0, &sni(b"api.openai.com..", 0))]);
+    fn the_trailing_dot_is_not_part_of_the_name() {
+        let p = hello(&[(0, &sni(b"api.openai.com.", 0))]);
         assert_eq!(read(&p).as_deref(), Some("api.openai.com"));
+        // Only the root: the agent reads no name in "host..".
+        let p = hello(&[(0, &sni(b"api.openai.com..", 0))]);
+        assert_eq!(read(&p).as_deref(), Some("api.openai.com."));
         assert_eq!(read(&hello(&[(0, &sni(b".", 0))])), None, "no name");
     }
 

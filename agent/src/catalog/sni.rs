@@ -41,12 +41,17 @@ pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
         let name_len = r.u16()? as usize;
         let name = r.take(name_len)?;
         let name = std::str::from_utf8(name).ok()?;
-        // Trimmed before the emptiness check: "." is no name either.
-        let name = name.trim_end_matches('.');
+        // One trailing dot is the root, as in DNS; the kernel reads names
+        // the same way (`agent_common::sni`). What is left must be
+        // labels: "." and "a..b" are no names.
+        let name = name.strip_suffix('.').unwrap_or(name);
         let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
         return valid.then(|| name.to_ascii_lowercase());
     }
     None
@@ -162,6 +167,17 @@ mod tests {
             Some("api.openai.com"),
             "a trailing dot is still trimmed"
         );
+    }
+
+    /// Found by the `sni` fuzz target once it held the kernel's reading to
+    /// this one: "host......" was "host" here, but not in the kernel, so a
+    /// hello could name a governed host to the agent and not to the
+    /// kernel. One dot is the root; more, or an empty label, is no name.
+    #[test]
+    fn only_one_trailing_dot_is_the_root() {
+        assert_eq!(client_hello_sni(&hello("api.openai.com..")), None);
+        assert_eq!(client_hello_sni(&hello("api..openai.com")), None);
+        assert_eq!(client_hello_sni(&hello(".api.openai.com")), None);
     }
 
     #[test]
