@@ -282,34 +282,42 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_failed_write_keeps_exactly_the_bytes_the_disk_did_not_take() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.jsonl");
-        // /dev/full: every write fails with ENOSPC.
-        let changes = Arc::new(Mutex::new(Vec::new()));
-        let seen = changes.clone();
-        let mut writer = Writer {
+    /// A writer on /dev/full: every write fails with ENOSPC.
+    fn on_a_full_disk(on_change: Box<dyn Fn(Change) + Send>) -> Writer {
+        Writer {
             file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
             what: "test",
             pending: Vec::new(),
             lines: 0,
             health: Arc::new(Health::default()),
-            on_change: Box::new(move |c| seen.lock().unwrap().push(c)),
+            on_change,
             late: 0,
-        };
+        }
+    }
+
+    /// The disk comes back: another file stands in for it.
+    fn disk_back(path: &Path) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failed_write_keeps_exactly_the_bytes_the_disk_did_not_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let mut writer = on_a_full_disk(Box::new(move |c| seen.lock().unwrap().push(c)));
         writer.add(&serde_json::json!({"n": 1}));
         writer.add(&serde_json::json!({"n": 2}));
         writer.write();
         assert!(writer.health.failing.load(Ordering::Relaxed));
         assert_eq!(writer.lines, 2);
         assert_eq!(writer.health.backlog.load(Ordering::Relaxed), 2);
-        // The disk comes back (another file stands in for it).
-        writer.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        writer.file = disk_back(&path);
         writer.write();
         assert!(!writer.health.failing.load(Ordering::Relaxed));
         assert_eq!(
@@ -325,15 +333,7 @@ mod tests {
     fn a_written_backlog_gives_its_memory_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.jsonl");
-        let mut writer = Writer {
-            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
-            what: "test",
-            pending: Vec::new(),
-            lines: 0,
-            health: Arc::new(Health::default()),
-            on_change: Box::new(|_| {}),
-            late: 0,
-        };
+        let mut writer = on_a_full_disk(Box::new(|_| {}));
         let record = serde_json::json!({"pad": "x".repeat(1000)});
         for _ in 0..4096 {
             writer.add(&record);
@@ -343,11 +343,7 @@ mod tests {
             writer.pending.capacity() > 4 * BATCH_BYTES,
             "a 4 MiB backlog"
         );
-        writer.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        writer.file = disk_back(&path);
         writer.write();
         assert!(writer.pending.is_empty());
         assert!(
