@@ -14,10 +14,9 @@ pub const MAX_EXTENSIONS: usize = 24;
 
 /// Fills `buf` with the host name of the ClientHello at `payload` (`len`
 /// bytes from there), NUL-padded and without its trailing dot (the root,
-/// as the agent reads it), and returns
-/// its length. `None` when there is no server_name extension within
-/// [`MAX_EXTENSIONS`], it is not a host_name, or the name does not fit
-/// `NAME - 1` bytes, or is only the dot.
+/// as the agent reads it), and returns its length. `None` when there is no
+/// server_name extension within [`MAX_EXTENSIONS`], it is not a host_name,
+/// or the name does not fit `NAME - 1` bytes, or is only the dot.
 #[inline(always)]
 pub fn server_name<P: Packet + ?Sized>(
     p: &P,
