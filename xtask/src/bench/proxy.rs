@@ -193,6 +193,8 @@ pub(super) struct Rig {
     policies: PathBuf,
     /// Where a new policy is written before it is renamed into place.
     staged_policy: PathBuf,
+    /// The agent's state directory (`modelgate status --state-dir`).
+    pub state_dir: PathBuf,
     /// The agent's audit log: one record per proxied request.
     pub audit: PathBuf,
     pub log: PathBuf,
@@ -297,6 +299,7 @@ impl Rig {
             cpu: pin.then_some(CLIENT_CPU),
             policies,
             staged_policy: file("policy.yaml.new"),
+            state_dir,
             audit,
             log,
         })

@@ -28,8 +28,11 @@ use crate::util;
 
 const TARGET_GROWTH: f64 = 0.10;
 
-const POLICY: &str = "\
-# Written by `cargo xtask soak`: redact personal data, refuse one model.
+/// The soak's policy after its header comment: redirect, redact personal
+/// data, refuse one model.
+macro_rules! soak_policy {
+    () => {
+        "\
 default_action: redirect
 rules:
   - name: soak
@@ -40,23 +43,22 @@ rules:
       data:
         secret: block
         pii: redact
-";
-const BUDGET_POLICY: &str = "\
-# Written by `cargo xtask soak`: the same, with a budget that runs out.
-default_action: redirect
-rules:
-  - name: soak
-    action: redirect
-    controls:
-      models:
-        deny: [\"blocked-*\"]
-      data:
-        secret: block
-        pii: redact
-      budget:
+"
+    };
+}
+const POLICY: &str = concat!(
+    "# Written by `cargo xtask soak`: redact personal data, refuse one model.\n",
+    soak_policy!()
+);
+/// The same, with a budget that runs out: the last control of the rule.
+const BUDGET_POLICY: &str = concat!(
+    "# Written by `cargo xtask soak`: the same, with a budget that runs out.\n",
+    soak_policy!(),
+    "      budget:
         per: rule
         requests_per_minute: 100
-";
+"
+);
 const REDACTED_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write to jane.doe@example.com or call +1 415 555 0100 about the invoice."}]}"#;
 const BLOCKED_BODY: &str =
     r#"{"model":"blocked-model","messages":[{"role":"user","content":"hello"}]}"#;
@@ -87,11 +89,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let bin = proxy::prepare("soak", &proxy::UPSTREAM.to_string())?;
     let mut rig = Rig::start(&bin, "soak", POLICY)?;
     let pid = rig.agent_pid();
-    let state_dir = rig
-        .audit
-        .parent()
-        .context("the audit file has a directory")?
-        .to_path_buf();
+    let state_dir = rig.state_dir.clone();
     let dir = util::xtask_dir();
     let redacted = dir.join("soak-redacted.json");
     let blocked = dir.join("soak-blocked.json");

@@ -105,11 +105,7 @@ fn under_load(bin: &Path, args: &UsageArgs) -> Result<()> {
     println!("bench: the usage store behind the proxy under load");
     let rig = Rig::start(bin, "usage", proxy::POLICY_YAML)?;
     proxy::set_affinity(rig.agent_pid(), Some(AGENT_CPU))?;
-    let state_dir = rig
-        .audit
-        .parent()
-        .context("the audit file has a directory")?
-        .to_path_buf();
+    let state_dir = rig.state_dir.clone();
     let started = Instant::now();
     let opts = ClientOpts {
         requests: 0,
