@@ -39,9 +39,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// `modelgate status --json`, and how long it took.
-fn status(agent: &Agent) -> (Value, Duration) {
-    let start = Instant::now();
+/// `modelgate status --json`.
+fn status(agent: &Agent) -> Value {
     let out = Command::new(agent_bin())
         .args(["status", "--json", "--state-dir"])
         .arg(agent.state_dir())
@@ -52,10 +51,7 @@ fn status(agent: &Agent) -> (Value, Duration) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (
-        serde_json::from_slice(&out.stdout).unwrap(),
-        start.elapsed(),
-    )
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -75,7 +71,7 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
     let pid = agent.pid();
     let rss_before = rss_kib(pid);
     let n = 50_000u64;
-    let flood = cgroup
+    let mut flood = cgroup
         .command("python3")
         .args([
             "-c",
@@ -87,12 +83,17 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // While it runs, the agent answers its control socket promptly.
-    let mut slowest = Duration::ZERO;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(2) {
-        slowest = slowest.max(status(&agent).1);
-        std::thread::sleep(Duration::from_millis(200));
+    // While it runs, the agent answers its control socket between batches
+    // of events: some answer comes mid-flood, when the kernel has refused
+    // some of the connects but not all. An agent that drained the whole
+    // flood first would answer only once it was over.
+    let (mut answered, mut mid_flood) = (0u64, None);
+    while flood.try_wait().unwrap().is_none() {
+        let blocked = status(&agent)["counters"]["blocked"].as_u64().unwrap();
+        answered += 1;
+        if blocked > 0 && blocked < n {
+            mid_flood.get_or_insert(blocked);
+        }
     }
     let out = flood.wait_with_output().unwrap();
     let counts: Value = serde_json::from_slice(&out.stdout).expect("the flood's counts");
@@ -100,10 +101,9 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
         counts["eperm"], n,
         "every connect refused in the kernel: {counts}"
     );
-    assert!(
-        slowest < Duration::from_secs(2),
-        "status took {slowest:?} during the flood"
-    );
+    let mid_flood = mid_flood.unwrap_or_else(|| {
+        panic!("none of {answered} status answers came while the flood was under way")
+    });
 
     // Every decision is in the events file or counted as lost.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -113,7 +113,7 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
             .iter()
             .filter(|e| e["action"] == "block")
             .count() as u64;
-        let (status, _) = status(&agent);
+        let status = status(&agent);
         let lost = status["counters"]["events_lost"].as_u64().unwrap();
         let blocked = status["counters"]["blocked"].as_u64().unwrap();
         assert!(blocked >= n, "{status:#}");
@@ -132,7 +132,7 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
     let alerts = agent.alerts_now();
     assert!(alerts.len() < 20, "{} alerts", alerts.len());
     eprintln!(
-        "flood: {n} connects in {:.1} s; {recorded} recorded, {lost} lost; RSS {rss_before} -> {rss_after} KiB; status at worst {slowest:?}",
+        "flood: {n} connects in {:.1} s; {recorded} recorded, {lost} lost; RSS {rss_before} -> {rss_after} KiB; status answered {answered} times during it, first mid-flood at {mid_flood} refused",
         counts["seconds"].as_f64().unwrap()
     );
 }
