@@ -5,8 +5,9 @@
 //! bench catalog, default action `redirect`) inside this process. Two
 //! sibling cgroups; the agent attaches to "on" only, so a client there is
 //! sent through the agent's TLS-terminating proxy while one in "off"
-//! reaches the server directly. The client and the server share CPU 0, the
-//! agent has CPU 1 to itself.
+//! reaches the server directly. The client and the server share CPU 0; the
+//! load run gives the agent CPU 1 to itself, the one-client runs measure it
+//! on the client's core and then wherever the scheduler puts it.
 //!
 //! [`Rig`] is that setup, and [`Rig::run`] one client run; `bench classify`
 //! (in `classify.rs`) measures through them too, with its own policies and
@@ -90,18 +91,29 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
         clients: args.clients,
         body: None,
     };
-    // One client: the proxy runs where the scheduler puts it, as a service
-    // does; pinning it away from its client would only measure cross-core
-    // wake-ups. The load run pins it to one core, as the target says.
-    set_affinity(agent_pid, None)?;
-    let latency = [
-        rig.run(&opts, Mode::Latency, false)?,
-        rig.run(&opts, Mode::Latency, true)?,
-    ];
-    let stream = [
-        rig.run(&opts, Mode::Stream, false)?,
-        rig.run(&opts, Mode::Stream, true)?,
-    ];
+    // One client, twice: with the proxy on its client's core, the figure
+    // is what the proxy itself adds; where the scheduler puts it (usually
+    // the idle core), it also holds four cross-core wake-ups per request,
+    // which cost tens of µs each on a VM whose idle vCPUs halt.
+    let mut one_client = Vec::new();
+    for cpu in [Some(CLIENT_CPU), None] {
+        set_affinity(agent_pid, cpu)?;
+        let place = if cpu.is_some() {
+            "same core"
+        } else {
+            "any core"
+        };
+        let run = |mode: Mode, proxied: bool| {
+            let side = if proxied { "proxied" } else { "direct" };
+            let label = format!("{} {side} (agent: {place})", mode_name(mode));
+            rig.run_labeled(&opts, mode, proxied, label)
+        };
+        one_client.push(OneClient {
+            pinned: cpu.is_some(),
+            latency: [run(Mode::Latency, false)?, run(Mode::Latency, true)?],
+            stream: [run(Mode::Stream, false)?, run(Mode::Stream, true)?],
+        });
+    }
     set_affinity(agent_pid, Some(AGENT_CPU))?;
     let load_off = rig.run(&opts, Mode::Load, false)?;
     let (cpu_before, wall) = (cpu_seconds(agent_pid)?, Instant::now());
@@ -112,16 +124,14 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
 
     let (audit, log) = (rig.audit.clone(), rig.log.clone());
     let (status, log_text) = rig.finish()?;
-    let runs = [
-        &latency[0],
-        &latency[1],
-        &stream[0],
-        &stream[1],
-        &load_off,
-        &load_on,
-    ];
+    let mut runs: Vec<&Run> = one_client
+        .iter()
+        .flat_map(|o| o.latency.iter().chain(&o.stream))
+        .collect();
+    runs.extend([&load_off, &load_on]);
     let report = Report {
-        runs: &runs,
+        one_client: &one_client,
+        load: [&load_off, &load_on],
         clients: args.clients,
         proxy_cpu,
         proxy_busy,
@@ -491,9 +501,18 @@ fn summary(run: &Run) -> String {
     }
 }
 
+/// The one-client runs (direct, proxied) with the agent placed one way.
+struct OneClient {
+    /// On the client's core, or wherever the scheduler puts it.
+    pinned: bool,
+    latency: [Run; 2],
+    stream: [Run; 2],
+}
+
 struct Report<'a> {
-    /// latency off/on, stream off/on, load off/on.
-    runs: &'a [&'a Run; 6],
+    one_client: &'a [OneClient],
+    /// Direct, proxied.
+    load: [&'a Run; 2],
     clients: u32,
     proxy_cpu: f64,
     /// Share of one core the agent used during the proxied load run.
@@ -501,22 +520,23 @@ struct Report<'a> {
     rss_kib: u64,
 }
 
-impl Report<'_> {
+impl OneClient {
     fn print(&self) {
-        let [lat_off, lat_on, str_off, str_on, load_off, load_on] = *self.runs;
-        let upstream = match (load_on.upstream.http1, load_on.upstream.http2) {
-            (0, n) if n > 0 => "h2 upstream",
-            (n, 0) if n > 0 => "HTTP/1.1 upstream",
-            _ => "HTTP/1.1 and h2 upstream",
-        };
+        let [lat_off, lat_on] = &self.latency;
+        let [str_off, str_on] = &self.stream;
         let ms = |on: &Run, off: &Run, key: &str| (on.get(key) - off.get(key)) / 1000.0;
-        println!("proxy bench (TLS client→proxy→TLS upstream, HTTP/1.1 client, {upstream})");
+        if self.pinned {
+            println!(
+                "1 client, proxy on the client's core (CPU {CLIENT_CPU}): what the proxy adds"
+            );
+        } else {
+            println!(
+                "1 client, proxy where the scheduler puts it (as a service runs): plus cross-core wake-ups"
+            );
+        }
         println!(
-            "(1-client runs: the proxy is free to run on any CPU, as a service is; the load run pins it to CPU {AGENT_CPU})"
-        );
-        println!(
-            "1 client, non-streaming: direct p50 {:.0} µs p99 {:.0} µs; proxied p50 {:.0} µs p99 \
-             {:.0} µs; added p50 {:.2} ms (target < 0.2 ms), p99 {:.2} ms (target < 1 ms)",
+            "  non-streaming: direct p50 {:.0} µs p99 {:.0} µs; proxied p50 {:.0} µs p99 {:.0} µs; \
+             added p50 {:.2} ms (target < 0.2 ms), p99 {:.2} ms (target < 1 ms)",
             lat_off.get("p50_us"),
             lat_off.get("p99_us"),
             lat_on.get("p50_us"),
@@ -532,8 +552,8 @@ impl Report<'_> {
             )
         };
         println!(
-            "1 client, {}-chunk stream: time to first byte direct {}, proxied {}; to last byte \
-             direct {}, proxied {}; added to last byte p50 {:.2} ms (target < 0.5 ms), p99 {:.2} ms",
+            "  {}-chunk stream: time to first byte direct {}, proxied {}; to last byte direct {}, \
+             proxied {}; added to last byte p50 {:.2} ms (target < 0.5 ms), p99 {:.2} ms",
             super::upstream::STREAM_CHUNKS,
             pair(str_off, "first"),
             pair(str_on, "first"),
@@ -542,6 +562,21 @@ impl Report<'_> {
             ms(str_on, str_off, "last_p50_us"),
             ms(str_on, str_off, "last_p99_us"),
         );
+    }
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let [load_off, load_on] = self.load;
+        let upstream = match (load_on.upstream.http1, load_on.upstream.http2) {
+            (0, n) if n > 0 => "h2 upstream",
+            (n, 0) if n > 0 => "HTTP/1.1 upstream",
+            _ => "HTTP/1.1 and h2 upstream",
+        };
+        println!("proxy bench (TLS client→proxy→TLS upstream, HTTP/1.1 client, {upstream})");
+        for one in self.one_client {
+            one.print();
+        }
         let rate = |run: &Run| run.count("completed") as f64 / run.get("seconds");
         let per_request = self.proxy_cpu * 1000.0 / load_on.count("completed").max(1) as f64;
         println!(
