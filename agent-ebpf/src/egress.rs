@@ -28,10 +28,6 @@ use crate::{
     sock::resolve_action,
 };
 
-/// Full-size segments are bulk data, never a hello or a CONNECT line:
-/// skipping them keeps the cost off the data path.
-const MAX_INTERESTING: usize = 1400;
-
 /// Sockets whose ClientHello was dropped: their retransmissions (sent from
 /// timer context, where "current" is not the sender) are dropped too.
 #[map]
@@ -58,12 +54,16 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
     }
     let offset = ((ctx.load::<u8>(tcp + 12).ok()? >> 4) as usize) * 4;
     let payload = tcp + offset;
+    // No size cut: a hello with a post-quantum key share is 1.5–2 KB, a
+    // full-size segment (or a GSO super-packet) like bulk data. Bulk data
+    // costs one 8-byte load here, and a TLS record of application data
+    // starts with 0x17, not a handshake.
     let len = (ctx.len() as usize).checked_sub(payload)?;
-    if !(6..=MAX_INTERESTING).contains(&len) {
+    if len < 8 {
         return None;
     }
     let head: [u8; 8] = ctx.load(payload).ok()?;
-    let kind = if head[0] == 0x16 && head[5] == 0x01 {
+    let kind = if head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01 {
         egress_kind::CLIENT_HELLO
     } else if head == *b"CONNECT " {
         egress_kind::HTTP_CONNECT

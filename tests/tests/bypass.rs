@@ -230,10 +230,14 @@ fn detaching_the_agents_program_by_hand_raises_agent_tamper() {
     );
 }
 
-/// A TLS client: prints `handshake done`, `timeout` or the errno.
+/// A TLS client: prints `handshake done`, `timeout` or the errno. A fifth
+/// argument pads its ClientHello to about that many bytes (with ALPN
+/// names), as post-quantum key shares make real ones 1.5–2 KB.
 const TLS_CLIENT: &str = r#"
 import errno, socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[4])
+if len(sys.argv) > 5:
+    ctx.set_alpn_protocols(["x" * 200] * (int(sys.argv[5]) // 200) + ["http/1.1"])
 s = socket.socket()
 s.settimeout(2)
 try:
@@ -257,15 +261,18 @@ fn tls_client(cgroup: &TestCgroup, ip: &str, ca: &Path) -> String {
 /// With `name` as the SNI, exactly as written (Python sends case and a
 /// trailing dot as given).
 fn tls_client_as(cgroup: &TestCgroup, ip: &str, name: &str, ca: &Path) -> String {
-    let out = output(cgroup.command("python3").args([
-        "-c",
-        TLS_CLIENT,
-        ip,
-        "443",
-        name,
-        &ca.display().to_string(),
-    ]));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    tls_client_padded(cgroup, ip, name, ca, 0)
+}
+
+fn tls_client_padded(cgroup: &TestCgroup, ip: &str, name: &str, ca: &Path, pad: usize) -> String {
+    let mut cmd = cgroup.command("python3");
+    cmd.args(["-c", TLS_CLIENT, ip, "443", name]).arg(ca);
+    if pad > 0 {
+        cmd.arg(pad.to_string());
+    }
+    String::from_utf8_lossy(&output(&mut cmd).stdout)
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -327,6 +334,13 @@ fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_under
         tls_client_as(&cgroup, "127.0.0.96", "API.OpenAI.com.", &pki.ca),
         "timeout",
         "a trailing dot must not get a hello past the kernel"
+    );
+    // Nor size: a hello longer than a full-size segment is a hello still.
+    let _large = ModelServer::start(&pki, "127.0.0.95", 443, 1, 0.0);
+    assert_eq!(
+        tls_client_padded(&cgroup, "127.0.0.95", "api.openai.com", &pki.ca, 2000),
+        "timeout",
+        "a 2 KB hello must not get past the kernel"
     );
     // And from then on the address is an endpoint: connect() is refused.
     let deadline = Instant::now() + Duration::from_secs(5);
