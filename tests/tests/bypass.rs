@@ -12,33 +12,58 @@ use modelgate_tests::{
     standin::{ModelServer, Pki},
 };
 
-/// The stdlib DNS stand-in (tests/standin/dns_server.py) on `bind`:53.
+/// dnsmasq on `bind`:53, answering `r<N>.<zone>` (N < `names`) from a
+/// hosts file, each name with its own loopback address, as a real
+/// resolver encodes answers.
 struct DnsServer {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl DnsServer {
-    fn start(bind: &str, zone: &str) -> DnsServer {
+    fn start(bind: &str, zone: &str, names: usize) -> DnsServer {
         let dir = tempfile::tempdir().unwrap();
-        let ready = dir.path().join("ready");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/dns_server.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .args(["--bind", bind, "--zone", zone, "--ready"])
-            .arg(&ready)
+        let hosts: String = (0..names)
+            .map(|n| format!("127.10.{}.{} r{n}.{zone}\n", n / 250, n % 250 + 1))
+            .collect();
+        fs::write(dir.path().join("hosts"), hosts).unwrap();
+        let log = dir.path().join("log");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--port=53",
+                "--local-ttl=300",
+                "--user=root",
+                "--pid-file",
+            ])
+            .arg(format!("--listen-address={bind}"))
+            .arg(format!(
+                "--addn-hosts={}",
+                dir.path().join("hosts").display()
+            ))
+            .arg(format!("--log-facility={}", log.display()))
             .stdin(Stdio::null())
             .spawn()
-            .expect("start the DNS stand-in");
+            .expect("start dnsmasq (apt-get install dnsmasq-base)");
+        let mut server = DnsServer { child, _dir: dir };
+        // It logs the hosts file read after its sockets are bound.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
+        let ready = format!(" - {names} names");
+        while !fs::read_to_string(&log).is_ok_and(|l| l.contains(&ready)) {
+            let exited = server.child.try_wait().unwrap();
             assert!(
-                Instant::now() < deadline,
-                "the DNS stand-in did not start on {bind}:53"
+                exited.is_none() && Instant::now() < deadline,
+                "dnsmasq did not start on {bind}:53 ({exited:?}): {}",
+                fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        DnsServer { child, _dir: dir }
+        server
     }
 }
 
@@ -77,7 +102,8 @@ print(json.dumps(counts))
 fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
     require_root();
     let cgroup = TestCgroup::new("dns");
-    let _dns = DnsServer::start("127.0.2.53", "openai.azure.com");
+    let tries = 1000;
+    let _dns = DnsServer::start("127.0.2.53", "openai.azure.com", tries);
     let agent = Agent::start(AgentSpec::new(
         &cgroup,
         "providers:\n  - name: azure-openai\n    api: azure-openai\n    hosts: [\"*.openai.azure.com\"]\n",
@@ -91,7 +117,6 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
         "nameserver 127.0.2.53\noptions attempts:2 timeout:1\n",
     )
     .unwrap();
-    let tries = 1000;
     let mut cmd = cgroup.command("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)

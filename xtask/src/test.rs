@@ -146,6 +146,7 @@ fn check_prerequisites() -> Result<()> {
         ("python3", "python3"),
         ("unshare", "util-linux"),
         ("bpftool", "bpftool"),
+        ("dnsmasq", "dnsmasq-base"),
         ("tmux", "tmux"),
         // The package test: build the .deb, install it in a scratch root,
         // run the installed agent with the unit's capabilities, verify the unit.
