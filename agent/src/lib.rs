@@ -25,6 +25,7 @@ pub mod jsonl;
     reason = "shared with the xtask, which alone uses the Debian control fields"
 )]
 mod layout;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod otlp;

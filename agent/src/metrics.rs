@@ -64,6 +64,11 @@ struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoryLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: &'static str,
 }
@@ -101,6 +106,8 @@ pub struct Metrics {
     alerts_dropped: Family<SinkLabels, Gauge>,
     alerts_spool: Family<SinkLabels, Gauge>,
     workloads: Mutex<HashSet<String>>,
+    /// Read at each scrape.
+    memory: Family<MemoryLabels, Gauge>,
 }
 
 impl Metrics {
@@ -190,8 +197,16 @@ impl Metrics {
              being served",
             proxy_refused.clone(),
         );
+        let memory = Family::<MemoryLabels, Gauge>::default();
+        registry.register(
+            "memory_bytes",
+            "The agent's memory: rss, heap_in_use (live allocations), heap_free (kept by the \
+             allocator)",
+            memory.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            memory,
             proxy_refused,
             proxy_refused_source: Mutex::new(None),
             alerts_delivered,
@@ -335,6 +350,16 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(sink.spool_depth as i64);
             }
+        }
+        let memory = crate::memory::now();
+        for (kind, bytes) in [
+            ("rss", memory.rss_bytes),
+            ("heap_in_use", memory.heap_in_use_bytes),
+            ("heap_free", memory.heap_free_bytes),
+        ] {
+            self.memory
+                .get_or_create(&MemoryLabels { kind })
+                .set(bytes as i64);
         }
         let mut text = String::new();
         if let Err(err) = encode(&mut text, &self.registry) {

@@ -105,8 +105,16 @@ fn status_reload_and_alerts_go_through_the_control_socket() {
     for sink in ["events", "audit", "usage", "alerts", "alerts/file"] {
         assert!(sinks.contains(&sink), "{sinks:?}");
     }
+    // The agent's own memory: resident, and its heap split into live
+    // allocations and what the allocator keeps.
+    let memory = &first["memory"];
+    let rss = memory["rss_bytes"].as_u64().unwrap();
+    let in_use = memory["heap_in_use_bytes"].as_u64().unwrap();
+    assert!(rss > 1 << 20 && in_use > 0, "{memory:#}");
+    assert!(memory["heap_free_bytes"].is_u64(), "{memory:#}");
     let text = cli_ok(&state, &["status"]);
     assert!(text.contains(&format!("policy     {version}")), "{text}");
+    assert!(text.contains("memory     RSS "), "{text}");
 
     // A policy that does not parse: the reload is refused, says why, and
     // the old policy stays.

@@ -77,6 +77,14 @@ fn render(s: &Status) -> String {
         s.proxy.listeners.join(", "),
         s.proxy.connections
     );
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let _ = writeln!(
+        out,
+        "memory     RSS {:.1} MiB; heap {:.1} MiB in use, {:.1} MiB free in the allocator",
+        mib(s.memory.rss_bytes),
+        mib(s.memory.heap_in_use_bytes),
+        mib(s.memory.heap_free_bytes)
+    );
     let _ = writeln!(out, "metrics    http://{}/metrics", s.metrics);
     let _ = writeln!(out, "control    {}", s.control);
     let maps: Vec<String> = s

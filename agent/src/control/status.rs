@@ -21,6 +21,8 @@ pub struct Status {
     pub sinks: Vec<SinkHealth>,
     /// Alerts accepted but not yet delivered by every sink.
     pub alerts_pending: u64,
+    #[serde(default)]
+    pub memory: crate::memory::Memory,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -173,6 +173,7 @@ impl Agent {
             control: facts.control_socket.display().to_string(),
             sinks,
             alerts_pending,
+            memory: crate::memory::now(),
         }
     }
 

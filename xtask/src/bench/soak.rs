@@ -78,6 +78,10 @@ struct Sample {
     at: Duration,
     rss_kib: u64,
     anon_kib: u64,
+    /// The allocator's own count of live allocations, and of free memory
+    /// it keeps: what of the heap is data, what is the allocator's.
+    live_kib: u64,
+    kept_kib: u64,
     fds: usize,
     map_entries: u64,
     lost: u64,
@@ -147,6 +151,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             at: started.elapsed(),
             rss_kib: proc_kib(pid, "status", "VmRSS:")?,
             anon_kib: proc_kib(pid, "smaps_rollup", "Anonymous:")?,
+            live_kib: status["memory"]["heap_in_use_bytes"].as_u64().unwrap_or(0) / 1024,
+            kept_kib: status["memory"]["heap_free_bytes"].as_u64().unwrap_or(0) / 1024,
             fds: fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| d.count())
                 .context("counting the agent's file descriptors")?,
@@ -163,10 +169,12 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             errors,
         };
         println!(
-            "soak: {:>5.1} min  RSS {} KiB  heap {} KiB  fds {}  map entries {}  lost {}  requests {} (refused or failed {})",
+            "soak: {:>5.1} min  RSS {} KiB  heap {} KiB (live {}, allocator free {})  fds {}  map entries {}  lost {}  requests {} (refused or failed {})",
             sample.at.as_secs_f64() / 60.0,
             sample.rss_kib,
             sample.anon_kib,
+            sample.live_kib,
+            sample.kept_kib,
             sample.fds,
             sample.map_entries,
             sample.lost,
@@ -199,6 +207,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 struct Window {
     rss_kib: f64,
     heap_kib: f64,
+    live_kib: f64,
+    kept_kib: f64,
     fds: usize,
 }
 
@@ -208,6 +218,8 @@ impl Window {
         Window {
             rss_kib: samples.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n,
             heap_kib: samples.iter().map(|s| s.anon_kib as f64).sum::<f64>() / n,
+            live_kib: samples.iter().map(|s| s.live_kib as f64).sum::<f64>() / n,
+            kept_kib: samples.iter().map(|s| s.kept_kib as f64).sum::<f64>() / n,
             fds: samples.iter().map(|s| s.fds).max().unwrap_or(0),
         }
     }
@@ -274,6 +286,16 @@ fn report(samples: &[Sample]) -> Result<()> {
         },
         after_warm.first().map_or(0, |s| s.map_entries),
         last.map_entries,
+    );
+    println!(
+        "soak: of the heap, live allocations {:.0} -> {:.0} KiB ({:+.1}%), free memory the \
+         allocator keeps {:.0} -> {:.0} KiB; the rest is thread stacks and pages the allocator \
+         holds partly used",
+        first.live_kib,
+        end.live_kib,
+        (end.live_kib / first.live_kib.max(1.0) - 1.0) * 100.0,
+        first.kept_kib,
+        end.kept_kib,
     );
     if rss_growth > TARGET_GROWTH || heap_growth > TARGET_GROWTH || end.fds > first.fds + 4 {
         bail!("the soak missed its targets (see above)");
