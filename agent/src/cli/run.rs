@@ -59,6 +59,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
+    crate::memory::fix_mmap_threshold();
     let file = common.file_config()?;
 
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| {
