@@ -96,8 +96,14 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let mut verdict = PASS;
-    if kind == egress_kind::CLIENT_HELLO
-        && let Some(provider) = sni_provider(ctx, payload, len)
+    let mut name = [0u8; NAME];
+    let name_len = if kind == egress_kind::CLIENT_HELLO {
+        sni::server_name(&Skb(ctx), payload, len, &mut name).unwrap_or(0)
+    } else {
+        0
+    };
+    if name_len > 0
+        && let Some(provider) = provider_of(&name)
         && let Some(config) = MG_CONFIG.get(0)
     {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -111,31 +117,37 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
             verdict = DROP;
         }
     }
-    report(ctx, payload, len, kind, addr, port);
+    report(ctx, payload, len, kind, &key, &name, name_len);
     Some(verdict)
 }
 
-/// The provider whose catalog host the ClientHello's SNI names, if any.
-/// The name is read by `agent_common::sni` (shared with the host, fuzzed
-/// against the agent's parser) and hashed exactly as `hash_from` hashes
-/// DNS names (dotted here).
+/// The provider whose catalog host the ClientHello's server name (read by
+/// `agent_common::sni`, shared with the host and fuzzed against the
+/// agent's parser) names, if any: hashed exactly as `hash_from` hashes DNS
+/// names (dotted here).
 #[inline(always)]
-fn sni_provider(ctx: &SkBuffContext, payload: usize, len: usize) -> Option<u32> {
-    let mut name = [0u8; NAME];
-    sni::server_name(&Skb(ctx), payload, len, &mut name)?;
-    let (full, _, _) = hash_from(&name, 0);
+fn provider_of(name: &[u8; NAME]) -> Option<u32> {
+    let (full, _, _) = hash_from(name, 0);
     if let Some(entry) = unsafe { MG_DNS_NAMES.get(full) }
         && entry.flags & dns_flags::SNI_EXACT != 0
     {
         return Some(entry.provider);
     }
-    let (suffix, _, _) = hash_from(&name, sni::first_label_len(&name) + 1);
+    let (suffix, _, _) = hash_from(name, sni::first_label_len(name) + 1);
     let entry = unsafe { MG_DNS_NAMES.get(suffix) }?;
     (entry.flags & dns_flags::SNI_SUFFIX != 0).then_some(entry.provider)
 }
 
 #[inline(always)]
-fn report(ctx: &SkBuffContext, payload: usize, len: usize, kind: u32, addr: [u8; 16], port: u16) {
+fn report(
+    ctx: &SkBuffContext,
+    payload: usize,
+    len: usize,
+    kind: u32,
+    to: &EndpointKey,
+    name: &[u8; NAME],
+    name_len: usize,
+) {
     let Some(mut event) = MG_EVENTS.reserve::<EgressEvent>(0) else {
         count(Counter::EventsLost);
         return;
@@ -156,11 +168,12 @@ fn report(ctx: &SkBuffContext, payload: usize, len: usize, kind: u32, addr: [u8;
         (*ptr).uid = uid_gid as u32;
         (*ptr).gid = (uid_gid >> 32) as u32;
         (*ptr).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ptr).addr = addr;
-        (*ptr).port = port;
+        (*ptr).addr = to.addr;
+        (*ptr).port = to.port;
         (*ptr)._pad = 0;
         (*ptr).kind = kind;
-        (*ptr)._pad2 = 0;
+        (*ptr).name_len = name_len as u32;
+        (*ptr).name = *name;
         let copy = if len > EGRESS_BYTES {
             EGRESS_BYTES
         } else {

@@ -846,9 +846,14 @@ impl Agent {
         let len = (ev.len as usize).min(ev.payload.len());
         let bytes = &ev.payload[..len];
         let (host, kind) = match ev.kind {
-            agent_common::egress_kind::CLIENT_HELLO => {
-                (sni::client_hello_sni(bytes), "unknown-address")
-            }
+            // The name the kernel read covers a hello longer than the copy.
+            agent_common::egress_kind::CLIENT_HELLO => (
+                sni::client_hello_sni(bytes).or_else(|| {
+                    let len = (ev.name_len as usize).min(ev.name.len());
+                    sni::host_name(&ev.name[..len])
+                }),
+                "unknown-address",
+            ),
             agent_common::egress_kind::HTTP_CONNECT => {
                 (sni::connect_target(bytes), "proxy-connect")
             }

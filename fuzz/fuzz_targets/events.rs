@@ -1,7 +1,7 @@
 //! Ring-buffer records as the daemon decodes them, and what it then parses
 //! out of them: the argv of an `Exec` event (masked), the DNS answer of a
 //! `Dns` event, the first bytes of an `Egress` event (ClientHello or
-//! CONNECT).
+//! CONNECT) and the server name the kernel read.
 #![no_main]
 
 use std::time::Instant;
@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use modelgate::{
     catalog::{
         learned::Learned,
-        sni::{client_hello_sni, connect_target},
+        sni::{client_hello_sni, connect_target, host_name},
     },
     ebpf::events::{Event, decode},
     identity::cmdline::{DEFAULT_MAX_LEN, mask_cmdline, split_raw},
@@ -37,6 +37,10 @@ fuzz_target!(|data: &[u8]| {
             let len = (ev.len as usize).min(ev.payload.len());
             let _ = client_hello_sni(&ev.payload[..len]);
             let _ = connect_target(&ev.payload[..len]);
+            let name_len = (ev.name_len as usize).min(ev.name.len());
+            if let Some(name) = host_name(&ev.name[..name_len]) {
+                assert!(!name.is_empty() && !name.ends_with('.'), "{name:?}");
+            }
         }
         _ => {}
     }

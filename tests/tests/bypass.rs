@@ -300,13 +300,63 @@ fn tls_client_padded(cgroup: &TestCgroup, ip: &str, name: &str, ca: &Path, pad: 
         .to_string()
 }
 
+/// api.openai.com, known at 127.0.0.9 only.
+const OPENAI_AT_9: &str = "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.0.9]\n";
+
+/// A ClientHello built by hand whose server_name follows 1,200 bytes of
+/// another extension (where a post-quantum key share put first would
+/// be), sent to a listener of its own on `argv[1]`:443.
+const LATE_NAME_HELLO: &str = r#"
+import socket, struct, sys, time
+def ext(kind, data):
+    return struct.pack("!HH", kind, len(data)) + data
+name = b"api.openai.com"
+exts = ext(21, bytes(1200)) + ext(0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
+body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+body += struct.pack("!H", len(exts)) + exts
+hs = b"\x01" + len(body).to_bytes(3, "big") + body
+record = b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+srv = socket.socket()
+srv.bind((sys.argv[1], 443))
+srv.listen()
+c = socket.create_connection((sys.argv[1], 443))
+c.sendall(record)
+time.sleep(0.2)
+print("sent", len(record))
+"#;
+
+#[test]
+fn a_hello_whose_name_lies_past_the_bytes_copied_to_the_agent_is_still_reported() {
+    require_root();
+    let cgroup = TestCgroup::new("sni-late");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        OPENAI_AT_9,
+        "default_action: monitor\nrules: []\n",
+    ));
+    let out = output(
+        cgroup
+            .command("python3")
+            .args(["-c", LATE_NAME_HELLO, "127.0.0.93"]),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.starts_with("sent 1"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
+    assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    assert_eq!(alert["destination"]["ip"], "127.0.0.93", "{alert:#}");
+}
+
 #[test]
 fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_under_block_never_completes()
  {
     require_root();
     let pki = Pki::new(&["api.openai.com"]);
     let _server = ModelServer::start(&pki, "127.0.0.99", 443, 1, 0.0);
-    let catalog = "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.0.9]\n";
+    let catalog = OPENAI_AT_9;
 
     // Under monitor: the handshake completes, is reported, the address learned.
     let cgroup = TestCgroup::new("sni-monitor");

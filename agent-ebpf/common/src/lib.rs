@@ -335,10 +335,14 @@ pub struct EgressEvent {
     pub _pad: u16,
     pub kind: u32,
     pub len: u32,
-    pub _pad2: u32,
+    /// The server name the kernel read (`sni::server_name`), or 0: a hello
+    /// whose server_name lies past the copied bytes (a post-quantum key
+    /// share before it takes 1.2 KB) is still named to the agent.
+    pub name_len: u32,
+    pub name: [u8; limits::DNS_NAME_LEN],
     pub payload: [u8; EGRESS_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<EgressEvent>() == 1112);
+const _: () = assert!(core::mem::size_of::<EgressEvent>() == 1240);
 
 /// `MG_DNS_NAMES` flags.
 pub mod dns_flags {

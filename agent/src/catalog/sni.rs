@@ -39,22 +39,26 @@ pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
             return None; // only host_name is defined
         }
         let name_len = r.u16()? as usize;
-        let name = r.take(name_len)?;
-        let name = std::str::from_utf8(name).ok()?;
-        // One trailing dot is the root, as in DNS; the kernel reads names
-        // the same way (`agent_common::sni`). What is left must be
-        // labels: "." and "a..b" are no names.
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let valid = !name.is_empty()
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        return valid.then(|| name.to_ascii_lowercase());
+        return host_name(r.take(name_len)?);
     }
     None
+}
+
+/// A server name as the kernel or a hello gives it, as servers read it:
+/// one trailing dot is the root, as in DNS (the kernel reads names the
+/// same way, `agent_common::sni`); what is left must be labels — "." and
+/// "a..b" are no names. Lowercased.
+pub fn host_name(raw: &[u8]) -> Option<String> {
+    let name = std::str::from_utf8(raw).ok()?;
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then(|| name.to_ascii_lowercase())
 }
 
 /// `host` from `CONNECT host:port HTTP/1.1`.
@@ -178,6 +182,24 @@ mod tests {
         assert_eq!(client_hello_sni(&hello("api.openai.com..")), None);
         assert_eq!(client_hello_sni(&hello("api..openai.com")), None);
         assert_eq!(client_hello_sni(&hello(".api.openai.com")), None);
+    }
+
+    #[test]
+    fn the_kernels_name_is_read_by_the_same_rules() {
+        assert_eq!(
+            host_name(b"API.OpenAI.com.").as_deref(),
+            Some("api.openai.com")
+        );
+        for bad in [
+            &b""[..],
+            b".",
+            b"a..b",
+            b"api.openai.com..",
+            b"a b.com",
+            b"\xff.com",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
