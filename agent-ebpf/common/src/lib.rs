@@ -335,9 +335,10 @@ pub struct EgressEvent {
     pub _pad: u16,
     pub kind: u32,
     pub len: u32,
-    /// The server name the kernel read (`sni::server_name`), or 0: a hello
-    /// whose server_name lies past the copied bytes (a post-quantum key
-    /// share before it takes 1.2 KB) is still named to the agent.
+    /// Length of `name`, the server name the kernel read
+    /// (`sni::server_name`); 0 when it read none. With it, a hello whose
+    /// server_name lies past the copied bytes (after a 1.2 KB post-quantum
+    /// key share) is still named to the agent.
     pub name_len: u32,
     pub name: [u8; limits::DNS_NAME_LEN],
     pub payload: [u8; EGRESS_BYTES],
