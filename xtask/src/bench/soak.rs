@@ -288,9 +288,9 @@ fn report(samples: &[Sample]) -> Result<()> {
         last.map_entries,
     );
     println!(
-        "soak: of the heap, live allocations {:.0} -> {:.0} KiB ({:+.1}%), free memory the \
-         allocator keeps {:.0} -> {:.0} KiB; the rest is thread stacks and pages the allocator \
-         holds partly used",
+        "soak: of the heap, live allocations {:.0} -> {:.0} KiB ({:+.1}%); free memory the \
+         allocator keeps {:.0} -> {:.0} KiB (resident only where touched since the agent last \
+         trimmed it)",
         first.live_kib,
         end.live_kib,
         (end.live_kib / first.live_kib.max(1.0) - 1.0) * 100.0,
