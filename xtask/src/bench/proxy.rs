@@ -104,8 +104,7 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
             "any core"
         };
         let run = |mode: Mode, proxied: bool| {
-            let side = if proxied { "proxied" } else { "direct" };
-            let label = format!("{} {side} (agent: {place})", mode_name(mode));
+            let label = format!("{} (agent: {place})", run_label(mode, proxied));
             rig.run_labeled(&opts, mode, proxied, label)
         };
         one_client.push(OneClient {
@@ -370,8 +369,7 @@ impl Rig {
 
     /// A client run labelled with its mode and side (`latency proxied`).
     pub fn run(&self, opts: &ClientOpts, mode: Mode, proxied: bool) -> Result<Run> {
-        let side = if proxied { "proxied" } else { "direct" };
-        self.run_labeled(opts, mode, proxied, format!("{} {side}", mode_name(mode)))
+        self.run_labeled(opts, mode, proxied, run_label(mode, proxied))
     }
 
     /// Runs `exe bench-proxy-client` in the "on" cgroup when `proxied`, else
@@ -462,6 +460,12 @@ impl Run {
     pub fn label(&self) -> &str {
         &self.label
     }
+}
+
+/// `latency proxied`, `stream direct`, ...
+fn run_label(mode: Mode, proxied: bool) -> String {
+    let side = if proxied { "proxied" } else { "direct" };
+    format!("{} {side}", mode_name(mode))
 }
 
 fn mode_name(mode: Mode) -> &'static str {

@@ -215,11 +215,13 @@ struct Window {
 impl Window {
     fn of(samples: &[&Sample]) -> Window {
         let n = samples.len().max(1) as f64;
+        let mean =
+            |field: fn(&Sample) -> u64| samples.iter().map(|s| field(s) as f64).sum::<f64>() / n;
         Window {
-            rss_kib: samples.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n,
-            heap_kib: samples.iter().map(|s| s.anon_kib as f64).sum::<f64>() / n,
-            live_kib: samples.iter().map(|s| s.live_kib as f64).sum::<f64>() / n,
-            kept_kib: samples.iter().map(|s| s.kept_kib as f64).sum::<f64>() / n,
+            rss_kib: mean(|s| s.rss_kib),
+            heap_kib: mean(|s| s.anon_kib),
+            live_kib: mean(|s| s.live_kib),
+            kept_kib: mean(|s| s.kept_kib),
             fds: samples.iter().map(|s| s.fds).max().unwrap_or(0),
         }
     }
