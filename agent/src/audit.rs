@@ -52,6 +52,16 @@ pub struct Tokens {
     pub output: Option<u64>,
 }
 
+/// One data class a request carried: how often, and in which places
+/// (`body`, `body-key`, `joined`, `query`, `header:<name>`, `part:<field>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditFinding {
+    pub class: String,
+    pub count: usize,
+    #[serde(rename = "where")]
+    pub places: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     pub time: String,
@@ -105,6 +115,9 @@ pub struct AuditRecord {
     /// What data rules replaced before the request left: class → count.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub redacted: std::collections::BTreeMap<String, usize>,
+    /// What the deciding rule's data controls found, and where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<AuditFinding>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +171,7 @@ impl AuditRecord {
             tokens: Tokens::default(),
             cost_usd: None,
             redacted: Default::default(),
+            findings: Vec::new(),
             request_bytes: 0,
             response_bytes: 0,
             stream_events: None,

@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod ebpf;
 pub mod heartbeat;
 pub mod identity;
+pub mod inspect;
 pub mod jsonl;
 #[path = "../../packaging/layout.rs"]
 #[allow(

@@ -10,13 +10,17 @@
 //! `raw_value` feature would give string positions too, but it is not a
 //! default feature and its recursion would need the depth limit anyway.
 
-/// A string value (never an object key) as it appears in the body: `start`
+/// A string as it appears in the body — a value, or an object key: `start`
 /// is the opening quote, `end` is one past the closing quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StrValue {
     pub start: usize,
     pub end: usize,
     pub escaped: bool,
+    /// An object key rather than a value. Keys carry data too (the openai
+    /// SDK's `metadata`, a tool schema's property names, a tool call's
+    /// input), and an upstream reads them like any string.
+    pub key: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -25,9 +29,9 @@ enum Container {
     Array,
 }
 
-/// The string values of `body` in document order, or `None` when `body` is
-/// not a single valid JSON document (RFC 8259) or nests deeper than
-/// `max_depth`. The explicit stack means no input can overflow the call
+/// The strings of `body` — values and object keys — in document order (a
+/// key right before its value), or `None` when `body` is not a single valid
+/// JSON document (RFC 8259) or nests deeper than `max_depth`. The explicit stack means no input can overflow the call
 /// stack, whatever the limit.
 pub(super) fn string_values(body: &[u8], max_depth: usize) -> Option<(&str, Vec<StrValue>)> {
     let text = std::str::from_utf8(body).ok()?;
@@ -46,7 +50,7 @@ pub(super) fn string_values(body: &[u8], max_depth: usize) -> Option<(&str, Vec<
                     i += 1;
                 } else {
                     stack.push(Container::Object);
-                    i = key(body, i)?;
+                    i = key(body, i, &mut values)?;
                     continue 'value;
                 }
             }
@@ -68,6 +72,7 @@ pub(super) fn string_values(body: &[u8], max_depth: usize) -> Option<(&str, Vec<
                     start: i,
                     end,
                     escaped,
+                    key: false,
                 });
                 i = end;
             }
@@ -84,7 +89,7 @@ pub(super) fn string_values(body: &[u8], max_depth: usize) -> Option<(&str, Vec<
                 (None, None) => return Some((text, values)),
                 (None, Some(_)) => return None,
                 (Some(Container::Object), Some(b',')) => {
-                    i = key(body, skip_ws(body, i + 1))?;
+                    i = key(body, skip_ws(body, i + 1), &mut values)?;
                     continue 'value;
                 }
                 (Some(Container::Array), Some(b',')) => {
@@ -108,12 +113,19 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Parses `"key" :` at `i`, returning where the value starts.
-fn key(b: &[u8], i: usize) -> Option<usize> {
+/// Parses `"key" :` at `i`, records the key, and returns where the value
+/// starts.
+fn key(b: &[u8], i: usize, values: &mut Vec<StrValue>) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let (end, _) = string_end(b, i)?;
+    let (end, escaped) = string_end(b, i)?;
+    values.push(StrValue {
+        start: i,
+        end,
+        escaped,
+        key: true,
+    });
     let i = skip_ws(b, end);
     (b.get(i) == Some(&b':')).then(|| skip_ws(b, i + 1))
 }

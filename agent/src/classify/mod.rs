@@ -49,10 +49,13 @@ use std::collections::BTreeMap;
 
 use regex::{Regex, RegexSet};
 
-pub use self::bench::bench_json;
 #[cfg(test)]
 pub use self::bench::bench_text;
 use self::detectors::{BUILTINS, HIGH_ENTROPY};
+pub use self::{
+    bench::bench_json,
+    redact::{JsonHits, JsonPlace},
+};
 
 /// Category of a class, for policy: block/redact/alert can be set per class
 /// or per category.
@@ -104,9 +107,11 @@ const MAX_NAME_LEN: usize = 64;
 /// Shortest text any built-in class can match (`a@b.io`).
 const MIN_BUILTIN_LEN: usize = 6;
 
-/// Nesting limit for JSON bodies. Real request bodies nest under 10 levels;
-/// deeper documents are treated like invalid JSON rather than walked.
-const MAX_JSON_DEPTH: usize = 64;
+/// Nesting limit for JSON bodies: serde_json's, which reads the body for
+/// the model and the prompt, so that both readings accept the same
+/// documents. Real request bodies nest under 10 levels; a deeper one is not
+/// read (and under data rules not forwarded).
+const MAX_JSON_DEPTH: usize = 128;
 
 pub struct Classifier {
     classes: Vec<ClassInfo>,

@@ -15,7 +15,7 @@ fn redact_all(body: &str) -> Option<(String, Vec<(usize, usize)>)> {
 }
 
 #[test]
-fn redacts_inside_string_values_only() {
+fn redacts_inside_string_values_and_keys() {
     let body = json!({
         "model": "gpt-4o",
         "messages": [
@@ -26,15 +26,18 @@ fn redacts_inside_string_values_only() {
         "n": 4111111111111111_u64,
         "stream": true,
         "user": null,
-        "jane@example.com": "key names are not scanned",
+        "jane@example.com": "key names carry data too",
     })
     .to_string();
     let (out, counts) = redact_all(&body).expect("something to redact");
     let mut expected: Value = serde_json::from_str(&body).expect("valid");
     expected["messages"][1]["content"] = json!("mail [REDACTED:email] or call [REDACTED:phone]");
+    let map = expected.as_object_mut().expect("an object");
+    let value = map.remove("jane@example.com").expect("the key");
+    map.insert("[REDACTED:email]".into(), value);
     let got: Value = serde_json::from_str(&out).expect("output is JSON");
     assert_eq!(got, expected);
-    assert_eq!(counts, [(idx("email"), 1), (idx("phone"), 1)]);
+    assert_eq!(counts, [(idx("email"), 2), (idx("phone"), 1)]);
     assert_eq!(builtin().scan_json(body.as_bytes()), counts);
 }
 
@@ -96,13 +99,13 @@ fn custom_classes_are_redacted_and_counted() {
     let c = Classifier::new(&[("acme-id".to_owned(), "ACME-[0-9]{6}".to_owned())]).expect("valid");
     let acme = c.class_index("acme-id").unwrap_or_default();
     let body = br#"{"a":"ACME-123456 and ACME-654321","b":{"ACME-111111":1}}"#;
-    assert_eq!(c.scan_json(body), [(acme, 2)]);
+    assert_eq!(c.scan_json(body), [(acme, 3)]);
     let (out, counts) = c.redact_json(body, |k| k == acme).expect("redacted");
     assert_eq!(
         out,
-        br#"{"a":"[REDACTED:acme-id] and [REDACTED:acme-id]","b":{"ACME-111111":1}}"#
+        br#"{"a":"[REDACTED:acme-id] and [REDACTED:acme-id]","b":{"[REDACTED:acme-id]":1}}"#
     );
-    assert_eq!(counts, [(acme, 2)]);
+    assert_eq!(counts, [(acme, 3)]);
 }
 
 #[test]
@@ -196,7 +199,11 @@ fn depth_is_bounded() {
     let deep = nested(MAX_JSON_DEPTH + 1, inner);
     assert!(redact_all(&deep).is_none());
     assert_eq!(builtin().scan_json(deep.as_bytes()), [(idx("email"), 1)]);
-    let objects = format!("{}{inner}{}", r#"{"a":"#.repeat(70), "}".repeat(70));
+    let objects = format!(
+        "{}{inner}{}",
+        r#"{"a":"#.repeat(MAX_JSON_DEPTH + 1),
+        "}".repeat(MAX_JSON_DEPTH + 1)
+    );
     assert!(redact_all(&objects).is_none());
     for body in [
         nested(10_000, inner),

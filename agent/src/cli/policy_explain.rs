@@ -11,6 +11,7 @@ use crate::{
     catalog::Catalog,
     config,
     identity::cgroup_path::{self, ContainerRuntime},
+    inspect,
     policy::{
         Action, CgroupFacts, Policy, ProcFacts, RequestFacts,
         decide::{self, DataFinding},
@@ -146,12 +147,19 @@ pub fn explain(policy: &Policy, catalog: &Catalog, given: &Given) -> Result<Expl
         runtime: given.runtime.or(parsed.container_runtime),
         pod_uid: parsed.pod_uid.as_deref(),
     };
-    let body = body(given)?;
-    let path = given
+    let body = bytes::Bytes::from(body(given)?);
+    let given_path = given
         .path
         .clone()
         .unwrap_or_else(|| default_path(provider.api, given.model.as_deref()));
-    let info = providers::parse_request(&path, &body);
+    // As the proxy reads a request: the normalised path, the query apart.
+    let (raw_path, query) = match given_path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (given_path.as_str(), None),
+    };
+    let path = inspect::path::normalize(raw_path);
+    let read = inspect::read_body(&body, None, None, providers::reads_json(&path));
+    let info = providers::parse_request_json(&path, read.json());
     let model = given.model.clone().or(info.model.clone());
     let request = RequestFacts {
         host: Some(&host),
@@ -176,7 +184,11 @@ pub fn explain(policy: &Policy, catalog: &Catalog, given: &Given) -> Result<Expl
         &provider.name.0,
         &request,
         &info,
-        &body,
+        &decide::Content {
+            body: &read,
+            query,
+            headers: &http::HeaderMap::new(),
+        },
     );
     let verdict = match (&decision.refuse, connect) {
         (_, Action::Block) => "blocked at connect",

@@ -44,9 +44,34 @@ pub struct Controls {
     /// kernel (default 10m).
     #[serde(default, with = "humantime_serde_opt")]
     pub quarantine_for: Option<Duration>,
+    /// What the content controls (models, max_prompt_bytes, data) do with a
+    /// request whose body the proxy cannot read the way the upstream will:
+    /// an unknown or broken Content-Encoding, JSON that is not strict UTF-8
+    /// JSON, a malformed multipart body.
+    #[serde(default)]
+    pub unparseable: Unparseable,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unparseable {
+    /// Refuse it: policy cannot vouch for what it cannot read.
+    #[default]
+    Block,
+    /// Forward it; its text is still scanned as far as it can be read, and
+    /// the audit names why it was unreadable.
+    Allow,
 }
 
 impl Controls {
+    /// Whether the rule looks at what a request says, not only who sends it.
+    pub fn reads_content(&self) -> bool {
+        !self.models.allow.is_empty()
+            || !self.models.deny.is_empty()
+            || self.max_prompt_bytes.is_some()
+            || !self.data.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.models.allow.is_empty()
             && self.models.deny.is_empty()
@@ -70,6 +95,13 @@ pub struct ModelControl {
 }
 
 impl ModelControl {
+    /// None when every model the request names may be used; otherwise why
+    /// not.
+    pub fn refusal_any(&self, model: Option<&str>, also: Option<&str>) -> Option<String> {
+        self.refusal(model)
+            .or_else(|| also.and_then(|also| self.refusal(Some(also))))
+    }
+
     /// None when the model may be used; otherwise why not.
     pub fn refusal(&self, model: Option<&str>) -> Option<String> {
         let shown = model.unwrap_or("(none)");

@@ -2,12 +2,18 @@
 //! say about this request — shared by the proxy (which then acts on it)
 //! and by `policy explain` / `policy test` (which only report it).
 
+use http::HeaderMap;
 use serde::Serialize;
 
 use super::{
-    Action, CgroupFacts, Policy, ProcFacts, RequestFacts, Rule, controls::DataAction, data_action,
+    Action, CgroupFacts, Policy, ProcFacts, RequestFacts, Rule,
+    controls::{DataAction, Unparseable},
+    data_action,
 };
-use crate::proxy::providers::RequestInfo;
+use crate::{
+    inspect::{self, Form},
+    proxy::providers::RequestInfo,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataFinding {
@@ -15,6 +21,18 @@ pub struct DataFinding {
     pub count: usize,
     /// What the deciding rule does about it (None: nothing configured).
     pub action: Option<&'static str>,
+    /// Where in the request it was found (`body`, `query`, `header:x-note`,
+    /// …; see `inspect::Place::label`).
+    #[serde(rename = "where")]
+    pub places: Vec<String>,
+}
+
+/// What a request carries besides its path: the body as the upstream will
+/// read it, the query string and the headers the proxy forwards.
+pub struct Content<'a> {
+    pub body: &'a inspect::Body,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
 }
 
 /// Why a request would not be forwarded.
@@ -27,6 +45,10 @@ pub enum RefuseKind {
     TooLarge,
     DataBlocked,
     DataQuarantined,
+    /// A content control cannot read the body as the upstream will.
+    Unreadable,
+    /// The request names two models where the upstream serves one.
+    ModelConflict,
 }
 
 impl RefuseKind {
@@ -37,6 +59,8 @@ impl RefuseKind {
             RefuseKind::ModelRefused => "model_refused",
             RefuseKind::TooLarge => "too_large",
             RefuseKind::DataBlocked => "data_blocked",
+            RefuseKind::Unreadable => "unreadable",
+            RefuseKind::ModelConflict => "model_conflict",
         }
     }
 }
@@ -72,7 +96,7 @@ pub fn decide<'p>(
     provider: &str,
     request: &RequestFacts<'_>,
     info: &RequestInfo,
-    body: &[u8],
+    content: &Content<'_>,
 ) -> RequestDecision<'p> {
     let decided = policy.decide_request(Some(proc), Some(cgroup), provider, request);
     let (rule, rule_name, action) = match decided {
@@ -105,11 +129,38 @@ pub fn decide<'p>(
         }
         Action::Allow | Action::Monitor | Action::Redirect | Action::Passthrough => {}
     }
+    // Whatever the rules: a request that means two things is not forwarded,
+    // since policy, audit and price would follow one and the upstream the
+    // other.
+    if let Some(why) = &info.model_conflict {
+        decision.refuse = Some((
+            RefuseKind::ModelConflict,
+            format!("modelgate: {why}; send one model, in the path"),
+        ));
+        return decision;
+    }
     let Some(rule) = rule else {
         return decision;
     };
     let controls = &rule.controls;
-    if let Some(why) = controls.models.refusal(info.model.as_deref()) {
+    if controls.reads_content()
+        && controls.unparseable == Unparseable::Block
+        && let Some(why) = content.body.unreadable()
+    {
+        decision.refuse = Some((
+            RefuseKind::Unreadable,
+            format!(
+                "modelgate: policy rule `{rule_name}` inspects what requests carry, and this \
+                 one cannot be read the way the upstream would read it: {why}; it was not sent \
+                 (`unparseable: allow` on the rule forwards such requests)"
+            ),
+        ));
+        return decision;
+    }
+    if let Some(why) = controls
+        .models
+        .refusal_any(info.model.as_deref(), info.also_model.as_deref())
+    {
         decision.refuse = Some((
             RefuseKind::ModelRefused,
             format!("modelgate: {why} by policy rule `{rule_name}`"),
@@ -134,19 +185,35 @@ pub fn decide<'p>(
     let classifier = &policy.classifier;
     let mut quarantined = Vec::new();
     let mut blocked = Vec::new();
-    for (class, count) in classifier.scan_json(body) {
-        let name = classifier.classes()[class].name.clone();
-        let action = data_action(rule, classifier, class);
+    // Replacing in place works inside the strings of a JSON or text body;
+    // a finding to redact anywhere else (a header, the query, a part, or
+    // split across strings) makes the request one that cannot leave.
+    let rewritable = matches!(content.body.form, Form::Json(_) | Form::Text);
+    let mut unredactable = Vec::new();
+    for found in inspect::scan(classifier, content.body, content.query, content.headers) {
+        let name = classifier.classes()[found.class].name.clone();
+        let action = data_action(rule, classifier, found.class);
+        let places: Vec<String> = found.places.iter().map(inspect::Place::label).collect();
         match action {
             Some(DataAction::Quarantine) => quarantined.push(name.clone()),
             Some(DataAction::Block) => blocked.push(name.clone()),
-            Some(DataAction::Redact) => decision.redact = true,
+            Some(DataAction::Redact) => {
+                decision.redact = true;
+                if let Some(place) = found
+                    .places
+                    .iter()
+                    .find(|p| !(rewritable && p.redactable()))
+                {
+                    unredactable.push(format!("{name} (in {})", place.label()));
+                }
+            }
             Some(DataAction::Alert) | None => {}
         }
         decision.findings.push(DataFinding {
             class: name,
-            count,
+            count: found.count,
             action: action.map(action_name),
+            places,
         });
     }
     let refusal = |classes: &[String]| {
@@ -159,6 +226,15 @@ pub fn decide<'p>(
         decision.refuse = Some((RefuseKind::DataQuarantined, refusal(&quarantined)));
     } else if !blocked.is_empty() {
         decision.refuse = Some((RefuseKind::DataBlocked, refusal(&blocked)));
+    } else if !unredactable.is_empty() {
+        decision.refuse = Some((
+            RefuseKind::DataBlocked,
+            format!(
+                "modelgate: the request carries {} where policy rule `{rule_name}` cannot \
+                 redact it, so it was not sent",
+                unredactable.join(", ")
+            ),
+        ));
     }
     decision
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use http::{HeaderMap, HeaderValue, Uri, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use super::providers::Family;
 use crate::policy::controls::CredentialSpec;
@@ -150,14 +150,19 @@ pub fn inject(family: Family, azure: bool, headers: &mut HeaderMap, secret: &str
 }
 
 /// `path?query` without a `key=` parameter (Gemini's query-string key).
-pub fn strip_query_key(uri: &Uri) -> String {
-    let path = uri.path();
-    let Some(query) = uri.query() else {
+pub fn strip_query_key(path: &str, query: Option<&str>) -> String {
+    let Some(query) = query else {
         return path.to_string();
     };
+    // By the decoded name, as the upstream reads it: `%6Bey=` is `key=`.
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|p| !p.starts_with("key="))
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            form_urlencoded::parse(name.as_bytes())
+                .next()
+                .is_none_or(|(name, _)| name != "key")
+        })
         .collect();
     if kept.is_empty() {
         path.to_string()
@@ -188,13 +193,13 @@ mod tests {
             app_key(&HeaderMap::new(), Some("alt=sse&key=AIzaX")).as_deref(),
             Some("AIzaX")
         );
-        let uri: Uri = "/v1beta/models/m:generateContent?key=AIzaX&alt=sse"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            strip_query_key(&uri),
-            "/v1beta/models/m:generateContent?alt=sse"
-        );
+        for query in ["key=AIzaX&alt=sse", "%6Bey=AIzaX&alt=sse&key"] {
+            assert_eq!(
+                strip_query_key("/v1beta/models/m:generateContent", Some(query)),
+                "/v1beta/models/m:generateContent?alt=sse",
+                "{query}"
+            );
+        }
     }
 
     #[tokio::test]

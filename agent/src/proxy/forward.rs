@@ -26,7 +26,11 @@ use super::{
     govern::{self, Verdict},
     providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
 };
-use crate::audit::{AuditRecord, Destination, StorePrompts, Tokens};
+use crate::{
+    audit::{AuditFinding, AuditRecord, Destination, StorePrompts, Tokens},
+    inspect,
+    policy::decide::DataFinding,
+};
 
 /// Largest request body the proxy reads (it must see the whole prompt).
 pub const MAX_REQUEST_BODY: usize = 32 << 20;
@@ -92,15 +96,14 @@ async fn handle(
     let started = Instant::now();
     let family = conn.info.api.map(Family::of).unwrap_or(Family::OpenAi);
     let (parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Rules match, and the upstream gets, the path the upstream routes:
+    // `//v1/./files` is `/v1/files` to both.
+    let path = inspect::path::normalize(parts.uri.path());
+    let query = parts.uri.query();
     let mut audit = new_record(&conn, scheme, &host);
     audit.http_version = Some(format!("{:?}", parts.version));
     audit.method = Some(parts.method.to_string());
-    audit.path = Some(parts.uri.path().to_string());
+    audit.path = Some(path.clone());
 
     if shared.audit_blocked() {
         let message = "modelgate: the audit trail cannot be written right now, and this host \
@@ -193,9 +196,18 @@ async fn handle(
         }
     };
     audit.host = Some(host.to_string());
-    let info = providers::parse_request(parts.uri.path(), &body);
+    let read = inspect::read_body(
+        &body,
+        header_text(&parts.headers, header::CONTENT_TYPE).as_deref(),
+        header_text(&parts.headers, header::CONTENT_ENCODING).as_deref(),
+        providers::reads_json(&path),
+    );
+    let info = providers::parse_request_json(&path, read.json());
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
+    if let Some(why) = read.unreadable() {
+        debug!(conn = conn.id, %why, "request body unreadable");
+    }
 
     let mut headers = forwardable(&parts.headers);
     let verdict = govern::decide(
@@ -203,10 +215,10 @@ async fn handle(
         &conn,
         family,
         &host,
-        parts.uri.path(),
-        parts.uri.query(),
+        &path,
+        query,
         &info,
-        &body,
+        &read,
         &mut headers,
     )
     .await;
@@ -214,6 +226,7 @@ async fn handle(
         Verdict::Forward(forward) => forward,
         Verdict::Refuse(refuse) => {
             audit.decision = "refused";
+            audit.findings = audit_findings(&refuse.findings);
             audit.rule = refuse.rule;
             audit.outcome = refuse.outcome;
             audit.status = Some(refuse.status.as_u16());
@@ -233,9 +246,12 @@ async fn handle(
     };
     audit.rule = forward.rule.clone();
     audit.redacted = forward.redacted.iter().cloned().collect();
+    audit.findings = audit_findings(&forward.findings);
     let body = match forward.body {
+        // The rewritten body is the decoded one: it leaves uncompressed.
         Some(replaced) => {
             headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::CONTENT_ENCODING);
             replaced
         }
         None => body,
@@ -243,9 +259,12 @@ async fn handle(
     // A Gemini key in the query string is the app's: a managed credential
     // replaces it in the headers, so the query must not carry it on.
     let path_and_query = if forward.strip_query_key {
-        credentials::strip_query_key(&parts.uri)
+        credentials::strip_query_key(&path, query)
     } else {
-        path_and_query
+        match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone(),
+        }
     };
 
     let port = conn.destination.port();
@@ -389,6 +408,27 @@ fn requested_host(parts: &http::request::Parts) -> Option<String> {
                 })
         })?;
     Some(raw.trim_matches(['[', ']']).to_string())
+}
+
+/// Every line of a header joined with `,` (RFC 9110 §5.3), or `None`.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let lines: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(","))
+}
+
+fn audit_findings(findings: &[DataFinding]) -> Vec<AuditFinding> {
+    findings
+        .iter()
+        .map(|f| AuditFinding {
+            class: f.class.clone(),
+            count: f.count,
+            places: f.places.clone(),
+        })
+        .collect()
 }
 
 fn apply_request_info(audit: &mut AuditRecord, info: &RequestInfo) {

@@ -17,11 +17,12 @@ use crate::{
     audit::StorePrompts,
     budget::BudgetKey,
     catalog::Api,
+    inspect::{self, Form},
     policy::{
         RequestFacts,
         controls::DataAction,
         data_action,
-        decide::{self, DataFinding, RefuseKind},
+        decide::{self, Content, DataFinding, RefuseKind},
     },
 };
 
@@ -35,8 +36,11 @@ pub enum Verdict {
 
 pub struct Forward {
     pub rule: String,
-    /// A replaced (redacted) body, when the original must not leave.
+    /// A replaced (redacted) body, when the original must not leave. It is
+    /// the decoded body rewritten: it leaves without a Content-Encoding.
     pub body: Option<Bytes>,
+    /// What data rules found, and where.
+    pub findings: Vec<DataFinding>,
     pub store_prompts: Option<StorePrompts>,
     /// (rule, key) to charge tokens and dollars to once the answer is in.
     pub budget: Option<(String, String)>,
@@ -48,6 +52,7 @@ pub struct Forward {
 
 pub struct Refuse {
     pub rule: String,
+    pub findings: Vec<DataFinding>,
     pub status: StatusCode,
     pub refusal: Refusal,
     pub outcome: &'static str,
@@ -67,7 +72,7 @@ pub async fn decide(
     path: &str,
     query: Option<&str>,
     info: &RequestInfo,
-    body: &Bytes,
+    body: &inspect::Body,
     headers: &mut HeaderMap,
 ) -> Verdict {
     let state = shared.policy.read().expect("policy lock poisoned").clone();
@@ -86,7 +91,11 @@ pub async fn decide(
         &conn.info.provider,
         &request,
         info,
-        body,
+        &Content {
+            body,
+            query,
+            headers,
+        },
     );
     let rule_name = decision.rule_name.clone();
     report_findings(shared, conn, &rule_name, &decision.findings);
@@ -109,6 +118,7 @@ pub async fn decide(
         }
         return Verdict::Refuse(Refuse {
             rule: rule_name,
+            findings: decision.findings,
             status,
             refusal,
             outcome: kind.outcome(),
@@ -120,6 +130,7 @@ pub async fn decide(
         return Verdict::Forward(Forward {
             rule: rule_name,
             body: None,
+            findings: decision.findings,
             store_prompts: None,
             budget: None,
             redacted: Vec::new(),
@@ -130,6 +141,7 @@ pub async fn decide(
     let mut forward = Forward {
         rule: rule_name.clone(),
         body: None,
+        findings: decision.findings.clone(),
         store_prompts: controls.store_prompts,
         budget: None,
         redacted: Vec::new(),
@@ -139,7 +151,15 @@ pub async fn decide(
         let classifier = &state.policy.classifier;
         let redact =
             |class: usize| data_action(rule, classifier, class) == Some(DataAction::Redact);
-        match classifier.redact_json(body, redact) {
+        let replaced = match &body.form {
+            Form::Json(_) => classifier.redact_json(&body.bytes, redact),
+            Form::Text => std::str::from_utf8(&body.bytes)
+                .ok()
+                .and_then(|text| classifier.redact_text(text, redact))
+                .map(|(text, counts)| (text.into_bytes(), counts)),
+            _ => None,
+        };
+        match replaced {
             Some((replaced, counts)) => {
                 forward.body = Some(Bytes::from(replaced));
                 forward.redacted = counts
@@ -147,11 +167,11 @@ pub async fn decide(
                     .map(|(class, n)| (classifier.classes()[class].name.clone(), n))
                     .collect();
             }
-            // Found but not replaceable (the body is not JSON, or nested too
-            // deep): it must not leave as it is.
+            // Found but not replaceable: it must not leave as it is.
             None => {
                 return Verdict::Refuse(Refuse {
                     rule: rule_name.clone(),
+                    findings: decision.findings,
                     status: StatusCode::FORBIDDEN,
                     refusal: Refusal::Policy,
                     outcome: "data_blocked",
@@ -194,6 +214,7 @@ pub async fn decide(
             if let Err(err) = injected {
                 return Verdict::Refuse(Refuse {
                     rule: rule_name.clone(),
+                    findings: forward.findings,
                     status: StatusCode::BAD_GATEWAY,
                     refusal: Refusal::Upstream,
                     outcome: "credential_error",
@@ -217,6 +238,7 @@ pub async fn decide(
         if let Err(exceeded) = checked {
             return Verdict::Refuse(Refuse {
                 rule: rule_name.clone(),
+                findings: forward.findings,
                 status: StatusCode::TOO_MANY_REQUESTS,
                 refusal: Refusal::Budget,
                 outcome: "budget_exceeded",

@@ -21,10 +21,17 @@ pub struct RequestInfo {
     /// `chat`, `completion`, `responses`, `embeddings`, `messages`,
     /// `generate_content`, `converse`, `invoke` or `unknown`.
     pub operation: &'static str,
+    /// The model the upstream will serve.
     pub model: Option<String>,
+    /// Another model name the request carries (an Azure body's `model`
+    /// beside its deployment): model controls must allow it too.
+    pub also_model: Option<String>,
+    /// Why the request names two models where only one can be meant.
+    pub model_conflict: Option<String>,
     pub stream: bool,
     pub messages: Option<usize>,
-    /// Bytes of prompt text (messages, system, input, contents).
+    /// Bytes of all text the request carries: messages, system, tools and
+    /// their schemas, metadata (see [`text_bytes`]).
     pub prompt_bytes: usize,
     /// The prompt text itself, capped at `TEXT_CAP`.
     pub prompt_text: String,
@@ -61,16 +68,23 @@ impl Family {
     }
 }
 
+/// [`parse_request_json`] of `body` as JSON (any other body has no JSON
+/// fields).
 pub fn parse_request(path: &str, body: &[u8]) -> RequestInfo {
-    let path_only = path.split('?').next().unwrap_or(path);
     let json: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |name: &str| json.as_ref().and_then(|v| v.get(name));
+    parse_request_json(path, json.as_ref())
+}
+
+/// What a request means, from its (normalised) path and its JSON body.
+pub fn parse_request_json(path: &str, json: Option<&Value>) -> RequestInfo {
+    let path_only = path.split('?').next().unwrap_or(path);
+    let field = |name: &str| json.and_then(|v| v.get(name));
     let body_model = field("model").and_then(Value::as_str).map(str::to_string);
     let body_stream = field("stream").and_then(Value::as_bool).unwrap_or(false);
 
     let (operation, path_model, path_stream) = classify(path_only);
     let mut text = TextCollector::default();
-    if let Some(v) = &json {
+    if let Some(v) = json {
         for key in [
             "messages",
             "system",
@@ -91,44 +105,88 @@ pub fn parse_request(path: &str, body: &[u8]) -> RequestInfo {
         .or_else(|| field("contents"))
         .and_then(Value::as_array)
         .map(Vec::len);
+    // The model is the one the upstream uses. Where the path names it
+    // (Gemini, Vertex, Bedrock), the body's `model` is not read upstream,
+    // so one that differs can only be there to mislead the policy.
+    // Azure's deployment is the model served; the SDK also sends a `model`
+    // that may differ (`azure_deployment=` with `model=`), so both are kept
+    // and model controls apply to both.
+    let (model, body_model_also, model_conflict) = match (path_model, body_model) {
+        (Some(PathModel::Addressed(m)), Some(b)) if b != m => {
+            let conflict = format!(
+                "the path addresses model `{m}` but the body names `{b}`; the upstream would \
+                 serve `{m}`"
+            );
+            (Some(m), None, Some(conflict))
+        }
+        (Some(PathModel::Addressed(m)), _) => (Some(m), None, None),
+        (Some(PathModel::Deployment(d)), b) => {
+            let also = b.filter(|b| *b != d);
+            (Some(d), also, None)
+        }
+        (None, b) => (b, None, None),
+    };
     RequestInfo {
         operation,
-        model: body_model.or(path_model),
+        model,
+        also_model: body_model_also,
+        model_conflict,
         stream: body_stream || path_stream,
         messages,
-        prompt_bytes: text.bytes,
+        prompt_bytes: json.map_or(0, text_bytes),
         prompt_text: text.text,
     }
 }
 
+/// Whether the API at `path` reads a JSON body (so a body that is not JSON
+/// is not one it would accept as sent).
+pub fn reads_json(path: &str) -> bool {
+    classify(path.split('?').next().unwrap_or(path)).0 != "unknown"
+}
+
+/// A model named in the path.
+enum PathModel {
+    /// The path is the model's address (Gemini, Vertex, Bedrock).
+    Addressed(String),
+    /// An Azure OpenAI deployment.
+    Deployment(String),
+}
+
 /// The operation, a model named in the path, and whether the path itself
 /// asks for a stream.
-fn classify(path: &str) -> (&'static str, Option<String>, bool) {
+fn classify(path: &str) -> (&'static str, Option<PathModel>, bool) {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let after = |name: &str| {
-        segments
-            .iter()
-            .position(|s| *s == name)
-            .and_then(|i| segments.get(i + 1))
-            .map(|s| percent_decode(s))
-    };
     if let Some(last) = segments.last() {
-        // Gemini / Vertex: .../models/{model}:generateContent
+        // Gemini / Vertex: .../models/{model}:generateContent; Vertex's
+        // partner models (Anthropic, Mistral): ...:rawPredict.
         if let Some((model, method)) = last.split_once(':') {
             let op = match method {
                 "generateContent" => Some(("generate_content", false)),
                 "streamGenerateContent" => Some(("generate_content", true)),
                 "embedContent" | "batchEmbedContents" => Some(("embeddings", false)),
                 "countTokens" => Some(("count_tokens", false)),
+                "rawPredict" | "predict" => Some(("predict", false)),
+                "streamRawPredict" | "serverStreamingPredict" => Some(("predict", true)),
                 _ => None,
             };
             if let Some((op, stream)) = op {
-                return (op, Some(percent_decode(model)), stream);
+                return (
+                    op,
+                    Some(PathModel::Addressed(percent_decode(model))),
+                    stream,
+                );
             }
         }
-        // Bedrock runtime: /model/{id}/converse[-stream] | invoke[-with-response-stream]
-        if segments.first() == Some(&"model") && segments.len() == 3 {
-            let model = Some(percent_decode(segments[1]));
+        // Bedrock runtime: /model/{id}/converse[-stream] |
+        // invoke[-with-response-stream]. The id may be an ARN whose `/` a
+        // client did not escape, so every segment between is the id.
+        if segments.first() == Some(&"model") && segments.len() >= 3 {
+            let id = segments[1..segments.len() - 1]
+                .iter()
+                .map(|s| percent_decode(s))
+                .collect::<Vec<_>>()
+                .join("/");
+            let model = Some(PathModel::Addressed(id));
             match *last {
                 "converse" => return ("converse", model, false),
                 "converse-stream" => return ("converse", model, true),
@@ -139,7 +197,11 @@ fn classify(path: &str) -> (&'static str, Option<String>, bool) {
         }
     }
     // Azure OpenAI: /openai/deployments/{deployment}/chat/completions
-    let deployment = after("deployments");
+    let deployment = segments
+        .iter()
+        .position(|s| *s == "deployments")
+        .and_then(|i| segments.get(i + 1))
+        .map(|s| PathModel::Deployment(percent_decode(s)));
     let op = if path.ends_with("/chat/completions") {
         "chat"
     } else if path.ends_with("/completions") {
@@ -154,6 +216,211 @@ fn classify(path: &str) -> (&'static str, Option<String>, bool) {
         "unknown"
     };
     (op, deployment, false)
+}
+
+/// Object keys that are a request schema's own fields, not text: every
+/// other key (a `metadata` entry, a tool parameter's name) is read by the
+/// model, or at least leaves the host, and counts as prompt text.
+const SCHEMA_KEYS: &[&str] = &[
+    "$defs",
+    "$ref",
+    "additionalProperties",
+    "allOf",
+    "annotations",
+    "anthropic_version",
+    "anyOf",
+    "args",
+    "arguments",
+    "audio",
+    "budget_tokens",
+    "cache_control",
+    "candidateCount",
+    "category",
+    "const",
+    "content",
+    "contents",
+    "data",
+    "default",
+    "definitions",
+    "description",
+    "detail",
+    "dimensions",
+    "effort",
+    "encoding_format",
+    "enum",
+    "file",
+    "file_data",
+    "file_id",
+    "filename",
+    "format",
+    "frequency_penalty",
+    "function",
+    "function_call",
+    "functionCall",
+    "functionDeclarations",
+    "functionResponse",
+    "functions",
+    "generation_config",
+    "generationConfig",
+    "id",
+    "image_url",
+    "include",
+    "include_usage",
+    "inferenceConfig",
+    "inline_data",
+    "inlineData",
+    "input",
+    "input_audio",
+    "input_schema",
+    "input_type",
+    "inputSchema",
+    "instructions",
+    "items",
+    "json",
+    "json_schema",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "max_tokens",
+    "maxItems",
+    "maxLength",
+    "maximum",
+    "maxOutputTokens",
+    "maxTokens",
+    "media_type",
+    "messages",
+    "metadata",
+    "mime_type",
+    "mimeType",
+    "minItems",
+    "minLength",
+    "minimum",
+    "modalities",
+    "model",
+    "n",
+    "name",
+    "nullable",
+    "oneOf",
+    "parallel_tool_calls",
+    "parameters",
+    "parts",
+    "pattern",
+    "prediction",
+    "presence_penalty",
+    "previous_response_id",
+    "prompt",
+    "properties",
+    "reasoning",
+    "reasoning_effort",
+    "refusal",
+    "required",
+    "response",
+    "response_format",
+    "responseMimeType",
+    "responseSchema",
+    "role",
+    "safetySettings",
+    "schema",
+    "seed",
+    "service_tier",
+    "source",
+    "stop",
+    "stop_sequences",
+    "stopSequences",
+    "store",
+    "stream",
+    "stream_options",
+    "strict",
+    "system",
+    "system_instruction",
+    "systemInstruction",
+    "temperature",
+    "text",
+    "thinking",
+    "threshold",
+    "title",
+    "tool_call_id",
+    "tool_calls",
+    "tool_choice",
+    "tool_result",
+    "tool_use",
+    "tool_use_id",
+    "toolConfig",
+    "tools",
+    "toolSpec",
+    "top_k",
+    "top_logprobs",
+    "top_p",
+    "topK",
+    "topP",
+    "truncation",
+    "type",
+    "url",
+    "user",
+    "verbosity",
+    "voice",
+];
+
+/// Values of these keys are identifiers and enums (`"role": "user"`), not
+/// text — while short; a long one counts whatever its key.
+const ENUM_KEYS: &[&str] = &[
+    "anthropic_version",
+    "detail",
+    "encoding_format",
+    "format",
+    "id",
+    "media_type",
+    "mime_type",
+    "mimeType",
+    "model",
+    "object",
+    "reasoning_effort",
+    "role",
+    "service_tier",
+    "tool_call_id",
+    "tool_use_id",
+    "type",
+    "user",
+    "voice",
+];
+const ENUM_MAX: usize = 64;
+
+/// Keys whose values are inline binary (base64 images, audio, files):
+/// content the model reads, but not as text.
+const BINARY_KEYS: &[&str] = &["data", "file_data", "b64_json"];
+
+/// Bytes of all text in a request body that the model reads or that leaves
+/// with it: every string at any depth and every key that is not a schema
+/// field, less enum-like values and inline binary. A tool description, a
+/// JSON schema's property names and a `metadata` map all count, so text
+/// cannot be moved out of `messages` to get past `max_prompt_bytes`.
+pub fn text_bytes(value: &Value) -> usize {
+    let mut total = 0;
+    let mut stack: Vec<(Option<&str>, &Value)> = vec![(None, value)];
+    while let Some((key, v)) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                let enum_like = s.len() <= ENUM_MAX && key.is_some_and(|k| ENUM_KEYS.contains(&k));
+                let binary = key.is_some_and(|k| BINARY_KEYS.contains(&k))
+                    || (s.starts_with("data:") && s.contains(";base64,"));
+                if !enum_like && !binary {
+                    total += s.len();
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter().map(|i| (key, i))),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if !SCHEMA_KEYS.contains(&k.as_str()) {
+                        total += k.len();
+                    }
+                    stack.push((Some(k.as_str()), v));
+                }
+            }
+            Value::Number(_) | Value::Bool(_) | Value::Null => {}
+        }
+    }
+    total
 }
 
 fn percent_decode(s: &str) -> String {
