@@ -64,11 +64,40 @@ impl ModelServer {
     pub fn start(pki: &Pki, bind: &str, port: u16, chunks: u32, chunk_delay: f64) -> ModelServer {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/model_server.py");
+        let marker = dir.path().join("last-chunk-sent");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg("--marker")
+            .arg(&marker)
+            .args(["--chunks", &chunks.to_string()])
+            .args(["--chunk-delay", &chunk_delay.to_string()]);
+        ModelServer::spawn(cmd, dir, marker, pki, bind, port)
+    }
+
+    /// The lenient stand-in (tests/standin/lenient_server.py): answers
+    /// everything with a 200 and logs what a forgiving upstream would read
+    /// (decoded bodies, `seen` texts). Needs the venv python of `cargo xtask
+    /// test` for brotli and zstandard.
+    pub fn lenient(pki: &Pki, bind: &str, port: u16) -> ModelServer {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/lenient_server.py");
+        let mut cmd = Command::new(test_python("brotli and zstandard"));
+        cmd.arg(script);
+        let marker = dir.path().join("unused");
+        ModelServer::spawn(cmd, dir, marker, pki, bind, port)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        marker: PathBuf,
+        pki: &Pki,
+        bind: &str,
+        port: u16,
+    ) -> ModelServer {
         let ready = dir.path().join("ready");
         let log = dir.path().join("upstream.jsonl");
-        let marker = dir.path().join("last-chunk-sent");
-        let child = Command::new("python3")
-            .arg(script)
+        let child = cmd
             .args(["--bind", bind, "--port", &port.to_string()])
             .arg("--cert")
             .arg(&pki.cert)
@@ -76,30 +105,30 @@ impl ModelServer {
             .arg(&pki.key)
             .arg("--log")
             .arg(&log)
-            .arg("--marker")
-            .arg(&marker)
             .arg("--ready")
             .arg(&ready)
-            .args(["--chunks", &chunks.to_string()])
-            .args(["--chunk-delay", &chunk_delay.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("start the stand-in model server (python3)");
+        let mut server = ModelServer {
+            child,
+            log,
+            marker,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready.exists() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the stand-in model server on {bind}:{port} exited ({status})");
+            }
             assert!(
                 Instant::now() < deadline,
                 "the stand-in model server did not start on {bind}:{port}"
             );
             thread::sleep(Duration::from_millis(20));
         }
-        ModelServer {
-            child,
-            log,
-            marker,
-            _dir: dir,
-        }
+        server
     }
 
     /// Stops serving: the endpoint is down from now on.
@@ -126,6 +155,24 @@ impl Drop for ModelServer {
 }
 
 pub const HOST: &str = "api.openai.com";
+
+/// The venv python `cargo xtask test` makes (MODELGATE_TEST_PYTHON), with
+/// `what` installed.
+pub fn test_python(what: &str) -> PathBuf {
+    std::env::var_os("MODELGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("MODELGATE_TEST_PYTHON (a python with {what}) is set by `cargo xtask test`")
+        })
+}
+
+/// Which stand-in plays the upstream.
+enum Upstream {
+    /// model_server.py: `chunks` stream chunks `delay` seconds apart.
+    Model { chunks: u32, delay: f64 },
+    /// lenient_server.py.
+    Lenient,
+}
 
 /// One redirect setup: a stand-in for HOST on `ip`:443 and an agent whose
 /// catalog maps HOST to `ip`, with `policy`.
@@ -154,8 +201,10 @@ pub fn setup_on_tmpfs(name: &str, ip: &'static str, config: &str, size: &str) ->
         name,
         ip,
         "default_action: redirect\nrules: []\n",
-        1,
-        0.0,
+        Upstream::Model {
+            chunks: 1,
+            delay: 0.0,
+        },
         false,
         config,
         Some(size),
@@ -176,21 +225,24 @@ pub fn setup_with_config(
         name,
         ip,
         policy,
-        chunks,
-        delay,
+        Upstream::Model { chunks, delay },
         agent_in_cgroup,
         config,
         None,
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// [`setup`] with the lenient stand-in ([`ModelServer::lenient`]) as the
+/// upstream.
+pub fn setup_lenient(name: &str, ip: &'static str, policy: &str) -> Setup {
+    setup_inner(name, ip, policy, Upstream::Lenient, false, "", None)
+}
+
 fn setup_inner(
     name: &str,
     ip: &'static str,
     policy: &str,
-    chunks: u32,
-    delay: f64,
+    upstream: Upstream,
     agent_in_cgroup: bool,
     config: &str,
     state_tmpfs: Option<&str>,
@@ -198,7 +250,10 @@ fn setup_inner(
     require_root();
     let cgroup = TestCgroup::new(name);
     let pki = Pki::new(&[HOST]);
-    let server = ModelServer::start(&pki, ip, 443, chunks, delay);
+    let server = match upstream {
+        Upstream::Model { chunks, delay } => ModelServer::start(&pki, ip, 443, chunks, delay),
+        Upstream::Lenient => ModelServer::lenient(&pki, ip, 443),
+    };
     let endpoints = format!(
         "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"
     );

@@ -72,6 +72,10 @@ const PYTHON_PACKAGES: &[&str] = &[
     "pyyaml>=6,<7",
     "prometheus-client>=0.20,<1",
     "h2>=4,<5",
+    // The evasion test's lenient stand-in reads (and its client writes)
+    // `Content-Encoding: br` and `zstd` bodies.
+    "brotli>=1,<2",
+    "zstandard>=0.22,<1",
 ];
 
 /// A python with the official `openai` SDK: the proxy tests drive it as a
