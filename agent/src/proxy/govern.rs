@@ -102,6 +102,7 @@ pub async fn decide(
     if let Some((kind, message)) = decision.refuse {
         let (status, refusal) = match kind {
             RefuseKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Refusal::TooLarge),
+            RefuseKind::ModelConflict => (StatusCode::BAD_REQUEST, Refusal::BadRequest),
             _ => (StatusCode::FORBIDDEN, Refusal::Policy),
         };
         let mut message = message;
