@@ -242,6 +242,25 @@ def events_seeds():
     write("events", "egress-hello", egress)
 
 
+def request_view_seeds():
+    """Byte 0 picks the coding (0 none, 1 gzip, 2 deflate, 3 zstd)."""
+    key = "AKIAQWERTYUIOPASDFGH"
+    bodies = {
+        "chat": {"model": "gpt-4o", "messages": [{"role": "user", "content": f"use {key}"}]},
+        "key-in-key": {"model": "gpt-4o", "metadata": {key: "v"}, "messages": []},
+        "tool-schema": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {f"p_{key}": {"type": "string"}}}}}]},
+        "email": {"input": "mail jane@example.com please"},
+    }
+    for i, (name, body) in enumerate(bodies.items()):
+        text = json.dumps(body, ensure_ascii=(i % 2 == 0))
+        write("request_view", name, bytes([i % 4]) + text.encode())
+    escaped = '{"messages":[{"content":"\\u0041KIAQWERTYUIOPASDFGH"}]}'
+    write("request_view", "escaped", b"\x01" + escaped.encode())
+    write("request_view", "bom", b"\x00\xef\xbb\xbf" + json.dumps(bodies["chat"]).encode())
+    write("request_view", "nan", b'\x02{"a": NaN, "b": "AKIAQWERTYUIOPASDFGH"}')
+    write("request_view", "deep", b"\x03" + b"[" * 130 + b'"x"' + b"]" * 130)
+
+
 def main():
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
@@ -251,6 +270,7 @@ def main():
     request_seeds()
     response_seeds()
     classify_seeds()
+    request_view_seeds()
     policy_seeds()
     cgroup_seeds()
     cmdline_seeds()

@@ -282,9 +282,10 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     }
     for finding in &explanation.findings {
         println!(
-            "data:      {} ×{} → {}",
+            "data:      {} ×{} in {} → {}",
             finding.class,
             finding.count,
+            finding.places.join(", "),
             finding.action.unwrap_or("nothing configured")
         );
     }

@@ -280,6 +280,11 @@ fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFin
     alert.provider = Some(conn.info.provider.clone());
     alert.identity = Some(conn.info.identity.clone());
     alert.details.insert("classes".into(), Value::from(classes));
+    let places: serde_json::Map<String, Value> = flagged
+        .iter()
+        .map(|f| (f.class.clone(), Value::from(f.places.clone())))
+        .collect();
+    alert.details.insert("where".into(), Value::Object(places));
     shared.alerts.send(alert.with_id());
 }
 
