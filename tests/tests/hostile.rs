@@ -262,7 +262,7 @@ time.sleep(float(sys.argv[2]))
     );
     let _ = idle_clients.wait();
     let metrics = scrape(&s);
-    let refused = sample(&metrics, "modelgate_proxy_connections_refused").unwrap();
+    let refused = sample(&metrics, "modelgate_proxy_connections_refused_total").unwrap();
     // Held ones free their slots at the header timeout, so a few hundred
     // more than 64 may get one over the run; most must not.
     assert!(refused >= 300.0, "{refused} refused\n{metrics}");

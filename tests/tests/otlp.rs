@@ -508,7 +508,7 @@ fn otlp_export_retries_through_a_collector_outage_and_loses_nothing() {
 
     let metrics = s.scrape();
     assert_eq!(
-        sample(&metrics, "modelgate_records_dropped{queue=\"otlp\"}"),
+        sample(&metrics, "modelgate_records_dropped_total{queue=\"otlp\"}"),
         Some(0.0),
         "{metrics}"
     );

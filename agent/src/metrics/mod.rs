@@ -1,27 +1,31 @@
 //! Prometheus metrics: model requests, tokens, errors and latency by
 //! provider, model, decision and workload, plus the agent's health. Served
-//! as text at `/metrics` on a loopback address.
+//! at `/metrics` on a loopback address, as OpenMetrics or Prometheus text
+//! 0.0.4, whichever the scraper asks for ([`http`]).
+//!
+//! Every monotonic count is a counter (`…_total`), every level a gauge; the
+//! counts other parts of the agent keep in their own atomics are copied
+//! into the registry at each scrape.
+
+mod http;
+
+#[cfg(test)]
+mod docs_tests;
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::{Request, Response, body::Bytes, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+pub use http::serve;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::audit::AuditRecord;
 
@@ -29,7 +33,7 @@ use crate::audit::AuditRecord;
 /// host cannot blow up a Prometheus server's series count.
 pub const MAX_WORKLOADS: usize = 100;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     provider: String,
     model: String,
@@ -38,7 +42,7 @@ struct RequestLabels {
     workload: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     provider: String,
     model: String,
@@ -46,41 +50,98 @@ struct TokenLabels {
     r#type: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     provider: String,
     model: String,
     workload: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CounterLabels {
     counter: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemoryLabels {
     kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignalLabels {
     signal: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a TLS handshake with a redirected client did not complete: the
+/// `reason` of `modelgate_proxy_tls_handshake_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The first record was not a readable ClientHello.
+    ClientHello,
+    /// No ClientHello within the header timeout.
+    Timeout,
+    /// The SNI named a host that is not the provider's; refused.
+    HostMismatch,
+    /// The proxy could not mint a certificate for the host.
+    Certificate,
+    /// The client ended the handshake with an alert: most often it does not
+    /// trust the modelgate CA, or pins certificates.
+    ClientRejected,
+    /// Anything else (the client went away mid-handshake, a protocol error).
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::ClientHello,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::HostMismatch,
+        HandshakeFailure::Certificate,
+        HandshakeFailure::ClientRejected,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::ClientHello => "client_hello",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::HostMismatch => "host_mismatch",
+            HandshakeFailure::Certificate => "certificate",
+            HandshakeFailure::ClientRejected => "client_rejected",
+            HandshakeFailure::Other => "other",
+        }
+    }
+}
+
+/// One request being served by the proxy: counted in
+/// `modelgate_proxy_requests_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 pub struct Metrics {
@@ -88,8 +149,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
-    kernel: Family<CounterLabels, Gauge>,
-    dropped: Family<QueueLabels, Gauge>,
+    kernel: Family<CounterLabels, Counter>,
+    dropped: Family<QueueLabels, Counter>,
     otlp_exported: Family<SignalLabels, Counter>,
     otlp_failed: Family<SignalLabels, Counter>,
     /// The queues' own loss counters, read at each scrape.
@@ -98,12 +159,14 @@ pub struct Metrics {
     map_capacity: Family<MapLabels, Gauge>,
     /// Client connections the proxy closed at once at its limit; read at
     /// each scrape.
-    proxy_refused: Gauge,
+    proxy_refused: Counter,
     proxy_refused_source: Mutex<Option<Arc<AtomicU64>>>,
+    proxy_in_flight: Gauge,
+    tls_failures: Family<ReasonLabels, Counter>,
     /// Read at each scrape: the alert sinks own their counts.
     alerts: Mutex<Option<crate::alerts::AlertCounters>>,
-    alerts_delivered: Family<SinkLabels, Gauge>,
-    alerts_dropped: Family<SinkLabels, Gauge>,
+    alerts_delivered: Family<SinkLabels, Counter>,
+    alerts_dropped: Family<SinkLabels, Counter>,
     alerts_spool: Family<SinkLabels, Gauge>,
     workloads: Mutex<HashSet<String>>,
     /// Read at each scrape.
@@ -135,13 +198,13 @@ impl Metrics {
             "Time from request to the end of the response",
             latency.clone(),
         );
-        let kernel = Family::<CounterLabels, Gauge>::default();
+        let kernel = Family::<CounterLabels, Counter>::default();
         registry.register(
             "kernel",
             "The kernel programs' counters (connects per action, events lost, DNS)",
             kernel.clone(),
         );
-        let dropped = Family::<QueueLabels, Gauge>::default();
+        let dropped = Family::<QueueLabels, Counter>::default();
         registry.register(
             "records_dropped",
             "Records lost on the way: a writer's queue was full (audit, usage); for otlp, \
@@ -160,13 +223,13 @@ impl Metrics {
             "Capacity of those maps; past it new entries are refused",
             map_capacity.clone(),
         );
-        let alerts_delivered = Family::<SinkLabels, Gauge>::default();
+        let alerts_delivered = Family::<SinkLabels, Counter>::default();
         registry.register(
             "alerts_delivered",
             "Alerts each sink delivered (file, syslog, webhook-<id>)",
             alerts_delivered.clone(),
         );
-        let alerts_dropped = Family::<SinkLabels, Gauge>::default();
+        let alerts_dropped = Family::<SinkLabels, Counter>::default();
         registry.register(
             "alerts_dropped",
             "Alerts lost: by a sink, or `queue` when the alert queue was full",
@@ -175,7 +238,8 @@ impl Metrics {
         let alerts_spool = Family::<SinkLabels, Gauge>::default();
         registry.register(
             "alerts_spool_depth",
-            "Alerts waiting in a webhook's on-disk spool for delivery",
+            "Alerts waiting in a webhook's on-disk spool for delivery (webhooks only: the \
+             other sinks have no spool)",
             alerts_spool.clone(),
         );
         let otlp_exported = Family::<SignalLabels, Counter>::default();
@@ -190,12 +254,33 @@ impl Metrics {
             "OTLP export requests that failed (each retry counts)",
             otlp_failed.clone(),
         );
-        let proxy_refused = Gauge::default();
+        let proxy_refused = Counter::default();
         registry.register(
             "proxy_connections_refused",
             "Client connections closed at once because client_limits.max_connections were \
              being served",
             proxy_refused.clone(),
+        );
+        let proxy_in_flight = Gauge::default();
+        registry.register(
+            "proxy_requests_in_flight",
+            "Requests the proxy is serving: from their arrival to the end of their response \
+             (a stream counts until it ends)",
+            proxy_in_flight.clone(),
+        );
+        let tls_failures = Family::<ReasonLabels, Counter>::default();
+        for reason in HandshakeFailure::ALL {
+            // Every reason is there from the start, at 0, so rate() sees
+            // the first failure.
+            drop(tls_failures.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            }));
+        }
+        registry.register(
+            "proxy_tls_handshake_failures",
+            "TLS handshakes with redirected clients that did not complete, by reason \
+             (client_hello, timeout, host_mismatch, certificate, client_rejected, other)",
+            tls_failures.clone(),
         );
         let memory = Family::<MemoryLabels, Gauge>::default();
         registry.register(
@@ -209,6 +294,8 @@ impl Metrics {
             memory,
             proxy_refused,
             proxy_refused_source: Mutex::new(None),
+            proxy_in_flight,
+            tls_failures,
             alerts_delivered,
             alerts_dropped,
             alerts_spool,
@@ -285,7 +372,7 @@ impl Metrics {
         )
     }
 
-    /// Reports `counter` as `modelgate_records_dropped{queue}`.
+    /// Reports `counter` as `modelgate_records_dropped_total{queue}`.
     pub fn watch_queue(&self, queue: &'static str, counter: Arc<AtomicU64>) {
         self.queues.lock().expect("poisoned").push((queue, counter));
     }
@@ -302,6 +389,21 @@ impl Metrics {
         }
     }
 
+    /// A request the proxy started serving; it stays counted in flight
+    /// until the returned guard is dropped.
+    pub fn request_in_flight(&self) -> InFlight {
+        self.proxy_in_flight.inc();
+        InFlight(self.proxy_in_flight.clone())
+    }
+
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
     pub fn watch_proxy_refused(&self, counter: Arc<AtomicU64>) {
         *self.proxy_refused_source.lock().expect("poisoned") = Some(counter);
     }
@@ -313,42 +415,67 @@ impl Metrics {
 
     pub fn set_kernel(&self, counters: &[(agent_common::Counter, u64)]) {
         for (counter, value) in counters {
-            self.kernel
-                .get_or_create(&CounterLabels {
-                    counter: counter.name().to_string(),
-                })
-                .set(*value as i64);
+            let labels = CounterLabels {
+                counter: counter.name().to_string(),
+            };
+            copy(&self.kernel.get_or_create(&labels), *value);
         }
     }
 
-    fn render(&self) -> String {
+    /// A series in every family (an empty family is not written at all),
+    /// so a test sees every name the agent can export.
+    #[cfg(test)]
+    fn with_a_series_in_every_family(self: Arc<Self>) -> Arc<Self> {
+        drop(self.requests.get_or_create(&RequestLabels::default()));
+        drop(self.tokens.get_or_create(&TokenLabels::default()));
+        drop(self.latency.get_or_create(&LatencyLabels::default()));
+        drop(self.kernel.get_or_create(&CounterLabels::default()));
+        drop(self.dropped.get_or_create(&QueueLabels::default()));
+        drop(self.otlp_exported.get_or_create(&SignalLabels::default()));
+        drop(self.otlp_failed.get_or_create(&SignalLabels::default()));
+        drop(self.map_entries.get_or_create(&MapLabels::default()));
+        drop(self.map_capacity.get_or_create(&MapLabels::default()));
+        drop(self.alerts_delivered.get_or_create(&SinkLabels::default()));
+        drop(self.alerts_dropped.get_or_create(&SinkLabels::default()));
+        drop(self.alerts_spool.get_or_create(&SinkLabels::default()));
+        drop(self.memory.get_or_create(&MemoryLabels::default()));
+        self
+    }
+
+    /// Copies the counts kept elsewhere into the registry, for a scrape.
+    fn refresh(&self) {
         for (queue, counter) in self.queues.lock().expect("poisoned").iter() {
-            self.dropped
-                .get_or_create(&QueueLabels { queue })
-                .set(counter.load(Ordering::Relaxed) as i64);
+            copy(
+                &self.dropped.get_or_create(&QueueLabels { queue }),
+                counter.load(Ordering::Relaxed),
+            );
         }
         if let Some(refused) = &*self.proxy_refused_source.lock().expect("poisoned") {
-            self.proxy_refused
-                .set(refused.load(Ordering::Relaxed) as i64);
+            copy(&self.proxy_refused, refused.load(Ordering::Relaxed));
         }
         if let Some(alerts) = &*self.alerts.lock().expect("poisoned") {
             let stats = alerts.stats();
-            self.alerts_dropped
-                .get_or_create(&SinkLabels {
+            copy(
+                &self.alerts_dropped.get_or_create(&SinkLabels {
                     sink: "queue".into(),
-                })
-                .set(stats.queue_full as i64);
+                }),
+                stats.queue_full,
+            );
             for sink in stats.sinks {
+                // Only a webhook spools (its sink is named for its spool
+                // directory); a depth for the others would always be 0.
+                let spools = sink.sink.starts_with("webhook-");
                 let labels = SinkLabels { sink: sink.sink };
-                self.alerts_delivered
-                    .get_or_create(&labels)
-                    .set(sink.delivered as i64);
-                self.alerts_dropped
-                    .get_or_create(&labels)
-                    .set(sink.dropped as i64);
-                self.alerts_spool
-                    .get_or_create(&labels)
-                    .set(sink.spool_depth as i64);
+                copy(
+                    &self.alerts_delivered.get_or_create(&labels),
+                    sink.delivered,
+                );
+                copy(&self.alerts_dropped.get_or_create(&labels), sink.dropped);
+                if spools {
+                    self.alerts_spool
+                        .get_or_create(&labels)
+                        .set(sink.spool_depth as i64);
+                }
             }
         }
         let memory = crate::memory::now();
@@ -361,12 +488,12 @@ impl Metrics {
                 .get_or_create(&MemoryLabels { kind })
                 .set(bytes as i64);
         }
-        let mut text = String::new();
-        if let Err(err) = encode(&mut text, &self.registry) {
-            warn!(error = %err, "cannot encode metrics");
-        }
-        text
     }
+}
+
+/// Sets `counter` to `value`, a count kept (monotonic) elsewhere.
+fn copy(counter: &Counter, value: u64) {
+    counter.inner().store(value, Ordering::Relaxed);
 }
 
 /// The workload label: the unit, else the container (short id), else the
@@ -383,42 +510,4 @@ pub fn workload_of(id: &crate::identity::Identity) -> String {
         })
         .or_else(|| id.exe.clone())
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// Serves `/metrics` on `addr` (port 0: any free port); returns the
-/// address bound.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!("binding the metrics listener {addr}; pick another with --metrics-addr")
-    })?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let response = if request.uri().path() == "/metrics" {
-                            Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                        };
-                        Ok::<_, std::convert::Infallible>(response.expect("static parts"))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(bound)
 }

@@ -41,7 +41,7 @@ pub struct OtlpConfig {
     #[serde(default = "default_timeout", with = "crate::yaml::positive_duration")]
     pub timeout: Duration,
     /// Audit records waiting for export; past this they are dropped and
-    /// counted (`modelgate_records_dropped{queue="otlp"}`).
+    /// counted (`modelgate_records_dropped_total{queue="otlp"}`).
     #[serde(default = "default_queue")]
     pub queue: NonZeroUsize,
     /// Log records per export request.

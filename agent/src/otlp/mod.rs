@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The proxy never waits: a full queue drops the record and counts it
-//! (`modelgate_records_dropped{queue="otlp"}`), as does a batch the
+//! (`modelgate_records_dropped_total{queue="otlp"}`), as does a batch the
 //! collector refused or that could not be delivered within a minute.
 //! Metrics are cumulative and aggregated before the queue, so they stay
 //! exact through log loss and collector outages. At shutdown what is
@@ -86,7 +86,7 @@ impl OtlpHandle {
 }
 
 /// Records lost on the way to the collector, shown as
-/// `modelgate_records_dropped{queue="otlp"}`.
+/// `modelgate_records_dropped_total{queue="otlp"}`.
 #[derive(Clone)]
 struct Loss(Arc<AtomicU64>);
 

@@ -24,6 +24,7 @@ use tracing::debug;
 use super::{
     ConnInfo, Shared, credentials,
     govern::{self, Verdict},
+    in_flight,
     providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
 };
 use crate::{
@@ -61,7 +62,11 @@ pub async fn serve<I>(
     let shared_limits = shared.limits;
     let service = service_fn(move |request| {
         let (shared, conn, host) = (shared.clone(), conn.clone(), host.clone());
-        async move { Ok::<_, Infallible>(handle(shared, conn, request, scheme, host).await) }
+        async move {
+            let in_flight = shared.metrics.request_in_flight();
+            let response = handle(shared, conn, request, scheme, host).await;
+            Ok::<_, Infallible>(in_flight::hold(response, in_flight))
+        }
     });
     let limits = shared_limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());

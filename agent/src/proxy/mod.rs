@@ -6,6 +6,7 @@ pub mod ca;
 mod credentials;
 mod forward;
 mod govern;
+mod in_flight;
 mod limits;
 mod origin;
 mod passthrough;
@@ -49,6 +50,7 @@ use crate::{
     catalog::{Api, HostPattern},
     ebpf::endpoints::from_v6_bytes,
     identity::Identity,
+    metrics::HandshakeFailure,
     policy::PolicyState,
 };
 
@@ -349,15 +351,26 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(Ok(start)) => start,
         Ok(Err(err)) => {
             debug!(%peer, error = %err, "bad ClientHello");
+            shared
+                .metrics
+                .tls_handshake_failed(HandshakeFailure::ClientHello);
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            shared
+                .metrics
+                .tls_handshake_failed(HandshakeFailure::Timeout);
+            return;
+        }
     };
     let sni = start.client_hello().server_name().map(str::to_string);
     let host = match upstream_host(&conn.info, sni.as_deref(), conn.destination.ip()) {
         Ok(host) => host,
         Err(message) => {
             warn!(%peer, %message, "refused a redirected connection");
+            shared
+                .metrics
+                .tls_handshake_failed(HandshakeFailure::HostMismatch);
             shared.fronting_alert(&conn.info, sni.as_deref().unwrap_or(""), &message);
             shared.record(refusal(
                 connection,
@@ -372,12 +385,16 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(config) => config,
         Err(err) => {
             warn!(%host, error = %format!("{err:#}"), "cannot mint a certificate");
+            shared
+                .metrics
+                .tls_handshake_failed(HandshakeFailure::Certificate);
             return;
         }
     };
     match start.into_stream(config).await {
         Ok(tls) => forward::serve(shared, conn, TokioIo::new(tls), "https", Some(host)).await,
         Err(err) => {
+            shared.metrics.tls_handshake_failed(handshake_failure(&err));
             // Most often a client that does not trust the CA (or pins).
             info!(%peer, %host, error = %err, exe = ?conn.info.identity.exe,
                 "TLS handshake with the client failed; does it trust the modelgate CA?");
@@ -398,6 +415,18 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             alert.identity = Some(conn.info.identity.clone());
             shared.alerts.send(alert.with_id());
         }
+    }
+}
+
+/// Why the handshake after the ClientHello failed: an alert from the
+/// client is its refusal of our certificate.
+fn handshake_failure(err: &std::io::Error) -> HandshakeFailure {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::ClientRejected,
+        _ => HandshakeFailure::Other,
     }
 }
 

@@ -151,7 +151,7 @@ fn under_load(bin: &Path, args: &UsageArgs) -> Result<()> {
     if stored < completed {
         eprintln!(
             "bench: WARNING: THE STORE FELL BEHIND: {} requests have no usage row \
-             (see modelgate_records_dropped{{queue=\"usage\"}})",
+             (see modelgate_records_dropped_total{{queue=\"usage\"}})",
             completed - stored
         );
     }
