@@ -212,6 +212,35 @@ pub(super) static BUILTINS: [Builtin; 16] = [
 
 const PEM_GATE: &str = "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----";
 
+/// Gates that mark a window for more than its classes, in the window set
+/// after the classes' gates:
+///
+/// - [`RUN_GATE`]: 16 base64 characters (hex digits are among them) with
+///   an upper-case letter or a digit among them. All but 1 in 10^6 base64
+///   or hex runs have one; lower-case paths and slugs
+///   (`com/guide/getting-started`) do not. Its windows are searched for
+///   encoded runs of 24+ characters (`encoded.rs`; 18 bytes' worth, a
+///   little under the 27 characters of a 20-byte AWS key id in base64).
+///   Runs of 32 or more are also marked by `high-entropy`'s gate.
+/// - [`PERCENT_GATE`]: percent escapes, up to 16 in one hit so that a fully
+///   escaped text is one hit per 48 bytes, not one per 3.
+pub(super) fn window_gates() -> [String; 2] {
+    let with_upper_or_digit: Vec<String> = (0..16)
+        .map(|k| format!("[a-z+/=_-]{{{k}}}[A-Z0-9][A-Za-z0-9+/=_-]{{{}}}", 15 - k))
+        .collect();
+    [
+        format!(
+            "(?:^|[^A-Za-z0-9+/=_-])(?:{})",
+            with_upper_or_digit.join("|")
+        ),
+        "(?:%[0-9A-Fa-f]{2}){1,16}".to_owned(),
+    ]
+}
+
+/// Indexes, in the window set, of the gates of [`window_gates`].
+pub(super) const RUN_GATE: usize = BUILTINS.len();
+pub(super) const PERCENT_GATE: usize = BUILTINS.len() + 1;
+
 /// Bytes no single-line pattern above can match, so a window that ends
 /// right after one never cuts a finding in two.
 const DELIMITERS: &[u8] = b"\n\r;!?{}[]<|*#&~^$";

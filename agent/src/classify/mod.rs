@@ -30,9 +30,16 @@
 //! text, ungated: they may span lines, and nothing is known of their shape to
 //! derive a gate from. One that starts with a literal (`ACME-[0-9]{6}`) is
 //! cheap, as `regex` then skips ahead with a substring search.
+//!
+//! That is the plain scan. Text can also disguise a finding from it
+//! (invisible characters, fullwidth letters, base64, hex, percent-encoding):
+//! `disguise.rs` says how those are found, at a cost only where the plain
+//! scan's windows or a cheap check point at one.
 
 mod bench;
 mod detectors;
+mod disguise;
+mod encoded;
 mod json;
 mod numbers;
 mod redact;
@@ -40,6 +47,8 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disguise;
 #[cfg(test)]
 mod tests_json;
 #[cfg(test)]
@@ -52,7 +61,10 @@ use regex::{Regex, RegexSet};
 pub use self::bench::bench_json;
 #[cfg(test)]
 pub use self::bench::bench_text;
-use self::detectors::{BUILTINS, HIGH_ENTROPY};
+use self::{
+    detectors::{BUILTINS, HIGH_ENTROPY, PERCENT_GATE, RUN_GATE},
+    encoded::Marks,
+};
 
 /// Category of a class, for policy: block/redact/alert can be set per class
 /// or per category.
@@ -110,12 +122,26 @@ const MAX_JSON_DEPTH: usize = 64;
 
 pub struct Classifier {
     classes: Vec<ClassInfo>,
-    /// The first pass: every built-in gate as one alternation.
+    /// The first pass: every built-in gate, and the window gates, as one
+    /// alternation.
     locator: Regex,
     /// The same gates as a set, run only on the windows `locator` finds.
-    gates: RegexSet,
+    gates: GateSet,
     /// One per class: built-ins, then custom.
     finders: Vec<Regex>,
+}
+
+/// The built-in classes' gates, then `detectors::window_gates`: one pass
+/// over a window says which classes, and whether an encoded run, may occur
+/// there.
+struct GateSet(RegexSet);
+
+impl GateSet {
+    /// How many classes have a gate: the built-ins. The window gates after
+    /// them belong to no class.
+    fn len(&self) -> usize {
+        BUILTINS.len()
+    }
 }
 
 /// A validated match before overlap resolution.
@@ -144,7 +170,13 @@ impl Classifier {
             name: name.to_owned(),
             source,
         };
-        let gates = || BUILTINS.iter().map(|b| b.gate.unwrap_or(b.pattern));
+        let window = detectors::window_gates();
+        let gates = || {
+            BUILTINS
+                .iter()
+                .map(|b| b.gate.unwrap_or(b.pattern))
+                .chain(window.iter().map(String::as_str))
+        };
         let gate_set = RegexSet::new(gates()).map_err(|e| builtin_err("built-in gate", e))?;
         let union: Vec<String> = gates().map(|g| format!("(?:{g})")).collect();
         let locator =
@@ -170,7 +202,7 @@ impl Classifier {
         Ok(Classifier {
             classes,
             locator,
-            gates: gate_set,
+            gates: GateSet(gate_set),
             finders,
         })
     }
@@ -189,9 +221,18 @@ impl Classifier {
         resolve(self.candidates(text), |_| true)
     }
 
-    /// Every validated match in `text`, overlapping ones included.
+    /// Every validated match in `text`, overlapping ones included: those of
+    /// the plain scan, and those of what the text disguises.
     fn candidates(&self, text: &str) -> Vec<Candidate> {
         let mut out = Vec::new();
+        let mut budget = disguise::Budget::new(text.len());
+        self.layer(text, 0, &mut budget, &mut out);
+        out
+    }
+
+    /// The plain scan (see the module doc) of `text`. What may be encoded
+    /// goes to `marks`.
+    fn plain(&self, text: &str, marks: &mut Marks, out: &mut Vec<Candidate>) {
         let mut spans = Vec::new();
         if text.len() >= MIN_BUILTIN_LEN {
             let bytes = text.as_bytes();
@@ -229,13 +270,30 @@ impl Classifier {
                     .get(..from)
                     .and_then(|t| t.char_indices().next_back())
                     .map_or(0, |(i, _)| i);
-                for class in self.gates.matches_at(hay, gate_from).iter() {
-                    if !BUILTINS[class].whole_text {
-                        self.find(class, hay, segment, &mut spans, &mut out);
-                    } else if !whole_done[class] {
-                        whole_done[class] = true;
-                        self.find(class, text, 0, &mut spans, &mut out);
+                let (mut runs, mut percent) = (false, false);
+                for class in self.gates.0.matches_at(hay, gate_from).iter() {
+                    // `high-entropy`'s gate is a run of 32 base64 characters.
+                    runs |= class == HIGH_ENTROPY;
+                    match BUILTINS.get(class) {
+                        Some(b) if !b.whole_text => {
+                            self.find(class, hay, segment, &mut spans, out);
+                        }
+                        Some(_) if !whole_done[class] => {
+                            whole_done[class] = true;
+                            self.find(class, text, 0, &mut spans, out);
+                        }
+                        Some(_) => {}
+                        None => {
+                            runs |= class == RUN_GATE;
+                            percent |= class == PERCENT_GATE;
+                        }
                     }
+                }
+                if runs {
+                    marks.mark_runs(bytes, gate_from, to);
+                }
+                if percent {
+                    marks.percent.push((gate_from, to));
                 }
             }
         }
@@ -250,7 +308,6 @@ impl Classifier {
                 }
             }
         }
-        out
     }
 
     /// Runs `class`'s regex over `hay` (a prefix of the scanned text) from
