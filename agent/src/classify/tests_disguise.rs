@@ -1,6 +1,6 @@
-//! Disguised findings: invisible characters, fullwidth letters, and base64,
-//! hex and percent-encoded runs; their redaction, and the near misses that
-//! must stay clean.
+//! Disguised findings: invisible characters, fullwidth letters, keys glued
+//! to words, and base64, hex and percent-encoded runs; their redaction, and
+//! the near misses that must stay clean.
 
 use base64::{
     Engine,
@@ -181,6 +181,89 @@ fn invisible_characters_elsewhere_cost_nothing_and_find_nothing() {
     // A soft hyphen in a word is unhidden, and still only a word.
     assert!(disguise::unhide("Donau\u{AD}dampfschiff").is_some());
     clean("Donau\u{AD}dampfschiff");
+}
+
+#[test]
+fn keys_glued_to_word_characters() {
+    for (text, class, key) in [
+        ("keyAKIAIOSFODNN7EXAMPLE", AWS, KEY),
+        ("xAKIAIOSFODNN7EXAMPLE", AWS, KEY),
+        ("AKIAIOSFODNN7EXAMPLEXYZ", AWS, KEY),
+        ("idASIAL1VFZ3ZFKKIBJ3J4x", AWS, "ASIAL1VFZ3ZFKKIBJ3J4"),
+        (
+            "tokenghp_IhKtJ0RlgLKOmxgJTeKdNnFRIBXuDL7DxtpYmore",
+            "github-token",
+            "ghp_IhKtJ0RlgLKOmxgJTeKdNnFRIBXuDL7DxtpY",
+        ),
+        (
+            "patglpat-Ab3dEfGh1jKlMn0pQrSt",
+            "gitlab-token",
+            "glpat-Ab3dEfGh1jKlMn0pQrSt",
+        ),
+        (
+            "slackxoxb-123456789012-1234567890123-AbCdEf",
+            "slack-token",
+            "xoxb-123456789012-1234567890123-AbCdEf",
+        ),
+        (
+            "keysk-ant-api03-qFYY_kv5ZJr3J1TWDtkwtDDb-xHKas1VOq",
+            "anthropic-key",
+            "sk-ant-api03-qFYY_kv5ZJr3J1TWDtkwtDDb-xHKas1VOq",
+        ),
+        (
+            "gAIzaCyEZDz_TddJ8HyS5SUkCnD8zRA9a9SkpXz9Q",
+            "google-api-key",
+            "AIzaCyEZDz_TddJ8HyS5SUkCnD8zRA9a9SkpXz9",
+        ),
+        (
+            "keysk-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
+            "openai-key",
+            "sk-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
+        ),
+        (
+            "task-sk-proj-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdo",
+            "openai-key",
+            "sk-proj-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdo",
+        ),
+        (
+            "bearereyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+            "jwt",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+        ),
+    ] {
+        finds(&format!("see {text} now"), class, key);
+    }
+    redacted(
+        "keyAKIAIOSFODNN7EXAMPLEXYZ",
+        "key[REDACTED:aws-access-key]XYZ",
+    );
+}
+
+#[test]
+fn glued_near_misses() {
+    // Upper-case words and kebab-case slugs that hold a prefix.
+    misses("the ASIAPACIFICSOUTHEASTERN region", AWS);
+    misses("MALAKIAIOSFODNNEXAMPLES", AWS);
+    for text in [
+        "task-queue-worker-2024-01-15-retry-backoff",
+        "risk-assessment-2024-q3-final-review-v2",
+        "disk-3f2a9c0e1b7d4a5f8e6c2b1a0d9e8f7c",
+        "task-Build-2024-Frontend-Refactor-Plan-Notes",
+        "task-management-dashboard-component-2024",
+    ] {
+        misses(text, "openai-key");
+    }
+    // `eyJ` inside identifiers: dotted, long, but no JSON header.
+    misses("keyJsonMapper.readValueAsTree.somethingElse", "jwt");
+    misses("honeyJarFactory.buildDefaultInstance.withConfig", "jwt");
+    // A prefix deep inside a long token (a blob) is chance, not a key.
+    let blob = format!(
+        "{}AIzaCyEZDz_TddJ8HyS5SUkCnD8zRA9a9SkpXz9{}",
+        "Qx7".repeat(40),
+        "k9Z".repeat(40)
+    );
+    misses(&blob, "google-api-key");
+    misses(&format!("{}{KEY}", "AB3".repeat(30)), AWS);
 }
 
 #[test]
