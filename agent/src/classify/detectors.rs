@@ -4,6 +4,20 @@
 //! a Unicode `\b` or `\d` makes `regex` leave its lazy DFA for a much slower
 //! engine as soon as the text holds a non-ASCII byte, and prompts often do.
 //!
+//! Keys with a distinctive prefix (`AKIA`, `ghp_`, `glpat-`, `xoxb-`,
+//! `sk-ant-`, `AIza`, `eyJ`) have no word boundary in their patterns, before
+//! or (fixed-length ones) after: `keyAKIA…` or a key with letters glued on
+//! is still the key to whoever reads it. Their checks
+//! ([`validate::glue`]) then ask for more evidence when a key is glued to
+//! word characters, and refuse a "key" inside a long token, where a
+//! four-letter prefix turns up by chance (base64 images, hashes).
+//!
+//! Their gates keep the boundary before the prefix, though. A prefix that
+//! may start at any byte keeps partial matches alive all through a long
+//! token, and with the other gates' counters the first pass's lazy DFA
+//! outgrows its cache: six times slower on a 4 MiB base64 image. Keys
+//! glued on the left are found through [`window_gates`] instead.
+//!
 //! Every pattern except `private-key`'s is single-line in a strong sense:
 //! none can match any of the bytes in [`DELIMITERS`]. `scan` relies on that
 //! to confine the work behind each first-pass hit to a window.
@@ -35,6 +49,9 @@ pub(super) struct Builtin {
     /// Matches can span lines, so `pattern` runs over the whole text once
     /// the gate fires anywhere.
     pub whole_text: bool,
+    /// What a finding starts with, when it may be glued to a word on its
+    /// left (the gate then does not see it).
+    pub prefixes: &'static [&'static str],
     pub check: Check,
 }
 
@@ -58,10 +75,13 @@ pub(super) static BUILTINS: [Builtin; 16] = [
     Builtin {
         name: "aws-access-key",
         category: Category::Secret,
-        pattern: r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?-u:\b)",
-        gate: None,
+        pattern: r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}",
+        gate: Some(r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}"),
         whole_text: false,
-        check: validate::accept,
+        prefixes: &[
+            "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA",
+        ],
+        check: validate::aws_key,
     },
     Builtin {
         name: "aws-secret-key",
@@ -73,54 +93,63 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r#"(?i-u:aws[_ .-]?secret(?:[_ .-]?access)?(?:[_ .-]?key)?|secret[_ .-]?access[_ .-]?key)[\t "'`:=>(),\\]{1,20}[A-Za-z0-9/+]{40}"#,
         gate: None,
         whole_text: false,
+        prefixes: &[],
         check: validate::aws_secret,
     },
     Builtin {
         name: "github-token",
         category: Category::Secret,
-        pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
-        gate: None,
+        pattern: r"gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82}",
+        gate: Some(r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})"),
         whole_text: false,
-        check: validate::accept,
+        prefixes: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        check: validate::prefixed,
     },
     Builtin {
         name: "gitlab-token",
         category: Category::Secret,
-        pattern: r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
+        pattern: r"glpat-[A-Za-z0-9_-]{20,}",
         gate: Some(r"(?-u:\b)glpat-[A-Za-z0-9_-]{20}"),
         whole_text: false,
-        check: validate::accept,
+        prefixes: &["glpat-"],
+        check: validate::prefixed,
     },
     Builtin {
         name: "slack-token",
         category: Category::Secret,
-        pattern: r"(?-u:\b)xox[abpors]-[A-Za-z0-9-]{10,}",
+        pattern: r"xox[abpors]-[A-Za-z0-9-]{10,}",
         gate: Some(r"(?-u:\b)xox[abpors]-[A-Za-z0-9-]{10}"),
         whole_text: false,
+        prefixes: &["xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxr-", "xoxs-"],
         check: validate::slack,
     },
     Builtin {
         name: "openai-key",
         category: Category::Secret,
-        pattern: r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
+        // `sk-` also ends words (`task-`, `risk-`): the check, not a word
+        // boundary, decides what a glued `sk-` must look like.
+        pattern: r"sk-[A-Za-z0-9_-]{20,}",
         gate: Some(r"(?-u:\b)sk-[A-Za-z0-9_-]{20}"),
         whole_text: false,
+        prefixes: &["sk-"],
         check: validate::openai,
     },
     Builtin {
         name: "anthropic-key",
         category: Category::Secret,
-        pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
+        pattern: r"sk-ant-[A-Za-z0-9_-]{20,}",
         gate: Some(r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20}"),
         whole_text: false,
-        check: validate::accept,
+        prefixes: &["sk-ant-"],
+        check: validate::prefixed,
     },
     Builtin {
         name: "google-api-key",
         category: Category::Secret,
-        pattern: r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
-        gate: None,
+        pattern: r"AIza[0-9A-Za-z_-]{35}",
+        gate: Some(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
         whole_text: false,
+        prefixes: &["AIza"],
         check: validate::google,
     },
     Builtin {
@@ -141,6 +170,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         ),
         gate: Some(PEM_GATE),
         whole_text: true,
+        prefixes: &[],
         check: validate::accept,
     },
     Builtin {
@@ -148,9 +178,10 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         category: Category::Secret,
         // Three segments (JWS) or five (JWE); the signature may be empty for
         // `alg: none`, which still carries the claims.
-        pattern: r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?",
+        pattern: r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?",
         gate: Some(r"(?-u:\b)eyJ[A-Za-z0-9_-]{10}"),
         whole_text: false,
+        prefixes: &["eyJ"],
         check: validate::jwt,
     },
     Builtin {
@@ -159,6 +190,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r"[A-Za-z0-9+/=_-]{32,}",
         gate: Some(concat!("(?:^|[^A-Za-z0-9+/=_-])", r"[A-Za-z0-9+/=_-]{32}")),
         whole_text: false,
+        prefixes: &[],
         check: validate::high_entropy,
     },
     Builtin {
@@ -167,6 +199,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r"[A-Za-z0-9_.%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}",
         gate: Some(r"(?:^|[^A-Za-z0-9_.%+-])[A-Za-z0-9_.%+-]{1,64}@[A-Za-z0-9]"),
         whole_text: false,
+        prefixes: &[],
         check: validate::email,
     },
     Builtin {
@@ -175,6 +208,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
         gate: Some(r"(?:^|[^A-Za-z0-9_])[0-9]{3}-[0-9]{2}-[0-9]{4}"),
         whole_text: false,
+        prefixes: &[],
         check: validate::us_ssn,
     },
     Builtin {
@@ -183,6 +217,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r"[0-9](?:[ -]?[0-9]){12,}",
         gate: Some(r"(?:^|[^0-9])[0-9](?:[ -]?[0-9]){12}"),
         whole_text: false,
+        prefixes: &[],
         check: numbers::credit_card,
     },
     Builtin {
@@ -191,6 +226,7 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
         gate: Some(r"(?:^|[^A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}"),
         whole_text: false,
+        prefixes: &[],
         check: numbers::iban,
     },
     Builtin {
@@ -206,11 +242,49 @@ pub(super) static BUILTINS: [Builtin; 16] = [
         pattern: phone!(),
         gate: Some(concat!(r"(?:^|[^A-Za-z0-9_])(?:", phone!(), ")")),
         whole_text: false,
+        prefixes: &[],
         check: validate::phone,
     },
 ];
 
 const PEM_GATE: &str = "-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----";
+
+/// Gates that mark a window for more than its classes, in the window set
+/// after the classes' gates:
+///
+/// - [`RUN_GATE`]: 16 base64 characters (hex digits are among them) with
+///   an upper-case letter or a digit among them. All but 1 in 10^6 base64
+///   or hex runs have one; lower-case paths and slugs
+///   (`com/guide/getting-started`) do not. Its windows are searched for
+///   encoded runs of 24+ characters (`encoded.rs`; 18 bytes' worth, a
+///   little under the 27 characters of a 20-byte AWS key id in base64), and
+///   for keys glued to a word on their left: a glued `AKIA…`, `eyJ…` or
+///   `ghp_…` makes a run of 16 or more with an upper-case letter in its
+///   first 16, or one of 32 or more, which `high-entropy`'s gate marks.
+/// - [`PERCENT_GATE`]: percent escapes, up to 16 in one hit so that a fully
+///   escaped text is one hit per 48 bytes, not one per 3.
+/// - [`GLUE_GATE`]: the prefixes ending in `-`, which a word may end in
+///   and a run need not hold an upper-case letter after (`keyglpat-…`,
+///   `xoxb-`, `sk-`). Short and without a counter, it costs the first pass
+///   next to nothing even though it starts inside words.
+pub(super) fn window_gates() -> [String; 3] {
+    let with_upper_or_digit: Vec<String> = (0..16)
+        .map(|k| format!("[a-z+/=_-]{{{k}}}[A-Z0-9][A-Za-z0-9+/=_-]{{{}}}", 15 - k))
+        .collect();
+    [
+        format!(
+            "(?:^|[^A-Za-z0-9+/=_-])(?:{})",
+            with_upper_or_digit.join("|")
+        ),
+        "(?:%[0-9A-Fa-f]{2}){1,16}".to_owned(),
+        "[A-Za-z0-9_](?:glpat|xox[abpors]|sk)-".to_owned(),
+    ]
+}
+
+/// Indexes, in the window set, of the gates of [`window_gates`].
+pub(super) const RUN_GATE: usize = BUILTINS.len();
+pub(super) const PERCENT_GATE: usize = BUILTINS.len() + 1;
+pub(super) const GLUE_GATE: usize = BUILTINS.len() + 2;
 
 /// Bytes no single-line pattern above can match, so a window that ends
 /// right after one never cuts a finding in two.

@@ -21,6 +21,11 @@
 //! 4. Overlaps are resolved: the longer finding wins, a tie goes to the
 //!    earlier class, and `high-entropy` never wins against another class.
 //!
+//! Keys with a distinctive prefix may be glued to a word on their left
+//! (`keyAKIA…`). Their gates keep a word boundary all the same (see
+//! `detectors.rs` for why); the window gates mark where such a key can be,
+//! and there `find_glued` looks for the prefixes themselves.
+//!
 //! The result is exactly that of running every class's regex over the whole
 //! text (`tests_pii` checks this on random texts): the first pass and the
 //! windows only skip text where nothing can be found.
@@ -30,9 +35,16 @@
 //! text, ungated: they may span lines, and nothing is known of their shape to
 //! derive a gate from. One that starts with a literal (`ACME-[0-9]{6}`) is
 //! cheap, as `regex` then skips ahead with a substring search.
+//!
+//! That is the plain scan. Text can also disguise a finding from it
+//! (invisible characters, fullwidth letters, base64, hex, percent-encoding):
+//! `disguise.rs` says how those are found, at a cost only where the plain
+//! scan's windows or a cheap check point at one.
 
 mod bench;
 mod detectors;
+mod disguise;
+mod encoded;
 mod json;
 mod numbers;
 mod redact;
@@ -40,6 +52,8 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disguise;
 #[cfg(test)]
 mod tests_json;
 #[cfg(test)]
@@ -51,7 +65,10 @@ use regex::{Regex, RegexSet};
 
 #[cfg(test)]
 pub use self::bench::bench_text;
-use self::detectors::{BUILTINS, HIGH_ENTROPY};
+use self::{
+    detectors::{BUILTINS, GLUE_GATE, HIGH_ENTROPY, PERCENT_GATE, RUN_GATE},
+    encoded::Marks,
+};
 pub use self::{
     bench::bench_json,
     redact::{JsonHits, JsonPlace},
@@ -104,6 +121,9 @@ pub enum ClassifyError {
 
 const MAX_NAME_LEN: usize = 64;
 
+// `plain` keeps the built-in classes run in a window in a `u32`.
+const _: () = assert!(BUILTINS.len() <= 32);
+
 /// Shortest text any built-in class can match (`a@b.io`).
 const MIN_BUILTIN_LEN: usize = 6;
 
@@ -115,12 +135,28 @@ const MAX_JSON_DEPTH: usize = 128;
 
 pub struct Classifier {
     classes: Vec<ClassInfo>,
-    /// The first pass: every built-in gate as one alternation.
+    /// The first pass: every built-in gate, and the window gates, as one
+    /// alternation.
     locator: Regex,
     /// The same gates as a set, run only on the windows `locator` finds.
-    gates: RegexSet,
+    gates: GateSet,
+    /// Every built-in class's `prefixes`, for keys glued to a word.
+    prefixes: Regex,
     /// One per class: built-ins, then custom.
     finders: Vec<Regex>,
+}
+
+/// The built-in classes' gates, then `detectors::window_gates`: one pass
+/// over a window says which classes, and whether an encoded run or a glued
+/// key, may occur there.
+struct GateSet(RegexSet);
+
+impl GateSet {
+    /// How many classes have a gate: the built-ins. The window gates after
+    /// them belong to no class.
+    fn len(&self) -> usize {
+        BUILTINS.len()
+    }
 }
 
 /// A validated match before overlap resolution.
@@ -149,11 +185,24 @@ impl Classifier {
             name: name.to_owned(),
             source,
         };
-        let gates = || BUILTINS.iter().map(|b| b.gate.unwrap_or(b.pattern));
+        let window = detectors::window_gates();
+        let gates = || {
+            BUILTINS
+                .iter()
+                .map(|b| b.gate.unwrap_or(b.pattern))
+                .chain(window.iter().map(String::as_str))
+        };
         let gate_set = RegexSet::new(gates()).map_err(|e| builtin_err("built-in gate", e))?;
         let union: Vec<String> = gates().map(|g| format!("(?:{g})")).collect();
         let locator =
             Regex::new(&union.join("|")).map_err(|e| builtin_err("built-in locator", e))?;
+        let prefixes: Vec<String> = BUILTINS
+            .iter()
+            .flat_map(|b| b.prefixes)
+            .map(|p| regex::escape(p))
+            .collect();
+        let prefixes =
+            Regex::new(&prefixes.join("|")).map_err(|e| builtin_err("built-in prefixes", e))?;
         let mut finders = Vec::with_capacity(BUILTINS.len() + custom.len());
         for b in &BUILTINS {
             finders.push(Regex::new(b.pattern).map_err(|e| builtin_err(b.name, e))?);
@@ -175,7 +224,8 @@ impl Classifier {
         Ok(Classifier {
             classes,
             locator,
-            gates: gate_set,
+            gates: GateSet(gate_set),
+            prefixes,
             finders,
         })
     }
@@ -194,9 +244,19 @@ impl Classifier {
         resolve(self.candidates(text), |_| true)
     }
 
-    /// Every validated match in `text`, overlapping ones included.
+    /// Every validated match in `text`, overlapping ones included: those of
+    /// the plain scan, and those of what the text disguises.
     fn candidates(&self, text: &str) -> Vec<Candidate> {
         let mut out = Vec::new();
+        let mut budget = disguise::Budget::new(text.len());
+        self.layer(text, 0, &mut budget, &mut out);
+        out
+    }
+
+    /// The plain scan (see the module doc) of `text`, and keys glued to a
+    /// word in the windows the window gates mark. What may be encoded goes
+    /// to `marks`.
+    fn plain(&self, text: &str, marks: &mut Marks, out: &mut Vec<Candidate>) {
         let mut spans = Vec::new();
         if text.len() >= MIN_BUILTIN_LEN {
             let bytes = text.as_bytes();
@@ -234,13 +294,40 @@ impl Classifier {
                     .get(..from)
                     .and_then(|t| t.char_indices().next_back())
                     .map_or(0, |(i, _)| i);
-                for class in self.gates.matches_at(hay, gate_from).iter() {
-                    if !BUILTINS[class].whole_text {
-                        self.find(class, hay, segment, &mut spans, &mut out);
-                    } else if !whole_done[class] {
-                        whole_done[class] = true;
-                        self.find(class, text, 0, &mut spans, &mut out);
+                let (mut runs, mut percent, mut glue) = (false, false, false);
+                let mut ran = 0u32;
+                for class in self.gates.0.matches_at(hay, gate_from).iter() {
+                    // `high-entropy`'s gate is a run of 32 base64 characters.
+                    runs |= class == HIGH_ENTROPY;
+                    match BUILTINS.get(class) {
+                        Some(b) if !b.whole_text => {
+                            ran |= 1 << class;
+                            self.find(class, hay, segment, &mut spans, out);
+                        }
+                        Some(_) if !whole_done[class] => {
+                            whole_done[class] = true;
+                            self.find(class, text, 0, &mut spans, out);
+                        }
+                        Some(_) => {}
+                        None => {
+                            runs |= class == RUN_GATE;
+                            percent |= class == PERCENT_GATE;
+                            glue |= class == GLUE_GATE;
+                        }
                     }
+                }
+                if glue {
+                    self.find_glued(hay, segment, (segment, to), &mut ran, &mut spans, out);
+                }
+                if runs {
+                    let first = marks.mark_runs(bytes, gate_from, to);
+                    for i in first..marks.runs.len() {
+                        let run = marks.runs[i];
+                        self.find_glued(hay, segment, run, &mut ran, &mut spans, out);
+                    }
+                }
+                if percent {
+                    marks.percent.push((gate_from, to));
                 }
             }
         }
@@ -255,7 +342,6 @@ impl Classifier {
                 }
             }
         }
-        out
     }
 
     /// Runs `class`'s regex over `hay` (a prefix of the scanned text) from
@@ -286,6 +372,48 @@ impl Classifier {
                 break;
             }
             at = m.end();
+        }
+    }
+
+    /// Keys glued to a word on their left (`keyAKIA…`), which their gates,
+    /// bounded by a word boundary, do not see: each prefix in `hay[start..end]`
+    /// after a word byte runs its class's finder from `from`, unless `ran`
+    /// says the window already did. The window gates mark every window
+    /// such a key can be in, and the token it is in (see
+    /// `detectors::window_gates`).
+    fn find_glued(
+        &self,
+        hay: &str,
+        from: usize,
+        (start, end): (usize, usize),
+        ran: &mut u32,
+        spans: &mut Vec<validate::Span>,
+        out: &mut Vec<Candidate>,
+    ) {
+        let b = hay.as_bytes();
+        let Some(region) = hay.get(start..end) else {
+            return;
+        };
+        for m in self.prefixes.find_iter(region) {
+            let at = start + m.start();
+            let glued = at
+                .checked_sub(1)
+                .and_then(|i| b.get(i))
+                .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+            if !glued {
+                continue;
+            }
+            let rest = &b[at..];
+            for (class, builtin) in BUILTINS.iter().enumerate() {
+                let prefixed = builtin
+                    .prefixes
+                    .iter()
+                    .any(|p| rest.starts_with(p.as_bytes()));
+                if prefixed && *ran & (1 << class) == 0 {
+                    *ran |= 1 << class;
+                    self.find(class, hay, from, spans, out);
+                }
+            }
         }
     }
 

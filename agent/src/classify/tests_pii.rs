@@ -269,7 +269,7 @@ fn findings_in_bench_text() {
 
 /// The windowed scan against the obvious one: every class's regex over the
 /// whole text. Any difference is a bug in the first pass or the windows.
-fn reference(c: &Classifier, text: &str) -> Vec<super::Finding> {
+pub(super) fn reference(c: &Classifier, text: &str) -> Vec<super::Finding> {
     let mut cands = Vec::new();
     let mut spans = Vec::new();
     for (class, b) in super::detectors::BUILTINS.iter().enumerate() {
@@ -286,62 +286,69 @@ fn reference(c: &Classifier, text: &str) -> Vec<super::Finding> {
     super::resolve(cands, |_| true)
 }
 
-#[test]
-fn windowed_scan_matches_whole_text_reference() {
-    const PIECES: &[&str] = &[
-        "jane.doe@example.com",
-        "(555) 123-4567",
-        "+44 20 7946 0958",
-        "555-123-4567",
-        "123-45-6789",
-        "4111 1111 1111 1111",
-        "4111111111111111",
-        "DE89 3704 0044 0532 0130 00",
-        "GB82WEST12345698765432",
-        "AKIAIOSFODNN7EXAMPLE",
-        "ghp_IhKtJ0RlgLKOmxgJTeKdNnFRIBXuDL7DxtpY",
-        "u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
-        "sk-ant-api03-qFYY_kv5ZJr3J1TWDtkwtDDb-xHKas1VOqg6YYZYn9Zhy",
-        "glpat-Ab3dEfGh1jKlMn0pQrSt",
-        "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0NTY3ODkwIn0.",
-        "-----BEGIN RSA PRIVATE KEY-----",
-        "-----END RSA PRIVATE KEY-----",
-        "aws_secret_access_key = ",
-        "Stqcbnr3yBdGBLEPH1qhT61qtc4xatws8phP9nhF",
-        "MIIEowIBAAKCAQEAu8jzPde0IgxLd6Gnc",
-        "\n",
-        "\n",
-        ";",
-        "!",
-        " ",
-        " ",
-        " ",
-        "-",
-        ".",
-        "@",
-        "+",
-        "(",
-        ")",
-        "=",
-        "/",
-        "_",
-        "1",
-        "12",
-        "2024-01-15",
-        "0",
-        "A",
-        "x",
-        "é",
-        "😀",
-        "the",
-        "and",
-        "Zz9",
-        "\t",
-        "\"",
-        "AB12",
-    ];
-    let c = builtin();
-    let mut rng: u64 = 0x1234_5678_9ABC_DEF1;
+/// Pieces of random texts: findings, their near misses, delimiters.
+pub(super) const PIECES: &[&str] = &[
+    "jane.doe@example.com",
+    "(555) 123-4567",
+    "+44 20 7946 0958",
+    "555-123-4567",
+    "123-45-6789",
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "DE89 3704 0044 0532 0130 00",
+    "GB82WEST12345698765432",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_IhKtJ0RlgLKOmxgJTeKdNnFRIBXuDL7DxtpY",
+    "u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
+    "sk-ant-api03-qFYY_kv5ZJr3J1TWDtkwtDDb-xHKas1VOqg6YYZYn9Zhy",
+    "glpat-Ab3dEfGh1jKlMn0pQrSt",
+    "xoxb-123456789012-1234567890123-AbCdEf",
+    "sk-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzdocJ2isAj",
+    "AIzaCyEZDz_TddJ8HyS5SUkCnD8zRA9a9SkpXz9",
+    "key",
+    "task",
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0NTY3ODkwIn0.",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "-----END RSA PRIVATE KEY-----",
+    "aws_secret_access_key = ",
+    "Stqcbnr3yBdGBLEPH1qhT61qtc4xatws8phP9nhF",
+    "MIIEowIBAAKCAQEAu8jzPde0IgxLd6Gnc",
+    "\n",
+    "\n",
+    ";",
+    "!",
+    " ",
+    " ",
+    " ",
+    "-",
+    ".",
+    "@",
+    "+",
+    "(",
+    ")",
+    "=",
+    "/",
+    "_",
+    "1",
+    "12",
+    "2024-01-15",
+    "0",
+    "A",
+    "x",
+    "é",
+    "😀",
+    "the",
+    "and",
+    "Zz9",
+    "\t",
+    "\"",
+    "AB12",
+];
+
+/// `rounds` random texts of up to 40 [`PIECES`] (`CLASSIFY_FUZZ_ROUNDS`
+/// overrides), the same on every run.
+pub(super) fn random_texts(seed: u64, rounds: usize) -> Vec<String> {
+    let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -351,19 +358,32 @@ fn windowed_scan_matches_whole_text_reference() {
     let rounds = std::env::var("CLASSIFY_FUZZ_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4000);
-    let mut texts: Vec<String> = (0..rounds)
+        .unwrap_or(rounds);
+    (0..rounds)
         .map(|_| {
             let n = next() % 40;
             (0..n)
                 .map(|_| PIECES[(next() >> 7) as usize % PIECES.len()])
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn windowed_scan_matches_whole_text_reference() {
+    let c = builtin();
+    let mut texts = random_texts(0x1234_5678_9ABC_DEF1, 4000);
     texts.push(super::bench_text(64 * 1024));
     texts.push("(555) 123-4567\n".repeat(50));
     texts.push("a@b.io;123-45-6789!4111 1111 1111 1111\n".repeat(20));
     for text in &texts {
-        assert_eq!(c.scan(text), reference(c, text), "{text:?}");
+        // The plain scan alone is what the windows must not change.
+        let mut plain = Vec::new();
+        c.plain(text, &mut Default::default(), &mut plain);
+        let expected = reference(c, text);
+        assert_eq!(super::resolve(plain, |_| true), expected, "{text:?}");
+        // None of these texts disguises anything (their runs decode to
+        // binary), so the full scan must add nothing to it either.
+        assert_eq!(c.scan(text), expected, "disguise layers added to {text:?}");
     }
 }

@@ -4,6 +4,8 @@
 //! regex cannot (checksums, number ranges, what sits next to the match) and
 //! are what keep the false-positive rate low enough to redact on.
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
 /// A validated `(start, end)` byte span in the scanned text.
 pub(super) type Span = (usize, usize);
 
@@ -36,6 +38,80 @@ pub(super) fn accept(_: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
     out.push((start, end));
 }
 
+/// Longest run of token bytes a prefix-led key may be glued into. A real
+/// key glued to a word (`keyAKIA…`, `token=xghp_…`) has a short run on each
+/// side; inside a base64 image or a hash, `AIza` or `AKIA` turns up by
+/// chance (`AIza` about once per 16 MB of random base64), with thousands of
+/// token bytes around it.
+pub(super) const MAX_GLUE: usize = 64;
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn is_token(c: u8) -> bool {
+    is_word(c) || b"+/=-".contains(&c)
+}
+
+/// How a prefix-led match at `start..end` sits among its neighbours:
+/// `None` when a word byte touches it and the token run on that side is
+/// longer than [`MAX_GLUE`] (a blob, not a key); otherwise whether a word
+/// byte touches it on either side. A neighbour like `-`, `/` or `=` is a
+/// word boundary, as the patterns had before they let keys be glued.
+pub(super) fn glue(t: &[u8], start: usize, end: usize) -> Option<bool> {
+    let before = t.get(..start).unwrap_or_default();
+    let after = t.get(end..).unwrap_or_default();
+    let mut glued = false;
+    for (touching, run) in [
+        (
+            before.last().is_some_and(|&c| is_word(c)),
+            before
+                .iter()
+                .rev()
+                .take(MAX_GLUE + 1)
+                .take_while(|&&c| is_token(c))
+                .count(),
+        ),
+        (
+            after.first().is_some_and(|&c| is_word(c)),
+            after
+                .iter()
+                .take(MAX_GLUE + 1)
+                .take_while(|&&c| is_token(c))
+                .count(),
+        ),
+    ] {
+        if touching && run > MAX_GLUE {
+            return None;
+        }
+        glued |= touching;
+    }
+    Some(glued)
+}
+
+/// Keys whose prefix is distinctive enough on its own (`ghp_`, `glpat-`,
+/// `sk-ant-`): any glue but a blob's.
+pub(super) fn prefixed(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
+    if glue(t, start, end).is_some() {
+        out.push((start, end));
+    }
+}
+
+/// `ASIA` and `AKIA` also occur in upper-case words (`ASIAPACIFICSOUTHEAST`),
+/// so a glued key id must hold a digit, as all but about 4% of random ones
+/// do. A key id on its own needs nothing more.
+pub(super) fn aws_key(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
+    let digit = || {
+        t.get(start + 4..end)
+            .is_some_and(|body| body.iter().any(u8::is_ascii_digit))
+    };
+    match glue(t, start, end) {
+        Some(false) => out.push((start, end)),
+        Some(true) if digit() => out.push((start, end)),
+        _ => {}
+    }
+}
+
 /// AWS secret keys are exactly 40 characters of base64 with no padding; the
 /// regex ends on the 40th, so a following token character means a longer
 /// string. Real keys mix cases and digits; placeholders like
@@ -62,17 +138,36 @@ pub(super) fn aws_secret(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>
 
 /// Slack tokens carry numeric team and user IDs; a digit-free tail is a word.
 pub(super) fn slack(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
-    if t[start..end].iter().skip(5).any(u8::is_ascii_digit) {
+    if glue(t, start, end).is_some() && t[start..end].iter().skip(5).any(u8::is_ascii_digit) {
         out.push((start, end));
     }
 }
 
 /// `sk-` is also the start of kebab-case words; real OpenAI keys are random
 /// and always contain digits and letters. `sk-ant-` belongs to Anthropic.
+///
+/// With no word boundary in the pattern, a match can begin inside a word
+/// (`task-sk-proj-…` matches from the first `sk-`), so every `sk-` in the
+/// match is tried: the first that stands on its own, else the first glued
+/// one that passes.
 pub(super) fn openai(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
+    let Some(m) = t.get(start..end) else { return };
+    let valid = m
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| *w == b"sk-")
+        .map(|(p, _)| start + p)
+        .filter_map(|at| openai_at(t, at, end).map(|glued| (glued, at)));
+    if let Some((_, at)) = valid.min() {
+        out.push((at, end));
+    }
+}
+
+/// `Some(glued)` when the `sk-` at `start` begins a key.
+fn openai_at(t: &[u8], start: usize, end: usize) -> Option<bool> {
     let tok = &t[start..end];
     if tok.starts_with(b"sk-ant-") {
-        return;
+        return None;
     }
     let mut body = &tok[3..];
     for scope in [&b"proj-"[..], b"svcacct-", b"admin-"] {
@@ -83,24 +178,46 @@ pub(super) fn openai(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
     }
     let digit = body.iter().any(u8::is_ascii_digit);
     let letter = body.iter().any(u8::is_ascii_alphabetic);
-    if body.len() >= 20 && digit && letter {
-        out.push((start, end));
-    }
+    let glued = glue(t, start, end)?;
+    let valid = if glued {
+        // Glued to a word (`risk-2024-…`, `task-queue-…`, `keysk-…`): only
+        // what looks random, as keys do and slugs, dates and ids do not.
+        body.len() >= 32
+            && digit
+            && body.iter().any(u8::is_ascii_uppercase)
+            && body.iter().any(u8::is_ascii_lowercase)
+            && word_fraction(body) * 2 < body.len()
+    } else {
+        body.len() >= 20 && digit && letter
+    };
+    valid.then_some(glued)
 }
 
-/// Google keys have a fixed length, so a longer token is something else.
+/// Google keys have a fixed length: a longer token holds one in its first
+/// 39 characters, as a reader sees it.
 pub(super) fn google(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
-    if !t
-        .get(end)
-        .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-    {
-        out.push((start, end));
-    }
+    prefixed(t, start, end, out);
 }
 
-pub(super) fn jwt(_: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
-    if end - start >= 30 {
-        out.push((start, end));
+/// A glued `eyJ` (`honeyJar.config.something`, `keyJson.read.value`) counts
+/// only when its header decodes to a JSON object, as a token's does.
+pub(super) fn jwt(t: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
+    if end - start < 30 {
+        return;
+    }
+    let header_ok = || {
+        let header = t[start..end]
+            .split(|&c| c == b'.')
+            .next()
+            .unwrap_or_default();
+        URL_SAFE_NO_PAD
+            .decode(header)
+            .is_ok_and(|h| h.ends_with(b"}") && h.iter().all(|c| (0x20..0x7f).contains(c)))
+    };
+    match glue(t, start, end) {
+        Some(false) => out.push((start, end)),
+        Some(true) if header_ok() => out.push((start, end)),
+        _ => {}
     }
 }
 
