@@ -31,10 +31,7 @@ fn encode(selector: u8, plain: &[u8]) -> (Option<&'static str>, Vec<u8>) {
             enc.write_all(plain).expect("in memory");
             (Some("deflate"), enc.finish().expect("in memory"))
         }
-        3 => (
-            Some("zstd"),
-            zstd::encode_all(plain, 1).expect("in memory"),
-        ),
+        3 => (Some("zstd"), zstd::encode_all(plain, 1).expect("in memory")),
         _ => (None, plain.to_vec()),
     }
 }
@@ -59,12 +56,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (coding, coded) = encode(selector, plain);
-    let body = inspect::read_body(
-        &coded.into(),
-        Some("application/json"),
-        coding,
-        true,
-    );
+    let body = inspect::read_body(&coded.into(), Some("application/json"), coding, true);
     // The lenient side: a UTF-8 byte-order mark is ignored (RFC 8259).
     let lenient = plain.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(plain);
     let Ok(theirs) = serde_json::from_slice::<Value>(lenient) else {

@@ -65,13 +65,13 @@ use regex::{Regex, RegexSet};
 
 #[cfg(test)]
 pub use self::bench::bench_text;
-use self::{
-    detectors::{BUILTINS, GLUE_GATE, HIGH_ENTROPY, PERCENT_GATE, RUN_GATE},
-    encoded::Marks,
-};
 pub use self::{
     bench::bench_json,
     redact::{JsonHits, JsonPlace},
+};
+use self::{
+    detectors::{BUILTINS, GLUE_GATE, HIGH_ENTROPY, PERCENT_GATE, RUN_GATE},
+    encoded::Marks,
 };
 
 /// Category of a class, for policy: block/redact/alert can be set per class
