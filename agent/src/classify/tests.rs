@@ -278,24 +278,27 @@ fn entropy_helpers() {
     assert_eq!(validate::word_fraction(b"ProfileSettings"), 15);
 }
 
+/// MB/s of `f` over `bytes`-byte inputs, run for 0.8 s: for the ignored
+/// throughput tests.
+pub(super) fn rate(bytes: usize, f: &dyn Fn() -> usize) -> f64 {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let mut n = 0;
+    let mut sink = 0;
+    while start.elapsed() < Duration::from_millis(800) {
+        sink += f();
+        n += 1;
+    }
+    std::hint::black_box(sink);
+    (bytes * n) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
 /// Release-build throughput; run with
 /// `cargo test --release -- --ignored --nocapture throughput`.
 #[test]
 #[ignore = "benchmark"]
 fn throughput() {
-    use std::time::{Duration, Instant};
     let c = builtin();
-    let rate = |bytes: usize, f: &dyn Fn() -> usize| {
-        let start = Instant::now();
-        let mut n = 0;
-        let mut sink = 0;
-        while start.elapsed() < Duration::from_millis(800) {
-            sink += f();
-            n += 1;
-        }
-        std::hint::black_box(sink);
-        (bytes * n) as f64 / start.elapsed().as_secs_f64() / 1e6
-    };
     for size in [1 << 10, 32 << 10, 1 << 20] {
         let text = super::bench_text(size);
         let body = super::bench_json(size);

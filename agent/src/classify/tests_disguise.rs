@@ -9,7 +9,7 @@ use base64::{
 
 use super::{
     disguise::{self, Budget},
-    tests::{builtin, finds, found, misses},
+    tests::{builtin, finds, found, misses, rate},
     tests_pii::{random_texts, reference},
 };
 
@@ -499,19 +499,7 @@ fn encodings_hide_nothing() {
 #[test]
 #[ignore = "benchmark"]
 fn disguise_throughput() {
-    use std::time::{Duration, Instant};
     let c = builtin();
-    let rate = |bytes: usize, f: &dyn Fn() -> usize| {
-        let start = Instant::now();
-        let mut n = 0;
-        let mut sink = 0;
-        while start.elapsed() < Duration::from_millis(800) {
-            sink += f();
-            n += 1;
-        }
-        std::hint::black_box(sink);
-        (bytes * n) as f64 / start.elapsed().as_secs_f64() / 1e6
-    };
     let body = |content: serde_json::Value| {
         serde_json::to_vec(&serde_json::json!({
             "model": "gpt-4o",
