@@ -122,8 +122,12 @@ impl Classifier {
                 } else {
                     JsonPlace::Value
                 };
-                for f in self.scan(value) {
-                    *hits.entry((f.class, place)).or_default() += 1;
+                // Short strings ("user", "auto") hold no finding of their
+                // own; they are read only for the joined view.
+                if value.len() >= MIN_BUILTIN_LEN || self.finders.len() != self.gates.len() {
+                    for f in self.scan(value) {
+                        *hits.entry((f.class, place)).or_default() += 1;
+                    }
                 }
                 if v.key {
                     field = Some((v.start + 1, v.end - 1));
@@ -174,6 +178,9 @@ impl Classifier {
         with_scratch(|scratch| {
             for v in values {
                 let value = self.value_text(text, v, scratch, false);
+                if value.is_empty() {
+                    continue;
+                }
                 let findings = resolve(self.candidates(value), &redact);
                 let contents = v.start + 1;
                 for f in findings {

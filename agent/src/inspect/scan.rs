@@ -154,11 +154,15 @@ pub fn scan(
             }
         }
     }
+    // The query's and the headers' many short texts are scanned as one, a
+    // line each: a scan has a fixed cost, and no single-line finding
+    // crosses a line break.
+    let mut lines = Lines::default();
     if let Some(query) = query {
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            tally.text(classifier, &name, &Place::Query);
+            lines.push(&name, Place::Query);
             if !QUERY_CREDENTIALS.contains(&name.as_ref()) {
-                tally.text(classifier, &value, &Place::Query);
+                lines.push(&value, Place::Query);
             }
         }
     }
@@ -167,17 +171,14 @@ pub fn scan(
         if NOT_SCANNED.contains(&name) {
             continue;
         }
-        let place = Place::Header(label(classifier, name));
         // HTTP lower-cases header names; upper-case keys (AWS) survive
         // that as a case-folded copy the reader can fold back.
-        tally.text(classifier, name, &place);
-        tally.text(classifier, &name.to_ascii_uppercase(), &place);
-        tally.text(
-            classifier,
-            &String::from_utf8_lossy(value.as_bytes()),
-            &place,
-        );
+        let place = Place::Header(Some(name.to_string()));
+        lines.push(name, place.clone());
+        lines.push(&name.to_ascii_uppercase(), place.clone());
+        lines.push(&String::from_utf8_lossy(value.as_bytes()), place);
     }
+    lines.scan(classifier, &mut tally);
     tally
         .0
         .into_iter()
@@ -187,6 +188,42 @@ pub fn scan(
             places,
         })
         .collect()
+}
+
+/// Short texts joined a line each, with the place of each line.
+#[derive(Default)]
+struct Lines {
+    text: String,
+    /// (end offset in `text`, place) per line, in order.
+    places: Vec<(usize, Place)>,
+}
+
+impl Lines {
+    fn push(&mut self, line: &str, place: Place) {
+        self.text.push_str(line);
+        self.text.push('\n');
+        self.places.push((self.text.len(), place));
+    }
+
+    fn scan(self, classifier: &Classifier, tally: &mut Tally) {
+        if self.text.is_empty() {
+            return;
+        }
+        for f in classifier.scan(&self.text) {
+            let i = self.places.partition_point(|(end, _)| *end <= f.start);
+            let Some((_, place)) = self.places.get(i) else {
+                continue;
+            };
+            // A header named by a finding is labelled without its name.
+            let place = match place {
+                Place::Header(Some(name)) if label(classifier, name).is_none() => {
+                    Place::Header(None)
+                }
+                other => other.clone(),
+            };
+            tally.add(f.class, 1, place);
+        }
+    }
 }
 
 /// A name fit for a label: short, and holding no finding itself (a secret
