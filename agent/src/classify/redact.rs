@@ -124,7 +124,7 @@ impl Classifier {
                 };
                 // Short strings ("user", "auto") hold no finding of their
                 // own; they are read only for the joined view.
-                if value.len() >= MIN_BUILTIN_LEN || self.finders.len() != self.gates.len() {
+                if !self.cannot_hold_builtin(value) {
                     for f in self.scan(value) {
                         *hits.entry((f.class, place)).or_default() += 1;
                     }
@@ -228,6 +228,18 @@ impl Classifier {
         Some((out, nonzero(counts)))
     }
 
+    /// Whether `text` is certain to hold no finding: no custom class is
+    /// configured, and it is too short for any built-in one, or a plain
+    /// lower-case word (`messages`, `temperature`, `assistant`) — no
+    /// built-in finding, nor any encoding of one, is made of lower-case
+    /// letters and `_` alone. Schema keys and enum values are most of a
+    /// body's strings, so this spares a scan each.
+    fn cannot_hold_builtin(&self, text: &str) -> bool {
+        self.finders.len() == self.gates.len()
+            && (text.len() < MIN_BUILTIN_LEN
+                || text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    }
+
     /// The decoded value of a string literal that `json::string_values`
     /// found in `text`; `scratch.map` is left set up for `json::raw_offset`.
     ///
@@ -245,7 +257,7 @@ impl Classifier {
         let raw = text
             .get(v.start + 1..v.end.saturating_sub(1))
             .unwrap_or_default();
-        if !whole && raw.len() < MIN_BUILTIN_LEN && self.finders.len() == self.gates.len() {
+        if !whole && self.cannot_hold_builtin(raw) {
             return "";
         }
         if !v.escaped {
