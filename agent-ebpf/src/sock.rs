@@ -311,6 +311,7 @@ struct ReportArgs {
 fn report(args: ReportArgs) {
     let Some(mut entry) = MG_EVENTS.reserve::<ConnectEvent>(0) else {
         count(Counter::EventsLost);
+        count(Counter::ConnectEventsLost);
         return;
     };
     let uid_gid = bpf_get_current_uid_gid();

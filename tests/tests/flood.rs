@@ -114,7 +114,9 @@ fn fifty_thousand_blocked_connects_are_all_accounted_for_and_the_agent_stays_res
             .filter(|e| e["action"] == "block")
             .count() as u64;
         let status = status(&agent);
-        let lost = status["counters"]["events_lost"].as_u64().unwrap();
+        // Only connect decisions: exec and exit events of other processes
+        // (this test's own `modelgate status` runs) can be lost too.
+        let lost = status["counters"]["connect_events_lost"].as_u64().unwrap();
         let blocked = status["counters"]["blocked"].as_u64().unwrap();
         assert!(blocked >= n, "{status:#}");
         if recorded + lost >= n || Instant::now() > deadline {

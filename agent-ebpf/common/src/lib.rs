@@ -131,7 +131,8 @@ pub enum Counter {
     Monitored = 2,
     Blocked = 3,
     Redirected = 4,
-    /// Ring-buffer reservations that failed: each one is a lost event.
+    /// Ring-buffer reservations that failed: each one is a lost event, of
+    /// any kind (exec and exit events come from the whole host).
     EventsLost = 5,
     /// UDP sends to an endpoint (QUIC / HTTP/3 attempts).
     UdpHits = 6,
@@ -151,10 +152,13 @@ pub enum Counter {
     /// Verdicts turned into monitor because the agent stopped heartbeating
     /// under `fail_mode: open`.
     FailOpen = 13,
+    /// Of `EventsLost`, the connect decisions: connects to an endpoint
+    /// that were decided but have no event record.
+    ConnectEventsLost = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -170,6 +174,7 @@ impl Counter {
         Counter::DnsLearned,
         Counter::SniBlocked,
         Counter::FailOpen,
+        Counter::ConnectEventsLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -188,6 +193,7 @@ impl Counter {
             Counter::DnsLearned => "dns_learned",
             Counter::SniBlocked => "sni_blocked",
             Counter::FailOpen => "fail_open",
+            Counter::ConnectEventsLost => "connect_events_lost",
         }
     }
 }

@@ -67,8 +67,9 @@ fn render(s: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "events     {} lost in the kernel; alerts pending: {}",
+        "events     {} lost in the kernel ({} of them connect decisions); alerts pending: {}",
         count("events_lost"),
+        count("connect_events_lost"),
         s.alerts_pending
     );
     let _ = writeln!(
