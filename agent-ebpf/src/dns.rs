@@ -15,16 +15,22 @@ use agent_common::{
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::SkBuffContext,
 };
 
 use crate::{
-    maps::{MG_ENDPOINTS, MG_EVENTS, count},
+    maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, count},
     skb::Skb,
 };
 
 const BUF: usize = limits::DNS_PAYLOAD;
+
+/// Scratch for the question name. Only this program uses it: another
+/// (the egress one, in process context) may be interrupted by it on the
+/// same CPU.
+#[map]
+static MG_DNS_QNAME: PerCpuArray<[u8; dns::NAME]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static MG_DNS_NAMES: HashMap<u64, DnsName> =
@@ -40,15 +46,20 @@ pub fn mg_dns_answers(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn learn(ctx: &SkBuffContext) -> Option<()> {
     let packet = Skb(ctx);
-    let q = dns::question(&packet)?;
-    // The whole name (exact), else the name minus its first label
-    // (`*.suffix` one level down, as in `myres.openai.azure.com`).
+    // The question name, wire form: `*.suffix` matches walk it. Kept in
+    // a per-CPU map, not on the stack: with the walk's own frame the
+    // stack would pass 512 bytes.
+    let name = unsafe { &mut *MG_DNS_QNAME.get_ptr_mut(0)? };
+    *name = [0u8; dns::NAME];
+    let q = dns::question(&packet, name)?;
+    // The whole name (exact), else a `*.suffix` it is below, at any
+    // depth (`myres.openai.azure.com`, `a.b.openai.azure.com`).
     let entry = match unsafe { MG_DNS_NAMES.get(q.full) } {
         Some(entry) if entry.flags & dns_flags::EXACT != 0 => *entry,
-        _ => match unsafe { MG_DNS_NAMES.get(q.suffix) } {
-            Some(entry) if entry.flags & dns_flags::SUFFIX != 0 => *entry,
-            _ => return None,
-        },
+        _ => {
+            let counts = MG_CONFIG.get(0)?.suffix_labels;
+            crate::suffix::below(name, true, counts, dns_flags::SUFFIX)?
+        }
     };
     count(Counter::DnsMatches);
     dns::answers(&packet, &q, |addr| insert(&entry, addr))?;

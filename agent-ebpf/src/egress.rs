@@ -17,7 +17,7 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_skb, map},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::SkBuffContext,
 };
 
@@ -36,13 +36,33 @@ static MG_BLOCKED_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(40
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
+/// The server name read from a hello, per CPU and per nesting level: it
+/// does not fit the stack beside the `*.suffix` walk's frame. A send in
+/// process context can be interrupted on its CPU by one from softirq (a
+/// retransmission, data released by an ACK), or preempted by another
+/// task's, so each run takes the slot of its depth (`MG_EGRESS_DEPTH`).
+#[map]
+static MG_EGRESS_NAME: PerCpuArray<[u8; NAME]> = PerCpuArray::with_max_entries(NAME_SLOTS, 0);
+
+#[map]
+static MG_EGRESS_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+const NAME_SLOTS: u32 = 4;
+
 #[cgroup_skb(egress)]
 pub fn mg_first_bytes(ctx: SkBuffContext) -> i32 {
-    look(&ctx).unwrap_or(PASS)
+    let Some(depth) = MG_EGRESS_DEPTH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    let level = unsafe { *depth };
+    unsafe { *depth = level.wrapping_add(1) };
+    let verdict = look(&ctx, level).unwrap_or(PASS);
+    unsafe { *depth = level };
+    verdict
 }
 
 #[inline(always)]
-fn look(ctx: &SkBuffContext) -> Option<i32> {
+fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
     let first: u8 = ctx.load(0).ok()?;
     let (tcp, proto, v4) = match first >> 4 {
         4 => (((first & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?, true),
@@ -96,15 +116,18 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let mut verdict = PASS;
-    let mut name = [0u8; NAME];
+    // More than NAME_SLOTS sends at once on one CPU does not happen; one
+    // that did would pass unread, like a packet the program cannot load.
+    let name = unsafe { &mut *MG_EGRESS_NAME.get_ptr_mut(level)? };
+    *name = [0u8; NAME];
     let name_len = if kind == egress_kind::CLIENT_HELLO {
-        sni::server_name(&Skb(ctx), payload, len, &mut name).unwrap_or(0)
+        sni::server_name(&Skb(ctx), payload, len, name).unwrap_or(0)
     } else {
         0
     };
     if name_len > 0
-        && let Some(provider) = provider_of(&name)
         && let Some(config) = MG_CONFIG.get(0)
+        && let Some(provider) = provider_of(name, config.suffix_labels)
     {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -117,25 +140,24 @@ fn look(ctx: &SkBuffContext) -> Option<i32> {
             verdict = DROP;
         }
     }
-    report(ctx, payload, len, kind, &key, &name, name_len);
+    report(ctx, payload, len, kind, &key, name, name_len);
     Some(verdict)
 }
 
 /// The provider whose catalog host the ClientHello's server name (read by
 /// `agent_common::sni`, shared with the host and fuzzed against the
 /// agent's parser) names, if any: hashed exactly as `hash_from` hashes DNS
-/// names (dotted here).
+/// names (dotted here), below a `*.suffix` at any depth.
 #[inline(always)]
-fn provider_of(name: &[u8; NAME]) -> Option<u32> {
+fn provider_of(name: &[u8; NAME], suffix_labels: u8) -> Option<u32> {
     let (full, _, _) = hash_from(name, 0);
     if let Some(entry) = unsafe { MG_DNS_NAMES.get(full) }
         && entry.flags & dns_flags::SNI_EXACT != 0
     {
         return Some(entry.provider);
     }
-    let (suffix, _, _) = hash_from(name, sni::first_label_len(name) + 1);
-    let entry = unsafe { MG_DNS_NAMES.get(suffix) }?;
-    (entry.flags & dns_flags::SNI_SUFFIX != 0).then_some(entry.provider)
+    crate::suffix::below(name, false, suffix_labels, dns_flags::SNI_SUFFIX)
+        .map(|entry| entry.provider)
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@ mod maps;
 mod redirect;
 mod skb;
 mod sock;
+mod suffix;
 mod task;
 
 #[cfg(not(test))]

@@ -440,7 +440,8 @@ impl Agent {
         self.maps.set_config(AgentConfig {
             default_action: self.default_action().to_kernel(),
             has_proc_rules: u8::from(has_proc_rules),
-            _pad: [0; 2],
+            suffix_labels: self.catalog.suffix_labels(),
+            _pad: 0,
             generation: self.generation,
             proxy_port: self.proxy_port,
             fail_open_after_s: match self.settings.fail_mode {

@@ -30,7 +30,7 @@ fn ipv4_udp(msg: &[u8]) -> Vec<u8> {
 /// The kernel's verdict: the question's hashes and the addresses learned,
 /// as the endpoint map's 16-byte keys.
 fn kernel(packet: &[u8]) -> Option<(dns::Question, Vec<[u8; 16]>)> {
-    let q = dns::question(packet)?;
+    let q = dns::question(packet, &mut [0; dns::NAME])?;
     let mut addrs = Vec::new();
     dns::answers(packet, &q, |a| addrs.push(a))?;
     Some((q, addrs))

@@ -12,19 +12,20 @@ use modelgate_tests::{
     standin::{ModelServer, Pki},
 };
 
-/// dnsmasq on `bind`:53, answering `r<N>.<zone>` (N < `names`) from a
-/// hosts file, each name with its own loopback address, as a real
-/// resolver encodes answers.
+/// dnsmasq on `bind`:53, answering each of `names` from a hosts file,
+/// each with its own loopback address, as a real resolver encodes answers.
 struct DnsServer {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl DnsServer {
-    fn start(bind: &str, zone: &str, names: usize) -> DnsServer {
+    fn start(bind: &str, names: &[String]) -> DnsServer {
         let dir = tempfile::tempdir().unwrap();
-        let hosts: String = (0..names)
-            .map(|n| format!("127.10.{}.{} r{n}.{zone}\n", n / 250, n % 250 + 1))
+        let hosts: String = names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| format!("127.10.{}.{} {name}\n", n / 250, n % 250 + 1))
             .collect();
         fs::write(dir.path().join("hosts"), hosts).unwrap();
         let log = dir.path().join("log");
@@ -53,7 +54,7 @@ impl DnsServer {
         let mut server = DnsServer { child, _dir: dir };
         // It logs the hosts file read after its sockets are bound.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let ready = format!(" - {names} names");
+        let ready = format!(" - {} names", names.len());
         while !fs::read_to_string(&log).is_ok_and(|l| l.contains(&ready)) {
             let exited = server.child.try_wait().unwrap();
             assert!(
@@ -74,13 +75,12 @@ impl Drop for DnsServer {
     }
 }
 
-/// Resolve a fresh wildcard name and connect to its fresh address at once,
-/// `tries` times; prints how each connect ended.
+/// Resolve each fresh name of argv and connect to its fresh address at
+/// once; prints how each connect ended.
 const RESOLVE_AND_CONNECT: &str = r#"
 import errno, json, socket, sys
-tries, counts = int(sys.argv[1]), {}
-for i in range(tries):
-    name = f"r{i}.openai.azure.com"
+counts = {}
+for name in sys.argv[1:]:
     try:
         addr = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
     except OSError as e:
@@ -103,7 +103,16 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
     require_root();
     let cgroup = TestCgroup::new("dns");
     let tries = 1000;
-    let _dns = DnsServer::start("127.0.2.53", "openai.azure.com", tries);
+    // One label below the wildcard, and several (the kernel once stripped
+    // only one, so `r1.x.y.openai.azure.com` went unlearned).
+    let names: Vec<String> = (0..tries)
+        .map(|i| match i % 3 {
+            0 => format!("r{i}.openai.azure.com"),
+            1 => format!("r{i}.x.openai.azure.com"),
+            _ => format!("r{i}.x.y.z.w.openai.azure.com"),
+        })
+        .collect();
+    let _dns = DnsServer::start("127.0.2.53", &names);
     let agent = Agent::start(AgentSpec::new(
         &cgroup,
         "providers:\n  - name: azure-openai\n    api: azure-openai\n    hosts: [\"*.openai.azure.com\"]\n",
@@ -121,7 +130,8 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
         .arg(&resolv)
-        .args(["python3", "-c", RESOLVE_AND_CONNECT, &tries.to_string()]);
+        .args(["python3", "-c", RESOLVE_AND_CONNECT])
+        .args(&names);
     let out = output(&mut cmd);
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -146,9 +156,22 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
 }
 
 fn wait_for_alert(agent: &Agent, kind: &str, timeout: Duration) -> serde_json::Value {
+    wait_for_alert_where(agent, kind, timeout, |_| true)
+}
+
+fn wait_for_alert_where(
+    agent: &Agent,
+    kind: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(alert) = agent.alerts_now().into_iter().find(|a| a["type"] == kind) {
+        if let Some(alert) = agent
+            .alerts_now()
+            .into_iter()
+            .find(|a| a["type"] == kind && pred(a))
+        {
             return alert;
         }
         assert!(
@@ -422,6 +445,39 @@ fn a_client_hello_for_a_catalog_host_on_an_unknown_address_is_reported_and_under
     while tls_client(&cgroup, "127.0.0.99", &pki.ca) != "EPERM" {
         assert!(Instant::now() < deadline, "the address was not learned");
     }
+}
+
+#[test]
+fn a_name_several_labels_below_a_wildcard_is_dropped_on_its_first_connection() {
+    require_root();
+    let names = ["a.b.openai.azure.com", "w.x.y.z.openai.azure.com"];
+    let pki = Pki::new(&names);
+    let cgroup = TestCgroup::new("sni-deep");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        "providers:\n  - name: azure-openai\n    api: azure-openai\n    hosts: [\"*.openai.azure.com\"]\n",
+        "default_action: block\nrules: []\n",
+    ));
+    for (name, ip) in names.iter().zip(["127.0.0.86", "127.0.0.87"]) {
+        let _server = ModelServer::start(&pki, ip, 443, 1, 0.0);
+        // Never resolved, so never learned: only the hello names it.
+        assert_eq!(
+            tls_client_as(&cgroup, ip, name, &pki.ca),
+            "timeout",
+            "the first hello for {name} must be dropped"
+        );
+        let alert = wait_for_alert_where(&agent, "unknown-address", Duration::from_secs(10), |a| {
+            a["host"] == *name
+        });
+        assert_eq!(alert["destination"]["ip"], ip, "{alert:#}");
+    }
+    // A name beside the wildcard, not below it, goes through.
+    let pki = Pki::new(&["openai.azure.com.example"]);
+    let _server = ModelServer::start(&pki, "127.0.0.88", 443, 1, 0.0);
+    assert_eq!(
+        tls_client_as(&cgroup, "127.0.0.88", "openai.azure.com.example", &pki.ca),
+        "handshake done"
+    );
 }
 
 #[test]

@@ -68,8 +68,6 @@ pub struct Question {
     pub answers: usize,
     /// `name_hash` of the whole question name.
     pub full: u64,
-    /// `name_hash` of the name minus its first label (`*.suffix` matches).
-    pub suffix: u64,
     /// Offset of the question name's root byte.
     pub name_end: usize,
 }
@@ -78,7 +76,7 @@ pub struct Question {
 /// from port 53: a response (QR), no error (RCODE 0), one question, some
 /// answers, and a question name of at most `NAME` bytes.
 #[inline(always)]
-pub fn question<P: Packet + ?Sized>(p: &P) -> Option<Question> {
+pub fn question<P: Packet + ?Sized>(p: &P, name: &mut [u8; NAME]) -> Option<Question> {
     let first = p.byte(0)?;
     let (udp, proto) = match first >> 4 {
         4 => (((first & 0x0f) as usize) * 4, p.byte(9)?),
@@ -109,25 +107,22 @@ pub fn question<P: Packet + ?Sized>(p: &P) -> Option<Question> {
     }
     let avail = len - HEADER;
     let n = if avail > NAME { NAME } else { avail };
-    let mut name = [0u8; NAME];
     if n == 0 || n > NAME {
         return None;
     }
-    p.load_name(msg + HEADER, n, &mut name)?;
-    let (full, name_len, ended) = hash_from(&name, 0);
+    p.load_name(msg + HEADER, n, name)?;
+    let (full, name_len, ended) = hash_from(name, 0);
     if ended == 0 {
         return None; // longer than NAME, or cut off
     }
-    if labels_end_at_root(&name) == 0 {
+    if labels_end_at_root(name) == 0 {
         return None;
     }
-    let (suffix, _, _) = hash_from(&name, 1 + first_len);
     Some(Question {
         msg,
         len,
         answers,
         full,
-        suffix,
         name_end: msg + HEADER + name_len as usize,
     })
 }
@@ -276,7 +271,7 @@ mod tests {
     }
 
     fn learn(p: &[u8]) -> Option<(Question, Vec<[u8; 16]>)> {
-        let q = question(p)?;
+        let q = question(p, &mut [0; NAME])?;
         let mut addrs = Vec::new();
         answers(p, &q, |a| addrs.push(a))?;
         Some((q, addrs))
@@ -302,11 +297,9 @@ mod tests {
             name_hash(b"api.openai.com"),
             "case-folded full name"
         );
-        assert_eq!(
-            q.suffix,
-            name_hash(b"openai.com"),
-            "name minus its first label"
-        );
+        let mut name = [0; NAME];
+        question(&p[..], &mut name).unwrap();
+        assert_eq!(crate::wildcard::label_starts(&name, true).count, 3);
         assert_eq!(q.answers, 3);
         assert_eq!(
             addrs,
@@ -319,20 +312,23 @@ mod tests {
     fn ignores_queries_errors_and_other_ports() {
         let a: &[(u16, &[u8])] = &[(TYPE_A, &[10, 0, 0, 9])];
         assert!(
-            question(&packet(0x0100, "api.openai.com", a)[..]).is_none(),
+            question(&packet(0x0100, "api.openai.com", a)[..], &mut [0; NAME]).is_none(),
             "a query"
         );
         assert!(
-            question(&packet(0x8183, "api.openai.com", a)[..]).is_none(),
+            question(&packet(0x8183, "api.openai.com", a)[..], &mut [0; NAME]).is_none(),
             "NXDOMAIN"
         );
         assert!(
-            question(&packet(0x8180, "api.openai.com", &[])[..]).is_none(),
+            question(&packet(0x8180, "api.openai.com", &[])[..], &mut [0; NAME]).is_none(),
             "no answers"
         );
         let mut p = packet(0x8180, "api.openai.com", a);
         p[21] = 54;
-        assert!(question(&p[..]).is_none(), "not from port 53");
+        assert!(
+            question(&p[..], &mut [0; NAME]).is_none(),
+            "not from port 53"
+        );
     }
 
     #[test]
@@ -378,7 +374,10 @@ mod tests {
         let mut p = packet(0x8180, "x", &[(TYPE_A, &[10, 0, 0, 1])]);
         let at = 28 + HEADER;
         p.splice(at..at + 3, name);
-        assert!(question(&p[..]).is_none(), "a zero inside the first label");
+        assert!(
+            question(&p[..], &mut [0; NAME]).is_none(),
+            "a zero inside the first label"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod sni;
+pub mod wildcard;
 
 /// Names of maps and programs, shared so neither side repeats a string.
 pub mod names {
@@ -258,7 +259,10 @@ pub struct AgentConfig {
     /// 1 when some policy rule depends on the process (exe, comm, user):
     /// only then is `MG_PROC_POLICY` consulted.
     pub has_proc_rules: u8,
-    pub _pad: [u8; 2],
+    /// Bit `k` set when some catalog `*.suffix` has `k + 1` labels: the
+    /// suffix lengths worth looking up (`wildcard::below_suffix`).
+    pub suffix_labels: u8,
+    pub _pad: u8,
     /// Bumped on every policy load, echoed in events.
     pub generation: u32,
     /// The proxy's port on 127.0.0.1 and ::1 (host order); 0 = no proxy.

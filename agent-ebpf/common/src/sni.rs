@@ -72,19 +72,6 @@ fn trim_trailing_dot(buf: &mut [u8; NAME], len: usize) -> usize {
     (len - dot) as usize
 }
 
-/// Where the first label of the dotted name in `buf` ends: the index of
-/// its first dot, or of its end.
-#[inline(always)]
-pub fn first_label_len(buf: &[u8; NAME]) -> usize {
-    let (mut seen, mut first) = (0u64, 0u64);
-    for &byte in buf {
-        let dot = ((byte ^ b'.') as u64).wrapping_sub(1) >> 63;
-        seen |= dot;
-        first += 1 - seen;
-    }
-    first as usize
-}
-
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -136,9 +123,6 @@ mod tests {
     fn reads_the_host_name_after_other_extensions() {
         let p = hello(&[(10, &[0, 2, 0, 29]), (0, &sni(b"api.openai.com", 0))]);
         assert_eq!(read(&p).as_deref(), Some("api.openai.com"));
-        let mut buf = [0u8; NAME];
-        server_name(&p[..], 0, p.len(), &mut buf).unwrap();
-        assert_eq!(first_label_len(&buf), 3);
     }
 
     #[test]

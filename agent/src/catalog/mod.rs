@@ -40,11 +40,10 @@ impl HostPattern {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         match self {
             HostPattern::Exact(host) => *host == name,
-            HostPattern::Suffix(suffix) => {
-                name.len() > suffix.len() + 1
-                    && name.ends_with(suffix.as_str())
-                    && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-            }
+            // Any depth below, as the kernel's `wildcard::below_suffix`.
+            HostPattern::Suffix(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|below| below.ends_with('.')),
         }
     }
 }
@@ -89,6 +88,12 @@ impl FromStr for HostPattern {
             return Err(format!("`{raw}` is not a valid host name"));
         }
         let name = name.to_ascii_lowercase();
+        if suffix && agent_common::wildcard::suffix_count_bit(&name).is_none() {
+            return Err(format!(
+                "`{raw}`: a wildcard's suffix may have at most {} labels (the kernel matches names below it at any depth, but looks suffixes up by their label count)",
+                agent_common::wildcard::SUFFIX_LABELS
+            ));
+        }
         Ok(if suffix {
             HostPattern::Suffix(name)
         } else {
@@ -284,6 +289,19 @@ impl Catalog {
         hosts.dedup();
         hosts
     }
+
+    /// Which label counts the `*.suffix` names have, as the kernel's
+    /// `AgentConfig::suffix_labels` bits.
+    pub fn suffix_labels(&self) -> u8 {
+        self.providers
+            .iter()
+            .flat_map(|p| &p.hosts)
+            .filter_map(|h| match h {
+                HostPattern::Suffix(suffix) => agent_common::wildcard::suffix_count_bit(suffix),
+                HostPattern::Exact(_) => None,
+            })
+            .fold(0, |bits, bit| bits | bit)
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +349,11 @@ providers:
         assert_eq!(p("openai.azure.com"), None);
         assert_eq!(p("evilopenai.azure.com"), None);
         assert_eq!(p("api.openai.com"), Some("openai"));
+        assert_eq!(p("a.b.openai.azure.com"), Some("azure"), "any depth");
+        assert_eq!(catalog.suffix_labels(), 1 << 2, "one 3-label suffix");
+        let deep = "providers:\n  - name: x\n    api: openai\n    hosts: [\"*.a.b.c.d.e.f.g.h\"]\n";
+        let err = Catalog::parse("e.yaml", deep).unwrap_err();
+        assert!(err.0[0].message.contains("at most 8 labels"), "{err}");
     }
 
     #[test]
