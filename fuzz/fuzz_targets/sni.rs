@@ -6,9 +6,44 @@
 //! to the server.
 #![no_main]
 
-use agent_common::{dns::NAME, sni};
+use agent_common::{DnsName, dns::NAME, dns_flags, dotted_hash, limits, sni, wildcard};
 use libfuzzer_sys::fuzz_target;
-use modelgate::catalog::sni::{client_hello_sni, connect_target};
+use modelgate::catalog::{
+    HostPattern,
+    sni::{client_hello_sni, connect_target},
+};
+
+/// The kernel's `*.suffix` walk against the agent's `HostPattern` for the
+/// name both read: every suffix of its last 1..=8 labels, and the
+/// same with a byte changed, must match in both or in neither.
+fn wildcards_agree(buf: &[u8; NAME], name: &str) {
+    let labels: Vec<&str> = name.split('.').collect();
+    for k in 1..=wildcard::SUFFIX_LABELS.min(labels.len()) {
+        let suffix = labels[labels.len() - k..].join(".").to_ascii_lowercase();
+        for suffix in [suffix.clone(), format!("x{suffix}")] {
+            let Ok(pattern) = format!("*.{suffix}").parse::<HostPattern>() else {
+                continue;
+            };
+            let entry = DnsName {
+                provider: 1,
+                flags: dns_flags::SNI_SUFFIX,
+                ports: [443; limits::DNS_PORTS],
+            };
+            let key = dotted_hash(suffix.as_bytes());
+            let counts = wildcard::suffix_count_bit(&suffix).unwrap_or(0);
+            let kernel = wildcard::below_suffix(buf, false, counts, dns_flags::SNI_SUFFIX, |h| {
+                (h == key).then_some(entry)
+            });
+            assert_eq!(
+                kernel.is_some(),
+                pattern.matches(name),
+                "{name:?} below *.{suffix}: the kernel says {}, the agent {}",
+                kernel.is_some(),
+                pattern.matches(name)
+            );
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; NAME];
@@ -17,6 +52,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(buf[n..].iter().all(|&b| b == 0), "not NUL-padded");
         buf[..n].to_vec()
     });
+    // Where both read the name (the agent's is the one it decides on).
+    if kernel.is_some()
+        && let Some(name) = client_hello_sni(data)
+    {
+        wildcards_agree(&buf, &name);
+    }
     if let (Some(kernel), Some(agent)) = (&kernel, client_hello_sni(data)) {
         assert!(
             kernel.eq_ignore_ascii_case(agent.as_bytes()),

@@ -204,7 +204,11 @@ mod tests {
         for k in 1..=SUFFIX_LABELS {
             let suffix = parts[parts.len() - k..].join(".");
             let map = catalog(&[(suffix.as_str(), k as u32)]);
-            assert_eq!(provider(&map, name), (Some(k as u32), Some(k as u32)), "{suffix}");
+            assert_eq!(
+                provider(&map, name),
+                (Some(k as u32), Some(k as u32)),
+                "{suffix}"
+            );
             assert_eq!(label_starts(&wire(name), true).count, 11);
         }
         assert!(suffix_count_bit("a.b.c.d.e.f.g.h").is_some());
