@@ -6,14 +6,17 @@
 use agent_common::{
     Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action,
     dns::{NAME, hash_from},
-    dns_flags, egress_kind, sni, v4_mapped,
+    dns_flags, egress_kind,
+    limits::UNNAMED_PROVIDER,
+    sni::{self, Sni},
+    v4_mapped,
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-            bpf_skb_load_bytes,
+            bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
         },
     },
     macros::{cgroup_skb, map},
@@ -23,15 +26,22 @@ use aya_ebpf::{
 
 use crate::{
     dns::MG_DNS_NAMES,
-    maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_REDIRECT_COOKIE, count},
+    maps::{MG_CONFIG, MG_ENDPOINTS, MG_EVENTS, MG_PORTS, MG_REDIRECT_COOKIE, count},
     skb::Skb,
-    sock::resolve_action,
+    sock::{lookup_endpoint, resolve_action},
 };
 
 /// Sockets whose ClientHello was dropped: their retransmissions (sent from
 /// timer context, where "current" is not the sender) are dropped too.
 #[map]
 static MG_BLOCKED_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Sockets to unknown addresses on catalog ports whose first bytes were
+/// judged and passed: the rest of their first flight passes. One that
+/// falls out of the LRU is held back until data is acked, where strict:
+/// a delay, never a pass.
+#[map]
+static MG_JUDGED_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -74,20 +84,53 @@ fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
     }
     let offset = ((ctx.load::<u8>(tcp + 12).ok()? >> 4) as usize) * 4;
     let payload = tcp + offset;
-    // No size cut: a hello with a post-quantum key share is 1.5–2 KB, a
-    // full-size segment (or a GSO super-packet) like bulk data. Bulk data
-    // costs one 8-byte load here, and a TLS record of application data
-    // starts with 0x17, not a handshake.
     let len = (ctx.len() as usize).checked_sub(payload)?;
-    if len < 8 {
+    if len == 0 {
         return None;
     }
-    let head: [u8; 8] = ctx.load(payload).ok()?;
+    let port = u16::from_be(ctx.load::<u16>(tcp + 2).ok()?);
+    let port_flags = MG_PORTS.get(port as u32).map_or(0, |flags| *flags);
+    let catalog_port = port_flags != 0;
+    // The stream offset of this segment while the peer has acked no data
+    // (the SYN counts one in `bytes_acked`): the first flight. Once data
+    // is acked, this is bulk data and costs these few reads.
+    let mut first_flight = None;
+    if catalog_port {
+        let tp = unsafe {
+            let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+            if sk.is_null() {
+                core::ptr::null_mut()
+            } else {
+                let full = bpf_sk_fullsock(sk);
+                if full.is_null() {
+                    core::ptr::null_mut()
+                } else {
+                    bpf_tcp_sock(full)
+                }
+            }
+        };
+        if !tp.is_null() {
+            let (acked, una) = unsafe { ((*tp).bytes_acked, (*tp).snd_una) };
+            if acked > 1 {
+                return None;
+            }
+            let seq = u32::from_be(ctx.load::<u32>(tcp + 4).ok()?);
+            first_flight = Some(seq.wrapping_sub(una));
+        }
+    }
+    let head: [u8; 8] = if len >= 8 {
+        ctx.load(payload).ok()?
+    } else {
+        [0; 8]
+    };
     let kind = if head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01 {
         egress_kind::CLIENT_HELLO
     } else if head == *b"CONNECT " {
         egress_kind::HTTP_CONNECT
+    } else if first_flight.is_some() {
+        egress_kind::UNREADABLE
     } else {
+        // Not a catalog port: only a hello or a CONNECT is looked at.
         return None;
     };
     let addr = if v4 {
@@ -95,52 +138,123 @@ fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
     } else {
         ctx.load::<[u8; 16]>(24).ok()?
     };
-    let port = u16::from_be(ctx.load::<u16>(tcp + 2).ok()?);
     // First: a socket whose hello was dropped stays dropped, even once the
     // agent has learned its address (which would skip the checks below).
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     if unsafe { MG_BLOCKED_SOCKETS.get(cookie) }.is_some() {
         return Some(DROP);
     }
-    // A known endpoint was decided at connect(); nothing to learn.
+    // A redirected connection's hello goes to the proxy: governed already.
+    if unsafe { MG_REDIRECT_COOKIE.get(cookie) }.is_some() {
+        return None;
+    }
     let key = EndpointKey {
         addr,
         port,
         _pad: [0; 2],
     };
-    if kind == egress_kind::CLIENT_HELLO && unsafe { MG_ENDPOINTS.get(key) }.is_some() {
-        return None;
+    // A known endpoint was decided at connect(); nothing to learn. Unless
+    // this is its first flight: the socket may have connected before the
+    // address was learned (from this very hello, read whole after it was
+    // held back), and an endpoint's first bytes may name another provider.
+    let endpoint = if first_flight.is_some() {
+        lookup_endpoint(addr, port, port_flags)
+    } else {
+        if unsafe { MG_ENDPOINTS.get(key) }.is_some() {
+            return None;
+        }
+        None
+    };
+    let config = MG_CONFIG.get(0)?;
+    // The socket's cgroup, whatever runs now (a retransmission is sent
+    // from softirq); the process only when it is the sender's context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let tgid = if unsafe { bpf_get_current_cgroup_id() } == cgroup_id {
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    } else {
+        0
+    };
+    let strict = |provider: u32| {
+        // Another process's verdict must not stand in for the sender's:
+        // where rules name processes and the sender is unknown, strict.
+        if tgid == 0 && config.has_proc_rules != 0 {
+            return true;
+        }
+        let (verdict, _, _) = resolve_action(config, tgid, cgroup_id, provider);
+        // Anything but allow/monitor meant "not directly": first bytes to
+        // an address we did not know are that workload going around it.
+        verdict != action::ALLOW && verdict != action::MONITOR
+    };
+    // What the bytes are judged as when they name nothing: the endpoint's
+    // provider, else a model API the kernel cannot name.
+    let fallback = endpoint.map_or(UNNAMED_PROVIDER as u32, |e| e.provider);
+    if let Some(at) = first_flight {
+        if unsafe { MG_JUDGED_SOCKETS.get(cookie) }.is_some() {
+            return None;
+        }
+        // The proxy's own upstream connections are not the workload's.
+        if tgid != 0 && tgid == config.agent_tgid {
+            let _ = MG_JUDGED_SOCKETS.insert(cookie, 1u8, 0);
+            return None;
+        }
+        // The rest of a first flight whose start could not be judged (or
+        // whose judgement was forgotten): held back where strict. TCP
+        // sends it again, joined to the start (its retransmissions merge
+        // small segments), and the whole is judged from offset 0.
+        if at != 0 {
+            if strict(fallback) {
+                count(Counter::FirstFlightHeld);
+                return Some(DROP);
+            }
+            return None;
+        }
     }
-    // A redirected connection's hello goes to the proxy: governed already.
-    if unsafe { MG_REDIRECT_COOKIE.get(cookie) }.is_some() {
-        return None;
-    }
-    let mut verdict = PASS;
     // More than NAME_SLOTS sends at once on one CPU does not happen; one
     // that did would pass unread, like a packet the program cannot load.
     let name = unsafe { &mut *MG_EGRESS_NAME.get_ptr_mut(level)? };
     *name = [0u8; NAME];
-    let name_len = if kind == egress_kind::CLIENT_HELLO {
-        sni::server_name(&Skb(ctx), payload, len, name).unwrap_or(0)
-    } else {
-        0
-    };
-    if name_len > 0
-        && let Some(config) = MG_CONFIG.get(0)
-        && let Some(provider) = provider_of(name, config.suffix_labels)
-    {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let (verdict_now, _, _) = resolve_action(config, tgid, cgroup_id, provider);
-        // Anything but allow/monitor meant "not directly": a hello to an
-        // address we did not know is that workload going around the policy.
-        if verdict_now != action::ALLOW && verdict_now != action::MONITOR {
+    let mut kind = kind;
+    let mut name_len = 0;
+    if kind == egress_kind::CLIENT_HELLO {
+        match sni::read(&Skb(ctx), payload, len, name) {
+            Sni::Name(n) => name_len = n,
+            Sni::Absent => {}
+            Sni::Unreadable => {
+                if first_flight.is_some() {
+                    kind = egress_kind::UNREADABLE;
+                }
+            }
+        }
+    }
+    let mut verdict = PASS;
+    if kind == egress_kind::UNREADABLE {
+        if strict(fallback) {
+            count(Counter::FirstFlightHeld);
+            verdict = DROP;
+        }
+    } else if kind == egress_kind::CLIENT_HELLO {
+        let named = if name_len > 0 {
+            provider_of(name, config.suffix_labels)
+        } else {
+            None
+        };
+        let provider = named.or(endpoint.map(|e| e.provider));
+        if let Some(provider) = provider
+            && strict(provider)
+        {
             count(Counter::SniBlocked);
             let _ = MG_BLOCKED_SOCKETS.insert(cookie, 1u8, 0);
             verdict = DROP;
         }
     }
-    report(ctx, payload, len, kind, &key, name, name_len);
+    if verdict == PASS && first_flight.is_some() {
+        let _ = MG_JUDGED_SOCKETS.insert(cookie, 1u8, 0);
+    }
+    // The agent hears of what was held back, and of every hello or CONNECT
+    // to an address it does not know (it reads the name itself).
+    if verdict == DROP || (kind != egress_kind::UNREADABLE && endpoint.is_none()) {
+        report(ctx, payload, len, kind, &key, name, name_len);
+    }
     Some(verdict)
 }
 
@@ -202,8 +316,12 @@ fn report(
             len
         };
         (*ptr).len = 0;
-        // A size the verifier can bound: 1..=EGRESS_BYTES.
-        if (1..=EGRESS_BYTES).contains(&copy)
+        // A size the verifier can bound: 1..=EGRESS_BYTES, checked on the
+        // very register the helper gets (a volatile read stops LLVM from
+        // handing it an unchecked copy).
+        let copy = core::ptr::read_volatile(&copy);
+        if copy != 0
+            && copy <= EGRESS_BYTES
             && bpf_skb_load_bytes(
                 ctx.skb.skb.cast(),
                 payload as u32,

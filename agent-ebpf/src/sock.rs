@@ -205,7 +205,7 @@ fn decide(
 }
 
 #[inline(always)]
-fn lookup_endpoint(addr: [u8; 16], port: u16, flags: u8) -> Option<EndpointValue> {
+pub(crate) fn lookup_endpoint(addr: [u8; 16], port: u16, flags: u8) -> Option<EndpointValue> {
     if flags & port_flags::EXACT != 0 {
         let key = EndpointKey {
             addr,

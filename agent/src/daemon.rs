@@ -858,6 +858,10 @@ impl Agent {
             agent_common::egress_kind::HTTP_CONNECT => {
                 (sni::connect_target(bytes), "proxy-connect")
             }
+            agent_common::egress_kind::UNREADABLE => {
+                self.on_unreadable(ev, bytes);
+                return;
+            }
             _ => return,
         };
         let Some(host) = host else { return };
@@ -894,6 +898,32 @@ impl Agent {
         }
         self.alerts.send(watchdog::egress_alert(
             kind, &identity, &provider, &host, ip, ev.port,
+        ));
+    }
+
+    /// First bytes the kernel held back: it could not read them, and the
+    /// workload may not reach some provider directly.
+    fn on_unreadable(&mut self, ev: &agent_common::EgressEvent, bytes: &[u8]) {
+        let ip = from_v6_bytes(ev.addr);
+        if ip.is_loopback() && ev.port == self.proxy_port {
+            return;
+        }
+        let identity = self.identity_of(Who {
+            tgid: ev.header.tgid,
+            pid: ev.header.pid,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: &ev.comm,
+            cgroup_id: ev.cgroup_id,
+        });
+        // A whole hello the agent can read after all names the host.
+        let host = sni::client_hello_sni(bytes);
+        self.alerts.send(watchdog::unreadable_alert(
+            &identity,
+            host.as_deref(),
+            bytes.len(),
+            ip,
+            ev.port,
         ));
     }
 

@@ -128,6 +128,29 @@ pub fn egress_alert(
     alert.with_id()
 }
 
+/// First bytes to an unknown address on a catalog port that the kernel
+/// could not judge and held back (`egress_kind::UNREADABLE`).
+pub fn unreadable_alert(
+    identity: &Identity,
+    host: Option<&str>,
+    bytes: usize,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Alert {
+    let who = identity.who();
+    let message = format!(
+        "{who} (pid {}) sent {bytes} first bytes to {ip}:{port}, a model API port at an address not in the catalog, that the kernel could not read (a ClientHello split across writes or cut short, past the parser's bounds, or not TLS); its policy keeps it from some model API, so they were held back until they can be read whole",
+        identity.tgid
+    );
+    let mut alert = Alert::new("unreadable-first-bytes", Severity::High, message);
+    alert.host = host.map(str::to_string);
+    alert.identity = Some(identity.clone());
+    alert
+        .details
+        .insert("destination".into(), json!({"ip": ip, "port": port}));
+    alert.with_id()
+}
+
 /// `kernel`: what the pinned programs did while no agent ran — `None`
 /// when nothing was pinned (nothing was enforced), else the previous
 /// agent's `fail_open_after` in seconds (0: fail closed, enforcing all

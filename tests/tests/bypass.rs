@@ -480,6 +480,143 @@ fn a_name_several_labels_below_a_wildcard_is_dropped_on_its_first_connection() {
     );
 }
 
+/// A real ClientHello for argv[3] (from Python's TLS stack), sent to
+/// argv[1]:443 in two writes split at each offset of argv[4] (comma-
+/// separated), all at once; then `GET /` in cleartext on one more
+/// connection. Prints, per try, whether the server reacted within 6 s.
+const SPLIT_HELLO: &str = r#"
+import errno, json, socket, ssl, sys, threading, time
+ip, name, offsets = sys.argv[1], sys.argv[2], [int(o) for o in sys.argv[3].split(",")]
+ctx = ssl.create_default_context()
+out = ssl.MemoryBIO()
+obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+try:
+    obj.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+results = {}
+def attempt(label, parts):
+    try:
+        s = socket.create_connection((ip, 443), timeout=5)
+    except OSError as e:
+        # EPERM once the address is learned from a hello read whole.
+        results[label] = errno.errorcode.get(e.errno, str(e))
+        return
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i, part in enumerate(parts):
+        if i:
+            time.sleep(0.05)
+        s.sendall(part)
+    s.settimeout(6)
+    # An answer, a close or a reset: the server read what was sent.
+    try:
+        s.recv(1)
+        results[label] = "reached"
+    except socket.timeout:
+        results[label] = "timeout"
+    except OSError:
+        results[label] = "reached"
+    s.close()
+threads = [threading.Thread(target=attempt, args=(str(k), [hello[:k], hello[k:]])) for k in offsets]
+threads.append(threading.Thread(target=attempt, args=("cleartext", [b"GET / HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n"])))
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"hello": len(hello), "results": results}))
+"#;
+
+/// A listener on `bind` that answers a byte to any byte it receives, on
+/// every connection at once: the server a split hello must never reach.
+fn answer_any_byte(bind: &str) {
+    let listener = std::net::TcpListener::bind(bind).unwrap_or_else(|e| panic!("{bind}: {e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn split_hellos(cgroup: &TestCgroup, ip: &str, offsets: &[usize]) -> serde_json::Value {
+    let offsets: Vec<String> = offsets.iter().map(usize::to_string).collect();
+    let out = output(cgroup.command("python3").args([
+        "-c",
+        SPLIT_HELLO,
+        ip,
+        "api.openai.com",
+        &offsets.join(","),
+    ]));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_client_hello_split_across_writes_is_held_back_under_block_and_reported() {
+    require_root();
+    answer_any_byte("127.0.0.84:443");
+    // 3 bytes then the rest, and every split in the first 64 bytes.
+    let offsets: Vec<usize> = (1..=64).collect();
+
+    // Under monitor nothing is held back: a client that splits its hello
+    // is slowed by nothing.
+    let cgroup = TestCgroup::new("split-monitor");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        OPENAI_AT_9,
+        "default_action: monitor\nrules: []\n",
+    ));
+    let seen = split_hellos(&cgroup, "127.0.0.84", &[3, 40]);
+    for (label, result) in seen["results"].as_object().unwrap() {
+        assert_eq!(result, "reached", "{label}: {seen}");
+    }
+    drop(agent);
+
+    let cgroup = TestCgroup::new("split-block");
+    let agent = Agent::start(AgentSpec::new(
+        &cgroup,
+        OPENAI_AT_9,
+        "default_action: block\nrules: []\n",
+    ));
+    let seen = split_hellos(&cgroup, "127.0.0.84", &offsets);
+    let results = seen["results"].as_object().unwrap();
+    assert_eq!(results.len(), offsets.len() + 1, "{seen}");
+    for (label, result) in results {
+        assert!(
+            result == "timeout" || result == "EPERM",
+            "split at {label} must not reach the server: {seen}"
+        );
+    }
+    // TCP sends the start again joined to the rest: then the whole hello
+    // is read, its name known, the address learned and reported.
+    let alert = wait_for_alert(&agent, "unknown-address", Duration::from_secs(10));
+    assert_eq!(alert["host"], "api.openai.com", "{alert:#}");
+    assert_eq!(alert["destination"]["ip"], "127.0.0.84", "{alert:#}");
+    let held = wait_for_alert(&agent, "unreadable-first-bytes", Duration::from_secs(10));
+    assert_eq!(held["destination"]["ip"], "127.0.0.84", "{held:#}");
+    assert!(
+        held["identity"]["exe"]
+            .as_str()
+            .unwrap_or("")
+            .contains("python"),
+        "{held:#}"
+    );
+}
+
 #[test]
 fn connect_through_an_http_proxy_to_a_model_api_is_reported() {
     require_root();

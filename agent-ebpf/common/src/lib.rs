@@ -57,8 +57,13 @@ pub mod limits {
     pub const MAX_CGROUPS: u32 = 16_384;
     pub const MAX_PROCS: u32 = 65_536;
     /// Provider ids index `PolicyEntry::actions`; the agent refuses a catalog
-    /// with more providers than this.
+    /// with more providers than this, less the [`UNNAMED_PROVIDER`] slot.
     pub const MAX_PROVIDERS: usize = 64;
+    /// The slot of a model API the kernel cannot name: first bytes to an
+    /// unknown address on a catalog port that it cannot read. Its verdict
+    /// is `BLOCK` where the workload's verdict for any provider is
+    /// something other than allow or monitor (the agent folds it).
+    pub const UNNAMED_PROVIDER: usize = MAX_PROVIDERS - 1;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
     /// Bytes of the exec'd file name carried in an exec event.
@@ -156,10 +161,14 @@ pub enum Counter {
     /// Of `EventsLost`, the connect decisions: connects to an endpoint
     /// that were decided but have no event record.
     ConnectEventsLost = 14,
+    /// First bytes to an unknown address on a catalog port held back (a
+    /// segment dropped) because the kernel could not judge them and the
+    /// workload's verdict is strict.
+    FirstFlightHeld = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -176,6 +185,7 @@ impl Counter {
         Counter::SniBlocked,
         Counter::FailOpen,
         Counter::ConnectEventsLost,
+        Counter::FirstFlightHeld,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -195,6 +205,7 @@ impl Counter {
             Counter::SniBlocked => "sni_blocked",
             Counter::FailOpen => "fail_open",
             Counter::ConnectEventsLost => "connect_events_lost",
+            Counter::FirstFlightHeld => "first_flight_held",
         }
     }
 }
@@ -323,6 +334,11 @@ pub enum EventKind {
 pub mod egress_kind {
     pub const CLIENT_HELLO: u32 = 1;
     pub const HTTP_CONNECT: u32 = 2;
+    /// The first bytes sent to an unknown address on a catalog port that
+    /// the kernel could not judge (a hello split across writes or cut
+    /// short, past the parser's bounds, not TLS): dropped where the
+    /// workload's verdict is strict (`dropped`), else passed.
+    pub const UNREADABLE: u32 = 3;
 }
 
 /// Bytes of a ClientHello / CONNECT request copied to the agent.

@@ -8,15 +8,27 @@
 use crate::dns::{NAME, Packet};
 
 /// Extensions walked looking for server_name. Clients put it among the
-/// first few; a hello that hides it further is still reported to the
-/// agent, just not dropped in the kernel.
+/// first few; a hello that hides it further cannot be judged in the
+/// kernel ([`Sni::Unreadable`]).
 pub const MAX_EXTENSIONS: usize = 24;
+
+/// What the kernel could tell of a ClientHello's server name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sni {
+    /// A host name of this many bytes.
+    Name(usize),
+    /// Every extension walked, none a server_name: a hello to an address
+    /// without a name (a server reached by IP).
+    Absent,
+    /// Not judged: cut off in these bytes, past [`MAX_EXTENSIONS`], a
+    /// name that is not a host_name or does not fit `NAME - 1` bytes.
+    Unreadable,
+}
 
 /// Fills `buf` with the host name of the ClientHello at `payload` (`len`
 /// bytes from there), NUL-padded and without its trailing dot (the root,
-/// as the agent reads it), and returns its length. `None` when there is no
-/// server_name extension within [`MAX_EXTENSIONS`], it is not a host_name,
-/// or the name does not fit `NAME - 1` bytes, or is only the dot.
+/// as the agent reads it), and returns its length. `None` unless
+/// [`read`] finds a name.
 #[inline(always)]
 pub fn server_name<P: Packet + ?Sized>(
     p: &P,
@@ -24,6 +36,26 @@ pub fn server_name<P: Packet + ?Sized>(
     len: usize,
     buf: &mut [u8; NAME],
 ) -> Option<usize> {
+    match read(p, payload, len, buf) {
+        Sni::Name(len) => Some(len),
+        Sni::Absent | Sni::Unreadable => None,
+    }
+}
+
+/// The server name of the ClientHello at `payload` (`len` bytes from
+/// there), written to `buf` as [`server_name`] does, or why there is none.
+#[inline(always)]
+pub fn read<P: Packet + ?Sized>(p: &P, payload: usize, len: usize, buf: &mut [u8; NAME]) -> Sni {
+    walk(p, payload, len, buf).unwrap_or(Sni::Unreadable)
+}
+
+#[inline(always)]
+fn walk<P: Packet + ?Sized>(
+    p: &P,
+    payload: usize,
+    len: usize,
+    buf: &mut [u8; NAME],
+) -> Option<Sni> {
     let end = payload + len;
     // record (5) + handshake header (4) + version (2) + random (32)
     let mut pos = payload + 43;
@@ -32,9 +64,14 @@ pub fn server_name<P: Packet + ?Sized>(
     pos += 1 + p.byte(pos)? as usize;
     let extensions_end = pos + 2 + p.be16(pos)? as usize;
     pos += 2;
-    let mut sni_at = 0usize;
+    let (mut sni_at, mut walked) = (0usize, false);
     for _ in 0..MAX_EXTENSIONS {
-        if pos + 4 > extensions_end || pos + 4 > end {
+        if pos + 4 > extensions_end {
+            // The list ends here, unless it has trailing bytes.
+            walked = pos == extensions_end;
+            break;
+        }
+        if pos + 4 > end {
             break;
         }
         let header: [u8; 4] = p.load(pos)?;
@@ -45,7 +82,7 @@ pub fn server_name<P: Packet + ?Sized>(
         pos += 4 + u16::from_be_bytes([header[2], header[3]]) as usize;
     }
     if sni_at == 0 {
-        return None;
+        return Some(if walked { Sni::Absent } else { Sni::Unreadable });
     }
     // server_name_list length (2), name type (1), name length (2).
     if p.byte(sni_at + 2)? != 0 {
@@ -57,7 +94,7 @@ pub fn server_name<P: Packet + ?Sized>(
     }
     p.load_name(sni_at + 5, name_len, buf)?;
     let len = trim_trailing_dot(buf, name_len);
-    (len > 0).then_some(len)
+    (len > 0).then_some(Sni::Name(len))
 }
 
 /// Zeroes a dot at the end of the `len` bytes of `buf`; the new length.
@@ -146,5 +183,35 @@ mod tests {
         assert_eq!(read(&hello(&exts)), None);
         let p = hello(&[(0, &sni(b"api.openai.com", 0))]);
         assert_eq!(read(&p[..p.len() - 4]), None, "cut off");
+    }
+
+    fn kind(packet: &[u8]) -> Sni {
+        super::read(packet, 0, packet.len(), &mut [0u8; NAME])
+    }
+
+    #[test]
+    fn tells_a_hello_without_a_name_from_one_that_cannot_be_read() {
+        assert_eq!(kind(&hello(&[(10, &[0, 2, 0, 29])])), Sni::Absent);
+        assert_eq!(kind(&hello(&[])), Sni::Absent, "no extensions at all");
+        let p = hello(&[(0, &sni(b"api.openai.com", 0))]);
+        assert_eq!(kind(&p), Sni::Name(14));
+        // Each of these could hide a name the server reads.
+        for cut in [3, 20, 50, p.len() - 4] {
+            assert_eq!(kind(&p[..cut]), Sni::Unreadable, "cut at {cut}");
+        }
+        let padding = [(21u16, &[0u8; 4][..]); MAX_EXTENSIONS];
+        assert_eq!(kind(&hello(&padding)), Sni::Unreadable, "past the walk");
+        assert_eq!(
+            kind(&hello(&[(0, &sni(b"api.openai.com", 1))])),
+            Sni::Unreadable
+        );
+        assert_eq!(
+            kind(&hello(&[(0, &sni(&[b'a'; NAME], 0))])),
+            Sni::Unreadable
+        );
+        // A cut inside the last extension's data, after its header: the
+        // name is not there.
+        let p = hello(&[(10, &[0u8; 40])]);
+        assert_eq!(kind(&p[..p.len() - 20]), Sni::Absent);
     }
 }

@@ -1,7 +1,7 @@
 //! Folding the ordered rules into what the kernel looks up at connect():
 //! a global entry, per-cgroup entries and per-process entries.
 
-use agent_common::{PolicyEntry, RULE_DEFAULT, action, limits::MAX_PROVIDERS};
+use agent_common::{PolicyEntry, RULE_DEFAULT, action, limits::UNNAMED_PROVIDER};
 use thiserror::Error;
 
 use super::{CgroupFacts, Policy, ProcFacts};
@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 #[derive(Debug, Error)]
 pub enum IdError {
     #[error(
-        "more than {MAX_PROVIDERS} distinct provider names were loaded since the agent started; restart the agent to renumber them"
+        "more than {UNNAMED_PROVIDER} distinct provider names were loaded since the agent started; restart the agent to renumber them"
     )]
     TooManyProviders,
     #[error(
@@ -32,7 +32,7 @@ impl Ids {
         if let Some(id) = self.providers.iter().position(|p| p == name) {
             return Ok(id as u32);
         }
-        if self.providers.len() >= MAX_PROVIDERS {
+        if self.providers.len() >= UNNAMED_PROVIDER {
             return Err(IdError::TooManyProviders);
         }
         self.providers.push(name.to_string());
@@ -111,7 +111,30 @@ impl Compiled {
             };
             entry.rules[slot] = self.rule_ids[index];
         }
+        self.fold_unnamed(&mut entry);
         entry
+    }
+
+    /// The verdict for a model API the kernel cannot name (first bytes it
+    /// cannot read): strict (`BLOCK`) when this level is strict for any
+    /// provider, since the bytes could be that provider's; else no opinion
+    /// while some provider falls through to the next level; else monitor.
+    fn fold_unnamed(&self, entry: &mut PolicyEntry) {
+        let actions = self
+            .providers
+            .iter()
+            .map(|(id, _)| entry.actions[*id as usize]);
+        let strict = actions
+            .clone()
+            .any(|a| !matches!(a, action::NONE | action::ALLOW | action::MONITOR));
+        entry.actions[UNNAMED_PROVIDER] = if strict {
+            action::BLOCK
+        } else if actions.clone().any(|a| a == action::NONE) {
+            action::NONE
+        } else {
+            action::MONITOR
+        };
+        entry.rules[UNNAMED_PROVIDER] = RULE_DEFAULT;
     }
 
     /// For identities that match no identity condition: kept under cgroup
