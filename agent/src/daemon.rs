@@ -285,6 +285,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         adopted = programs.pins.adopting,
         switched = attached.switched,
         attached = attached.attached,
+        programs = attached.switched + attached.attached,
         "programs in force"
     );
     let (heartbeat, gap) = Heartbeat::open(&agent.settings.proxy.state_dir);

@@ -23,6 +23,20 @@ pub struct Status {
     pub alerts_pending: u64,
     #[serde(default)]
     pub memory: crate::memory::Memory,
+    /// Requests the proxy audited since start.
+    #[serde(default)]
+    pub requests: RequestTotals,
+}
+
+/// Requests the proxy audited since the agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTotals {
+    /// Every audit record: served, failed or refused.
+    pub audited: u64,
+    /// Served but failed: upstream error, client gone, HTTP status >= 400.
+    pub errors: u64,
+    /// Refused by the policy (blocked, quarantined, data, budget, ...).
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +55,10 @@ pub struct Attach {
 pub struct Program {
     pub name: String,
     pub attached: bool,
+    /// `cgroup` (checked against the kernel at each status) or `host` (a
+    /// host-wide tracepoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +72,12 @@ pub struct PolicyStatus {
     pub generation: u32,
     pub providers: usize,
     pub rules: usize,
+    /// The default action in force.
     pub default_action: String,
+    /// Where it comes from: `policy` (the file) or `override`
+    /// (`--default-action` or agent.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

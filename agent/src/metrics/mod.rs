@@ -144,8 +144,17 @@ impl Drop for InFlight {
     }
 }
 
+/// Audited requests since start, for `modelgate status`.
+#[derive(Debug, Default)]
+struct Totals {
+    audited: AtomicU64,
+    errors: AtomicU64,
+    refused: AtomicU64,
+}
+
 pub struct Metrics {
     registry: Registry,
+    totals: Totals,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
@@ -311,6 +320,7 @@ impl Metrics {
             otlp_failed,
             queues: Mutex::new(Vec::new()),
             workloads: Mutex::new(HashSet::new()),
+            totals: Totals::default(),
         })
     }
 
@@ -326,7 +336,23 @@ impl Metrics {
         }
     }
 
+    /// Audited requests since start: all, failed (upstream error, client
+    /// gone, an HTTP error status), refused by policy.
+    pub fn request_totals(&self) -> crate::control::status::RequestTotals {
+        crate::control::status::RequestTotals {
+            audited: self.totals.audited.load(Ordering::Relaxed),
+            errors: self.totals.errors.load(Ordering::Relaxed),
+            refused: self.totals.refused.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn observe(&self, record: &AuditRecord) {
+        self.totals.audited.fetch_add(1, Ordering::Relaxed);
+        if record.decision == "refused" {
+            self.totals.refused.fetch_add(1, Ordering::Relaxed);
+        } else if record.outcome != "ok" || record.status.is_some_and(|s| s >= 400) {
+            self.totals.errors.fetch_add(1, Ordering::Relaxed);
+        }
         let workload = self.workload(record);
         let model = record.model.clone().unwrap_or_else(|| "unknown".into());
         self.requests

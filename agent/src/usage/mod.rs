@@ -142,6 +142,10 @@ impl Row {
 pub struct UsageLog {
     tx: mpsc::Sender<Row>,
     pub dropped: Arc<AtomicU64>,
+    /// Rows in the store since start.
+    pub written: Arc<AtomicU64>,
+    /// Rows whose transaction failed: lost.
+    pub failed: Arc<AtomicU64>,
 }
 
 impl UsageLog {
@@ -190,6 +194,9 @@ pub fn open_rw(path: &Path) -> Result<Connection> {
 pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHandle<()>)> {
     let mut conn = open_rw(&path(state_dir))?;
     let (tx, mut rx) = mpsc::channel::<Row>(QUEUE);
+    let written = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (rows_written, rows_failed) = (written.clone(), failed.clone());
     let writer = std::thread::Builder::new()
         .name("usage-writer".into())
         .spawn(move || {
@@ -203,8 +210,14 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
                 {
                     batch.push(row);
                 }
-                if let Err(err) = insert(&mut conn, &batch) {
-                    error!(error = %err, rows = batch.len(), "cannot write usage rows");
+                match insert(&mut conn, &batch) {
+                    Ok(()) => {
+                        rows_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        rows_failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        error!(error = %err, rows = batch.len(), "cannot write usage rows");
+                    }
                 }
                 batch.clear();
                 if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
@@ -220,6 +233,8 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
         UsageLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            written,
+            failed,
         },
         writer,
     ))
