@@ -63,7 +63,10 @@ pub async fn serve<I>(
     let service = service_fn(move |request| {
         let (shared, conn, host) = (shared.clone(), conn.clone(), host.clone());
         async move {
-            let in_flight = shared.metrics.request_in_flight();
+            let in_flight = (
+                shared.metrics.request_in_flight(),
+                shared.live.start(&conn.info.identity),
+            );
             let response = handle(shared, conn, request, scheme, host).await;
             Ok::<_, Infallible>(in_flight::hold(response, in_flight))
         }
