@@ -806,7 +806,7 @@ impl Agent {
         if new.is_empty() {
             return;
         }
-        debug!(%provider, addrs = ?new, "learned from DNS");
+        debug!(%provider, addrs = %crate::record::list(&new), "learned from DNS");
         // One key per new address and port, not a rebuild of the whole set:
         // answers can come by the thousand.
         let Some(entry) = self.catalog.provider(&provider) else {
@@ -1042,7 +1042,7 @@ impl Agent {
             .filter(|name| !self.tampered.contains(name))
             .collect();
         if !new.is_empty() {
-            error!(programs = ?new, "modelgate's programs were detached by someone else");
+            error!(programs = %new.join(", "), "modelgate's programs were detached by someone else");
             let cgroup = self.settings.cgroup.display().to_string();
             self.alerts.send(watchdog::tamper_alert(&new, &cgroup));
         }
