@@ -45,7 +45,17 @@ print(json.dumps({"content_type": content_type, "body": body, "families": famili
 const FAMILIES: &[(&str, &str)] = &[
     ("modelgate_requests", "counter"),
     ("modelgate_gen_ai_usage_tokens", "counter"),
+    ("modelgate_gen_ai_usage_cache_read_input_tokens", "counter"),
+    ("modelgate_gen_ai_usage_reasoning_output_tokens", "counter"),
     ("modelgate_request_duration_seconds", "histogram"),
+    (
+        "modelgate_gen_ai_client_operation_time_to_first_chunk_seconds",
+        "histogram",
+    ),
+    (
+        "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds",
+        "histogram",
+    ),
     ("modelgate_kernel", "counter"),
     ("modelgate_records_dropped", "counter"),
     ("modelgate_map_entries", "gauge"),
@@ -286,6 +296,53 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
             scraped.sum("modelgate_kernel_total", ("counter", "redirected")) >= 5.0,
             "the kernel's redirects are counted\n{}",
             scraped.body
+        );
+        // The stand-in reports 4 cached and 2 reasoning tokens per plain
+        // answer; the one stream (6 chunks and a usage chunk, 0.3 s apart)
+        // is timed: its first chunk once, the 6 after it each.
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_usage_cache_read_input_tokens_total",
+                ("provider", "openai")
+            ),
+            12.0,
+            "{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_usage_reasoning_output_tokens_total",
+                ("provider", "openai")
+            ),
+            6.0,
+            "{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_client_operation_time_to_first_chunk_seconds_count",
+                ("provider", "openai")
+            ),
+            1.0,
+            "only the stream has a first chunk\n{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds_count",
+                ("provider", "openai")
+            ),
+            6.0,
+            "every chunk after the first\n{}",
+            scraped.body
+        );
+        let gaps = scraped.sum(
+            "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds_sum",
+            ("provider", "openai"),
+        );
+        assert!(
+            (1.2..3.0).contains(&gaps),
+            "6 gaps of about 0.3 s: {gaps}"
         );
         let spools: Vec<&Value> = scraped.families["modelgate_alerts_spool_depth"]
             .1

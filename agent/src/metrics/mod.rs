@@ -29,6 +29,13 @@ use prometheus_client::{
 
 use crate::audit::AuditRecord;
 
+/// The GenAI semantic conventions' bucket advice for
+/// `gen_ai.client.operation.time_to_first_chunk` and
+/// `time_per_output_chunk` (seconds).
+pub const CHUNK_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
 /// Distinct workload labels kept; the rest are counted as `other`, so one
 /// host cannot blow up a Prometheus server's series count.
 pub const MAX_WORKLOADS: usize = 100;
@@ -157,7 +164,11 @@ pub struct Metrics {
     totals: Totals,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    cache_read_tokens: Family<LatencyLabels, Counter>,
+    reasoning_tokens: Family<LatencyLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    first_chunk: Family<LatencyLabels, Histogram>,
+    per_chunk: Family<LatencyLabels, Histogram>,
     kernel: Family<CounterLabels, Counter>,
     dropped: Family<QueueLabels, Counter>,
     otlp_exported: Family<SignalLabels, Counter>,
@@ -196,6 +207,38 @@ impl Metrics {
             "gen_ai_usage_tokens",
             "Tokens used (gen_ai.usage.input_tokens / output_tokens)",
             tokens.clone(),
+        );
+        let cache_read_tokens = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "gen_ai_usage_cache_read_input_tokens",
+            "Input tokens read from the provider's prompt cache, where it reports them \
+             (gen_ai.usage.cache_read.input_tokens; part of the input tokens)",
+            cache_read_tokens.clone(),
+        );
+        let reasoning_tokens = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "gen_ai_usage_reasoning_output_tokens",
+            "Output tokens spent on reasoning, where the provider reports them \
+             (gen_ai.usage.reasoning.output_tokens)",
+            reasoning_tokens.clone(),
+        );
+        let first_chunk = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(CHUNK_BOUNDS)
+        });
+        registry.register(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Streams only: from the request's arrival to the first chunk of the answer \
+             (gen_ai.client.operation.time_to_first_chunk)",
+            first_chunk.clone(),
+        );
+        let per_chunk = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(CHUNK_BOUNDS)
+        });
+        registry.register(
+            "gen_ai_client_operation_time_per_output_chunk_seconds",
+            "Streams only: for each chunk after the first, the time since the previous one \
+             (gen_ai.client.operation.time_per_output_chunk)",
+            per_chunk.clone(),
         );
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -313,7 +356,11 @@ impl Metrics {
             alerts: Mutex::new(None),
             requests,
             tokens,
+            cache_read_tokens,
+            reasoning_tokens,
             latency,
+            first_chunk,
+            per_chunk,
             kernel,
             dropped,
             otlp_exported,
@@ -379,12 +426,30 @@ impl Metrics {
                     .inc_by(count);
             }
         }
+        let labels = LatencyLabels {
+            provider: record.provider.clone(),
+            model,
+            workload,
+        };
+        if let Some(count) = record.tokens.cache_read {
+            self.cache_read_tokens.get_or_create(&labels).inc_by(count);
+        }
+        if let Some(count) = record.tokens.reasoning {
+            self.reasoning_tokens.get_or_create(&labels).inc_by(count);
+        }
+        if let Some(first) = record.time_to_first_chunk_ms {
+            self.first_chunk
+                .get_or_create(&labels)
+                .observe(first / 1000.0);
+        }
+        if !record.chunk_gaps_s.is_empty() {
+            let per_chunk = self.per_chunk.get_or_create(&labels);
+            for gap in &record.chunk_gaps_s {
+                per_chunk.observe(f64::from(*gap));
+            }
+        }
         self.latency
-            .get_or_create(&LatencyLabels {
-                provider: record.provider.clone(),
-                model,
-                workload,
-            })
+            .get_or_create(&labels)
             .observe(record.latency_ms / 1000.0);
     }
 
@@ -455,6 +520,10 @@ impl Metrics {
         drop(self.requests.get_or_create(&RequestLabels::default()));
         drop(self.tokens.get_or_create(&TokenLabels::default()));
         drop(self.latency.get_or_create(&LatencyLabels::default()));
+        drop(self.cache_read_tokens.get_or_create(&LatencyLabels::default()));
+        drop(self.reasoning_tokens.get_or_create(&LatencyLabels::default()));
+        drop(self.first_chunk.get_or_create(&LatencyLabels::default()));
+        drop(self.per_chunk.get_or_create(&LatencyLabels::default()));
         drop(self.kernel.get_or_create(&CounterLabels::default()));
         drop(self.dropped.get_or_create(&QueueLabels::default()));
         drop(self.otlp_exported.get_or_create(&SignalLabels::default()));

@@ -621,9 +621,15 @@ impl ObservedBody {
         pending.audit.tokens = Tokens {
             input: usage.input_tokens,
             output: usage.output_tokens,
+            cache_read: usage.cache_read_input_tokens,
+            reasoning: usage.reasoning_output_tokens,
         };
         if self.event_stream {
             pending.audit.stream_events = Some(self.observer.events);
+            let chunks = self.observer.take_chunks();
+            pending.audit.time_to_first_chunk_ms =
+                chunks.first.map(|at| ms(at.duration_since(pending.started)));
+            pending.audit.chunk_gaps_s = chunks.gaps;
         }
         let shared = &pending.shared;
         let tokens = usage.input_tokens.unwrap_or(0) + usage.output_tokens.unwrap_or(0);

@@ -80,6 +80,10 @@ pub struct Row {
     pub container: Option<String>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Of the input, read from the provider's cache (where reported).
+    pub cache_read_tokens: Option<u64>,
+    /// Of the output, spent on reasoning (where reported).
+    pub reasoning_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub latency_ms: Option<f64>,
 }
@@ -113,6 +117,8 @@ impl Row {
             rule: record.rule.clone(),
             input_tokens: record.tokens.input,
             output_tokens: record.tokens.output,
+            cache_read_tokens: record.tokens.cache_read,
+            reasoning_tokens: record.tokens.reasoning,
             cost_usd: record.cost_usd,
             latency_ms: Some(record.latency_ms),
             ..Row::who(&record.identity)
@@ -245,8 +251,10 @@ pub fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (ts_ms, kind, coverage, error, provider, model, rule, pid, uid,
-                user, exe, unit, container, input_tokens, output_tokens, cost_usd, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                user, exe, unit, container, input_tokens, output_tokens, cost_usd, latency_ms,
+                cache_read_tokens, reasoning_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -267,6 +275,8 @@ pub fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 r.output_tokens.map(|t| t as i64),
                 r.cost_usd,
                 r.latency_ms,
+                r.cache_read_tokens.map(|t| t as i64),
+                r.reasoning_tokens.map(|t| t as i64),
             ])?;
         }
     }
