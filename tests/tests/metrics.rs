@@ -350,10 +350,7 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
             "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds_sum",
             ("provider", "openai"),
         );
-        assert!(
-            (1.2..3.0).contains(&gaps),
-            "6 gaps of about 0.3 s: {gaps}"
-        );
+        assert!((1.2..3.0).contains(&gaps), "6 gaps of about 0.3 s: {gaps}");
         let spools: Vec<&Value> = scraped.families["modelgate_alerts_spool_depth"]
             .1
             .iter()

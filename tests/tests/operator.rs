@@ -90,7 +90,15 @@ fn status_counts_requests_and_names_every_sink_truthfully() {
     let elsewhere = tempfile::tempdir().unwrap();
     let alerts_file = elsewhere.path().join("alerts.jsonl");
     let config = format!("alerts:\n  file:\n    path: {}\n", alerts_file.display());
-    let s = setup_with_config("opsstatus", "127.0.2.41", DATA_POLICY, 1, 0.0, false, &config);
+    let s = setup_with_config(
+        "opsstatus",
+        "127.0.2.41",
+        DATA_POLICY,
+        1,
+        0.0,
+        false,
+        &config,
+    );
     let state = s.agent.state_dir();
 
     let (served, code) = call(&s, &chat("gpt-4o-mini", "hello"));
@@ -168,10 +176,16 @@ fn status_counts_requests_and_names_every_sink_truthfully() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let line = loop {
         let log = s.agent.log_text();
-        if let Some(line) = log.lines().find(|l| l.contains("TLS handshake with the client failed")) {
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("TLS handshake with the client failed"))
+        {
             break line.to_string();
         }
-        assert!(Instant::now() < deadline, "no handshake failure logged:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no handshake failure logged:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
@@ -184,14 +198,20 @@ fn status_counts_requests_and_names_every_sink_truthfully() {
 fn explain_uses_the_running_agents_policy_and_override() {
     require_root();
     let cgroup = TestCgroup::new("opsexplain");
-    let endpoints =
-        "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.2.42]\n";
+    let endpoints = "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    addresses: [127.0.2.42]\n";
     let mut spec = AgentSpec::new(&cgroup, endpoints, "default_action: monitor\nrules: []\n");
     spec.extra_args = &["--default-action", "redirect"];
     let mut agent = Agent::start(spec);
     let state = agent.state_dir();
     let policies = agent.policies_dir().display().to_string();
-    let ask = ["policy", "explain", "--host", "api.openai.com", "--model", "gpt-4o-mini"];
+    let ask = [
+        "policy",
+        "explain",
+        "--host",
+        "api.openai.com",
+        "--model",
+        "gpt-4o-mini",
+    ];
 
     // Without --policies: the running agent's directory, and its override.
     let text = cli_ok(&state, &ask);
@@ -267,7 +287,11 @@ impl Drop for Tmux {
 fn rows_ending<'a>(screen: &'a str, key: &str) -> Vec<&'a str> {
     screen
         .lines()
-        .filter(|line| line.split_whitespace().next().is_some_and(|k| k.ends_with(key)))
+        .filter(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|k| k.ends_with(key))
+        })
         .collect()
 }
 
@@ -297,7 +321,9 @@ fn top_shows_streams_in_flight_drops_exited_clients_and_keeps_file_names() {
     // A client installed deep down, as pyenv does: the path is longer than
     // the key column.
     let tree = tempfile::tempdir().unwrap();
-    let bin = tree.path().join("root/.pyenv/versions/3.12.7/lib/python3.12/bin");
+    let bin = tree
+        .path()
+        .join("root/.pyenv/versions/3.12.7/lib/python3.12/bin");
     std::fs::create_dir_all(&bin).unwrap();
     let client = bin.join("curl-stream");
     std::fs::copy("/usr/bin/curl", &client).unwrap();
@@ -309,7 +335,15 @@ fn top_shows_streams_in_flight_drops_exited_clients_and_keeps_file_names() {
         s.agent.state_dir().display()
     );
     let started = output(Command::new("tmux").args([
-        "new-session", "-d", "-s", &session, "-x", "80", "-y", "24", &command,
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
     ]));
     assert!(
         started.status.success(),
@@ -330,7 +364,10 @@ fn top_shows_streams_in_flight_drops_exited_clients_and_keeps_file_names() {
         .map(ToOwned::to_owned)
         .collect();
     let mut stream = s.cgroup.command(client.to_str().unwrap());
-    stream.args(&args).stdout(Stdio::null()).stderr(Stdio::null());
+    stream
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // --max-time 10 from the shared curl arguments would cut it; override.
     stream.args(["--max-time", "60"]);
     let mut stream = stream.spawn().unwrap();
@@ -371,7 +408,11 @@ fn top_shows_streams_in_flight_drops_exited_clients_and_keeps_file_names() {
     tmux.keys("g");
     let screen = tmux.wait_for("the exe grouping", |screen| screen.contains("group: exe"));
     let rows = rows_ending(&screen, "/curl-stream");
-    assert_eq!(rows.len(), 1, "the client's file name is on screen:\n{screen}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the client's file name is on screen:\n{screen}"
+    );
     let key = rows[0].split_whitespace().next().unwrap();
     assert!(
         key.starts_with("/tmp/") && key.contains('…'),
@@ -428,7 +469,10 @@ fn a_folded_alert_is_listed_once_unless_all_is_asked() {
         1,
         "{table}"
     );
-    let all = cli_ok(dir.path(), &["alerts", "--json", "--all", "--file", &file_arg]);
+    let all = cli_ok(
+        dir.path(),
+        &["alerts", "--json", "--all", "--file", &file_arg],
+    );
     assert_eq!(all.lines().count(), 4, "--all: every stored line:\n{all}");
 }
 
@@ -460,7 +504,10 @@ fn each_redacting_rule_raises_a_folded_data_finding_alert() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let alert = loop {
         let out = cli_ok(&state, &["alerts", "--json", "--type", "data-finding"]);
-        let alerts: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let alerts: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         if alerts.len() == 1 && alerts[0]["count"] == 3 {
             break alerts[0].clone();
         }
@@ -472,13 +519,23 @@ fn each_redacting_rule_raises_a_folded_data_finding_alert() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(alert["rule"], "protect-data", "{alert:#}");
-    assert_eq!(alert["severity"], "warning", "redacted data did not leave: {alert:#}");
+    assert_eq!(
+        alert["severity"], "warning",
+        "redacted data did not leave: {alert:#}"
+    );
     assert!(alert["classes"].to_string().contains("email"), "{alert:#}");
     assert_eq!(alert["actions"]["email"], "redact", "{alert:#}");
     assert_eq!(
         alert["identity"]["exe"], "/usr/bin/curl",
         "who sent it: {alert:#}"
     );
-    let all = cli_ok(&state, &["alerts", "--json", "--all", "--type", "data-finding"]);
-    assert_eq!(all.lines().count(), 2, "stored: the first, then the fold:\n{all}");
+    let all = cli_ok(
+        &state,
+        &["alerts", "--json", "--all", "--type", "data-finding"],
+    );
+    assert_eq!(
+        all.lines().count(),
+        2,
+        "stored: the first, then the fold:\n{all}"
+    );
 }

@@ -55,10 +55,12 @@ pub fn latest_per_id(lines: Vec<(String, Value)>) -> Vec<(String, Value)> {
     lines
         .into_iter()
         .enumerate()
-        .filter(|(i, (_, alert))| match text(alert, "id").filter(|id| !id.is_empty()) {
-            Some(id) => last.get(id) == Some(i),
-            None => true,
-        })
+        .filter(
+            |(i, (_, alert))| match text(alert, "id").filter(|id| !id.is_empty()) {
+                Some(id) => last.get(id) == Some(i),
+                None => true,
+            },
+        )
         .map(|(_, line)| line)
         .collect()
 }

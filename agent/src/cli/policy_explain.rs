@@ -305,7 +305,9 @@ fn agent_in_force(state_dir: Option<&Path>) -> Option<(AgentInForce, PathBuf, bo
     let status: Status = match reply.ok().and_then(|r| r.json()) {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("the agent's status could not be read ({err:#}); explaining against the files alone");
+            eprintln!(
+                "the agent's status could not be read ({err:#}); explaining against the files alone"
+            );
             return None;
         }
     };
@@ -415,7 +417,10 @@ fn describe(source: &Source) -> String {
     };
     match &source.agent {
         Some(agent) if agent.version == source.version => {
-            format!("{files}, in force in the running agent (pid {}); {default}", agent.pid)
+            format!(
+                "{files}, in force in the running agent (pid {}); {default}",
+                agent.pid
+            )
         }
         Some(agent) => format!(
             "{files}, changed since the running agent (pid {}) loaded version {}: \

@@ -520,8 +520,14 @@ impl Metrics {
         drop(self.requests.get_or_create(&RequestLabels::default()));
         drop(self.tokens.get_or_create(&TokenLabels::default()));
         drop(self.latency.get_or_create(&LatencyLabels::default()));
-        drop(self.cache_read_tokens.get_or_create(&LatencyLabels::default()));
-        drop(self.reasoning_tokens.get_or_create(&LatencyLabels::default()));
+        drop(
+            self.cache_read_tokens
+                .get_or_create(&LatencyLabels::default()),
+        );
+        drop(
+            self.reasoning_tokens
+                .get_or_create(&LatencyLabels::default()),
+        );
         drop(self.first_chunk.get_or_create(&LatencyLabels::default()));
         drop(self.per_chunk.get_or_create(&LatencyLabels::default()));
         drop(self.kernel.get_or_create(&CounterLabels::default()));

@@ -405,12 +405,18 @@ mod tests {
         let first = histogram("gen_ai.client.operation.time_to_first_chunk");
         assert_eq!((first.count, first.sum), (1, Some(0.3)));
         assert_eq!(first.explicit_bounds, CHUNK_BOUNDS.to_vec());
-        assert_eq!(metric(&request, "gen_ai.client.operation.time_to_first_chunk").unit, "s");
+        assert_eq!(
+            metric(&request, "gen_ai.client.operation.time_to_first_chunk").unit,
+            "s"
+        );
         let per = histogram("gen_ai.client.operation.time_per_output_chunk");
         assert_eq!(per.count, 3);
         assert!((per.sum.unwrap() - 0.6).abs() < 1e-6, "{per:?}");
         assert_eq!(attr(&per.attributes, "gen_ai.operation.name"), Some("chat"));
-        assert_eq!(attr(&per.attributes, "gen_ai.request.model"), Some("gpt-4o"));
+        assert_eq!(
+            attr(&per.attributes, "gen_ai.request.model"),
+            Some("gpt-4o")
+        );
     }
 
     #[test]

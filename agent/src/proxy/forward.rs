@@ -627,8 +627,9 @@ impl ObservedBody {
         if self.event_stream {
             pending.audit.stream_events = Some(self.observer.events);
             let chunks = self.observer.take_chunks();
-            pending.audit.time_to_first_chunk_ms =
-                chunks.first.map(|at| ms(at.duration_since(pending.started)));
+            pending.audit.time_to_first_chunk_ms = chunks
+                .first
+                .map(|at| ms(at.duration_since(pending.started)));
             pending.audit.chunk_gaps_s = chunks.gaps;
         }
         let shared = &pending.shared;

@@ -292,7 +292,9 @@ fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFin
         .iter()
         .map(|f| (f.class.clone(), Value::from(f.action.unwrap_or_default())))
         .collect();
-    alert.details.insert("actions".into(), Value::Object(actions));
+    alert
+        .details
+        .insert("actions".into(), Value::Object(actions));
     shared.alerts.send(alert.with_id());
 }
 

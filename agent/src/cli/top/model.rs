@@ -300,7 +300,10 @@ mod tests {
         let cur = snap(now, vec![streaming]);
         let shown = rows(&prev, &cur, Group::Process, Sort::Tokens, "", &|_| false);
         assert_eq!(shown.len(), 1, "a 3-minute stream is on screen");
-        assert_eq!((shown[0].key.as_str(), shown[0].in_flight), ("3 python3", 1));
+        assert_eq!(
+            (shown[0].key.as_str(), shown[0].in_flight),
+            ("3 python3", 1)
+        );
     }
 
     #[test]
@@ -310,7 +313,14 @@ mod tests {
         let mut busy = proc(2, "/usr/bin/curl", "a.service", 1, 1, 1.0);
         busy.last_seen_ms = IDLE_MS;
         let cur = snap(IDLE_MS + 1, vec![old, busy]);
-        let rows = rows(&snap(0, vec![]), &cur, Group::Process, Sort::Name, "", &ALIVE);
+        let rows = rows(
+            &snap(0, vec![]),
+            &cur,
+            Group::Process,
+            Sort::Name,
+            "",
+            &ALIVE,
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].key, "2 curl");
     }

@@ -43,26 +43,6 @@ pub fn elide_middle(text: &str, width: usize) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::elide_middle;
-
-    #[test]
-    fn the_middle_gives_way_and_the_file_name_stays() {
-        let exe = "/root/.pyenv/versions/3.12.7/bin/python3.12";
-        let short = elide_middle(exe, 23);
-        assert_eq!(short, "/root/.pyen…/python3.12");
-        assert_eq!(short.chars().count(), 23);
-        assert_eq!(elide_middle(exe, 60), exe, "what fits is left alone");
-        assert_eq!(
-            elide_middle("/opt/a-very-long-executable-name", 10),
-            "…able-name",
-            "a name longer than the column keeps its end"
-        );
-        assert_eq!(elide_middle("billing-report-generator.service", 16), "billing-…service");
-    }
-}
-
 pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
     let [head, table, foot] = Layout::vertical([
         Constraint::Length(2),
@@ -142,4 +122,27 @@ pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
     };
     let paused = if state.paused { "  [paused]" } else { "" };
     frame.render_widget(Paragraph::new(format!("{help}{paused}")), foot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elide_middle;
+
+    #[test]
+    fn the_middle_gives_way_and_the_file_name_stays() {
+        let exe = "/root/.pyenv/versions/3.12.7/bin/python3.12";
+        let short = elide_middle(exe, 23);
+        assert_eq!(short, "/root/.pyen…/python3.12");
+        assert_eq!(short.chars().count(), 23);
+        assert_eq!(elide_middle(exe, 60), exe, "what fits is left alone");
+        assert_eq!(
+            elide_middle("/opt/a-very-long-executable-name", 10),
+            "…able-name",
+            "a name longer than the column keeps its end"
+        );
+        assert_eq!(
+            elide_middle("billing-report-generator.service", 16),
+            "billing-…service"
+        );
+    }
 }

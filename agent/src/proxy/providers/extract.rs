@@ -197,7 +197,12 @@ pub fn usage_of(value: &Value) -> Usage {
         &["usage", "completion_tokens_details", "reasoning_tokens"],
         // OpenAI responses.
         &["usage", "output_tokens_details", "reasoning_tokens"],
-        &["response", "usage", "output_tokens_details", "reasoning_tokens"],
+        &[
+            "response",
+            "usage",
+            "output_tokens_details",
+            "reasoning_tokens",
+        ],
         // Gemini / Vertex: thinking tokens.
         &["usageMetadata", "thoughtsTokenCount"],
     ]);

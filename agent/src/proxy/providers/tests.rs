@@ -218,7 +218,9 @@ fn cache_read_and_reasoning_tokens_where_providers_report_them() {
     );
     let (usage, _) = observe(
         true,
-        &["event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens_details\":{\"reasoning_tokens\":2}}}}\n\n"],
+        &[
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens_details\":{\"reasoning_tokens\":2}}}}\n\n",
+        ],
     );
     assert_eq!(
         (usage.cache_read_input_tokens, usage.reasoning_output_tokens),
@@ -226,7 +228,9 @@ fn cache_read_and_reasoning_tokens_where_providers_report_them() {
     );
     let (usage, _) = observe(
         true,
-        &["event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"cache_read_input_tokens\":900}}}\n\n"],
+        &[
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"cache_read_input_tokens\":900}}}\n\n",
+        ],
     );
     assert_eq!(usage.cache_read_input_tokens, Some(900));
 }
