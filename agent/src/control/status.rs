@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::metrics::RequestTotals;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
@@ -26,17 +28,6 @@ pub struct Status {
     /// Requests the proxy audited since start.
     #[serde(default)]
     pub requests: RequestTotals,
-}
-
-/// Requests the proxy audited since the agent started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestTotals {
-    /// Every audit record: served, failed or refused.
-    pub audited: u64,
-    /// Served but failed: upstream error, client gone, HTTP status >= 400.
-    pub errors: u64,
-    /// Refused by the policy (blocked, quarantined, data, budget, ...).
-    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditRecord;
 
@@ -149,6 +150,18 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Requests the proxy audited since the agent started (`modelgate
+/// status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTotals {
+    /// Every audit record: served, failed or refused.
+    pub audited: u64,
+    /// Served but failed: upstream error, client gone, HTTP status >= 400.
+    pub errors: u64,
+    /// Refused by the policy (blocked, quarantined, data, budget, ...).
+    pub refused: u64,
 }
 
 /// Audited requests since start, for `modelgate status`.
@@ -385,8 +398,8 @@ impl Metrics {
 
     /// Audited requests since start: all, failed (upstream error, client
     /// gone, an HTTP error status), refused by policy.
-    pub fn request_totals(&self) -> crate::control::status::RequestTotals {
-        crate::control::status::RequestTotals {
+    pub fn request_totals(&self) -> RequestTotals {
+        RequestTotals {
             audited: self.totals.audited.load(Ordering::Relaxed),
             errors: self.totals.errors.load(Ordering::Relaxed),
             refused: self.totals.refused.load(Ordering::Relaxed),
