@@ -380,6 +380,10 @@ fn top_shows_streams_in_flight_drops_exited_clients_and_keeps_file_names() {
         stream.try_wait().unwrap().is_none(),
         "seen while it still runs:\n{screen}"
     );
+    assert!(
+        process_rows(&screen, "curl-stream")[0].contains("gpt-4o-mini"),
+        "with the model it asked for:\n{screen}"
+    );
 
     // Six one-shot clients: once they have exited and done nothing for a
     // refresh, they leave the process view.

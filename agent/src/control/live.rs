@@ -91,6 +91,16 @@ impl Live {
         }
     }
 
+    /// The model a request in flight asked for, shown before it ends.
+    pub fn model(&self, identity: &Identity, model: Option<&str>) {
+        if let Some(model) = model {
+            let key = (identity.tgid, identity.who().to_string());
+            if let Some(p) = self.procs.lock().expect("poisoned").get_mut(&key) {
+                p.model = Some(model.to_string());
+            }
+        }
+    }
+
     fn update(&self, identity: &Identity, apply: impl FnOnce(&mut ProcStats)) {
         let key = (identity.tgid, identity.who().to_string());
         let now = record::now_ms();
@@ -190,7 +200,13 @@ mod tests {
         let who = identity(5, "/usr/bin/python3");
         let first = live.start(&who);
         let second = live.start(&who);
+        live.model(&who, Some("o3"));
         assert_eq!(live.snapshot().procs[0].in_flight, 2);
+        assert_eq!(
+            live.snapshot().procs[0].model.as_deref(),
+            Some("o3"),
+            "the model shows before the request ends"
+        );
         drop(first);
         assert_eq!(live.snapshot().procs[0].in_flight, 1);
         drop(second);

@@ -213,6 +213,9 @@ async fn handle(
     let info = providers::parse_request_json(&path, read.json());
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
+    shared
+        .live
+        .model(&conn.info.identity, info.model.as_deref());
     if let Some(why) = read.unreadable() {
         debug!(conn = conn.id, %why, "request body unreadable");
     }
