@@ -281,6 +281,26 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
     );
 
     let audit = s.agent.audit_now();
+    // The audit trail carries what the metrics count: cache-read and
+    // reasoning tokens where reported, the first chunk's time for streams.
+    for record in &audit {
+        let streamed = record["stream"] == true;
+        assert_eq!(
+            record["time_to_first_chunk_ms"].is_f64(),
+            streamed,
+            "{record:#}"
+        );
+        if !streamed {
+            assert_eq!(
+                record["gen_ai.usage.cache_read.input_tokens"], 4,
+                "{record:#}"
+            );
+            assert_eq!(
+                record["gen_ai.usage.reasoning.output_tokens"], 2,
+                "{record:#}"
+            );
+        }
+    }
     for scraped in [&classic, &open] {
         assert_eq!(
             scraped.sum("modelgate_requests_total", ("provider", "openai")),
