@@ -238,6 +238,19 @@ fn explain_uses_the_running_agents_policy_and_override() {
     assert_eq!(json["source"]["default_action_from"], "agent", "{json:#}");
     assert_eq!(json["source"]["agent"]["pid"], agent.pid(), "{json:#}");
 
+    // Another directory: its files and its default, and it says whose.
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["endpoints.yaml", "policy.yaml"] {
+        std::fs::copy(agent.policies_dir().join(file), copy.path().join(file)).unwrap();
+    }
+    let other = copy.path().display().to_string();
+    let text = cli_ok(&state, &[&ask[..], &["--policies", &other]].concat());
+    assert!(text.contains("connect:   monitor"), "{text}");
+    assert!(
+        text.contains(&format!("the running agent uses {policies}")),
+        "{text}"
+    );
+
     // No agent: the files alone, and it says so.
     agent.stop();
     let text = cli_ok(&state, &[&ask[..], &["--policies", &policies]].concat());

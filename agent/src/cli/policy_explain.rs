@@ -275,6 +275,10 @@ pub struct Source {
     /// agent.yaml override).
     pub default_action: Action,
     pub default_action_from: &'static str,
+    /// The policy directory of a running agent that uses another one than
+    /// the files read (its override then does not apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_policies: Option<String>,
 }
 
 /// What the running agent has in force.
@@ -358,6 +362,10 @@ pub fn run(args: ExplainArgs, state_dir: Option<&Path>) -> Result<ExitCode> {
         version: crate::policy::version(&dir),
         default_action: policy.default_action,
         default_action_from,
+        agent_policies: agent
+            .as_ref()
+            .filter(|_| !same_dir)
+            .map(|(_, dir, _)| dir.display().to_string()),
         agent: agent.filter(|_| same_dir).map(|(a, _, _)| a),
     };
     let explanation = explain(&policy, &catalog, &args.given)?;
@@ -427,6 +435,12 @@ fn describe(source: &Source) -> String {
              `modelgate policy reload` puts them in force; {default}",
             agent.pid, agent.version
         ),
-        None => format!("{files}, the files (no running agent asked); {default}"),
+        None => match &source.agent_policies {
+            Some(theirs) => format!(
+                "{files}, the files (the running agent uses {theirs}, so not its override); \
+                 {default}"
+            ),
+            None => format!("{files}, the files (no running agent asked); {default}"),
+        },
     }
 }
