@@ -50,6 +50,19 @@ pub struct Tokens {
         skip_serializing_if = "Option::is_none"
     )]
     pub output: Option<u64>,
+    /// Of the input, read from the provider's prompt cache (where the
+    /// provider reports it).
+    #[serde(
+        rename = "gen_ai.usage.cache_read.input_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_read: Option<u64>,
+    /// Of the output, spent on reasoning (where the provider reports it).
+    #[serde(
+        rename = "gen_ai.usage.reasoning.output_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reasoning: Option<u64>,
 }
 
 /// One data class a request carried: how often, and in which places
@@ -107,6 +120,15 @@ pub struct AuditRecord {
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttfb_ms: Option<f64>,
+    /// A stream's first chunk (SSE event with data), from the request's
+    /// arrival (`gen_ai.client.operation.time_to_first_chunk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_first_chunk_ms: Option<f64>,
+    /// Seconds between a stream's chunks, for every chunk after the first
+    /// (`gen_ai.client.operation.time_per_output_chunk`); for the metrics,
+    /// not written to the audit trail.
+    #[serde(skip)]
+    pub chunk_gaps_s: Vec<f32>,
     #[serde(flatten)]
     pub tokens: Tokens,
     /// Estimated from the price table, when the model is in it.
@@ -168,6 +190,8 @@ impl AuditRecord {
             status: None,
             latency_ms: 0.0,
             ttfb_ms: None,
+            time_to_first_chunk_ms: None,
+            chunk_gaps_s: Vec::new(),
             tokens: Tokens::default(),
             cost_usd: None,
             redacted: Default::default(),

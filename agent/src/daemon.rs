@@ -285,6 +285,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         adopted = programs.pins.adopting,
         switched = attached.switched,
         attached = attached.attached,
+        programs = attached.switched + attached.attached,
         "programs in force"
     );
     let (heartbeat, gap) = Heartbeat::open(&agent.settings.proxy.state_dir);
@@ -806,7 +807,7 @@ impl Agent {
         if new.is_empty() {
             return;
         }
-        debug!(%provider, addrs = ?new, "learned from DNS");
+        debug!(%provider, addrs = %crate::record::list(&new), "learned from DNS");
         // One key per new address and port, not a rebuild of the whole set:
         // answers can come by the thousand.
         let Some(entry) = self.catalog.provider(&provider) else {
@@ -1072,7 +1073,7 @@ impl Agent {
             .filter(|name| !self.tampered.contains(name))
             .collect();
         if !new.is_empty() {
-            error!(programs = ?new, "modelgate's programs were detached by someone else");
+            error!(programs = %new.join(", "), "modelgate's programs were detached by someone else");
             let cgroup = self.settings.cgroup.display().to_string();
             self.alerts.send(watchdog::tamper_alert(&new, &cgroup));
         }

@@ -54,6 +54,8 @@ pub struct Health {
     /// Records given up on: the backlog was full, or the agent stopped
     /// before the disk came back.
     pub lost: AtomicU64,
+    /// Records on disk since start.
+    pub written: AtomicU64,
 }
 
 /// A change of the disk's state, for the owner to alert on.
@@ -245,6 +247,7 @@ impl Writer {
             self.pending.shrink_to(BATCH_BYTES);
         }
         self.lines -= done;
+        self.health.written.fetch_add(done, Ordering::Relaxed);
         self.health.backlog.store(self.lines, Ordering::Relaxed);
         let was_failing = self.health.failing.load(Ordering::Relaxed);
         if was_failing && failure.is_some() {

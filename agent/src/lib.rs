@@ -38,3 +38,6 @@ pub mod trust;
 pub mod usage;
 pub mod watchdog;
 pub mod yaml;
+
+#[cfg(test)]
+mod log_field_tests;

@@ -52,6 +52,16 @@ pub fn boot_ns_to_wall(boot_ns: u64) -> SystemTime {
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 for a clock before it).
+/// Items for a log field, comma separated: `127.0.0.1, ::1`, not a Rust
+/// debug form.
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn now_ms() -> i64 {
     unix_ms(SystemTime::now())
 }

@@ -140,7 +140,9 @@ class Handler(BaseHTTPRequestHandler):
                     "id": "c1", "object": "chat.completion", "created": 0, "model": model,
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": "Hello from the stand-in."}}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                              "prompt_tokens_details": {"cached_tokens": 4},
+                              "completion_tokens_details": {"reasoning_tokens": 2}},
                 })
         elif path.endswith("/embeddings"):
             self._json(200, {"object": "list", "model": model,

@@ -199,13 +199,15 @@ impl Drop for Tmux {
     }
 }
 
-/// A row whose key ends with `key` and whose next cell, the request rate,
-/// is above zero.
+/// A row whose key ends with `key` and whose request rate (after the
+/// requests in flight) is above zero.
 fn busy_row<'a>(screen: &'a str, key: &str) -> Option<&'a str> {
     screen.lines().find(|line| {
         let cells: Vec<&str> = line.split_whitespace().collect();
-        cells.windows(2).any(|pair| {
-            pair[0].ends_with(key) && pair[1].parse::<f64>().is_ok_and(|rate| rate > 0.0)
+        cells.windows(3).any(|cells| {
+            cells[0].ends_with(key)
+                && cells[1].parse::<u64>().is_ok()
+                && cells[2].parse::<f64>().is_ok_and(|rate| rate > 0.0)
         })
     })
 }

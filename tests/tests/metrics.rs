@@ -45,7 +45,17 @@ print(json.dumps({"content_type": content_type, "body": body, "families": famili
 const FAMILIES: &[(&str, &str)] = &[
     ("modelgate_requests", "counter"),
     ("modelgate_gen_ai_usage_tokens", "counter"),
+    ("modelgate_gen_ai_usage_cache_read_input_tokens", "counter"),
+    ("modelgate_gen_ai_usage_reasoning_output_tokens", "counter"),
     ("modelgate_request_duration_seconds", "histogram"),
+    (
+        "modelgate_gen_ai_client_operation_time_to_first_chunk_seconds",
+        "histogram",
+    ),
+    (
+        "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds",
+        "histogram",
+    ),
     ("modelgate_kernel", "counter"),
     ("modelgate_records_dropped", "counter"),
     ("modelgate_map_entries", "gauge"),
@@ -59,6 +69,13 @@ const FAMILIES: &[(&str, &str)] = &[
     ("modelgate_proxy_requests_in_flight", "gauge"),
     ("modelgate_proxy_tls_handshake_failures", "counter"),
     ("modelgate_memory_bytes", "gauge"),
+];
+
+/// Families that appear with the first stream that ends (before it, they
+/// have no series).
+const AFTER_A_STREAM: &[&str] = &[
+    "modelgate_gen_ai_client_operation_time_to_first_chunk_seconds",
+    "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds",
 ];
 
 /// Prometheus's own scrape `Accept`: OpenMetrics first, 0.0.4 after.
@@ -100,6 +117,7 @@ fn scrape(
     accept: &str,
     parser: &str,
     want_type: &str,
+    streamed: bool,
 ) -> Scrape {
     let out = output(std::process::Command::new(python).args(["-c", SCRAPE, addr, accept, parser]));
     assert!(
@@ -144,7 +162,7 @@ fn scrape(
         }
     }
     for (known, _) in FAMILIES {
-        if !families.contains_key(*known) {
+        if !families.contains_key(*known) && (streamed || !AFTER_A_STREAM.contains(known)) {
             problems.push(format!("{known} is missing"));
         }
     }
@@ -203,7 +221,7 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let during = scrape(&python, &addr, "", "text", TEXT_TYPE);
+        let during = scrape(&python, &addr, "", "text", TEXT_TYPE, false);
         if during.value("modelgate_proxy_requests_in_flight") >= 1.0 {
             break;
         }
@@ -228,7 +246,7 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
     // The kernel's counters reach the registry at the agent's next tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let classic = loop {
-        let classic = scrape(&python, &addr, CLASSIC_ACCEPT, "text", TEXT_TYPE);
+        let classic = scrape(&python, &addr, CLASSIC_ACCEPT, "text", TEXT_TYPE, true);
         if classic.sum("modelgate_kernel_total", ("counter", "redirected")) >= 5.0 {
             break classic;
         }
@@ -244,13 +262,14 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
         "`# EOF` belongs to OpenMetrics only:\n{}",
         classic.body
     );
-    scrape(&python, &addr, "", "text", TEXT_TYPE);
+    scrape(&python, &addr, "", "text", TEXT_TYPE, true);
     let open = scrape(
         &python,
         &addr,
         PROMETHEUS_ACCEPT,
         "openmetrics",
         OPENMETRICS_TYPE,
+        true,
     );
     scrape(
         &python,
@@ -258,9 +277,30 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
         "application/openmetrics-text; version=1.0.0",
         "openmetrics",
         OPENMETRICS_TYPE,
+        true,
     );
 
     let audit = s.agent.audit_now();
+    // The audit trail carries what the metrics count: cache-read and
+    // reasoning tokens where reported, the first chunk's time for streams.
+    for record in &audit {
+        let streamed = record["stream"] == true;
+        assert_eq!(
+            record["time_to_first_chunk_ms"].is_f64(),
+            streamed,
+            "{record:#}"
+        );
+        if !streamed {
+            assert_eq!(
+                record["gen_ai.usage.cache_read.input_tokens"], 4,
+                "{record:#}"
+            );
+            assert_eq!(
+                record["gen_ai.usage.reasoning.output_tokens"], 2,
+                "{record:#}"
+            );
+        }
+    }
     for scraped in [&classic, &open] {
         assert_eq!(
             scraped.sum("modelgate_requests_total", ("provider", "openai")),
@@ -287,6 +327,50 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
             "the kernel's redirects are counted\n{}",
             scraped.body
         );
+        // The stand-in reports 4 cached and 2 reasoning tokens per plain
+        // answer; the one stream (6 chunks and a usage chunk, 0.3 s apart)
+        // is timed: its first chunk once, the 6 after it each.
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_usage_cache_read_input_tokens_total",
+                ("provider", "openai")
+            ),
+            12.0,
+            "{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_usage_reasoning_output_tokens_total",
+                ("provider", "openai")
+            ),
+            6.0,
+            "{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_client_operation_time_to_first_chunk_seconds_count",
+                ("provider", "openai")
+            ),
+            1.0,
+            "only the stream has a first chunk\n{}",
+            scraped.body
+        );
+        assert_eq!(
+            scraped.sum(
+                "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds_count",
+                ("provider", "openai")
+            ),
+            6.0,
+            "every chunk after the first\n{}",
+            scraped.body
+        );
+        let gaps = scraped.sum(
+            "modelgate_gen_ai_client_operation_time_per_output_chunk_seconds_sum",
+            ("provider", "openai"),
+        );
+        assert!((1.2..3.0).contains(&gaps), "6 gaps of about 0.3 s: {gaps}");
         let spools: Vec<&Value> = scraped.families["modelgate_alerts_spool_depth"]
             .1
             .iter()

@@ -370,6 +370,15 @@ fn otlp_export_matches_the_audit_file() {
         assert_eq!(text(&a, "server.address").as_deref(), Some(HOST));
         assert_eq!(text(&a, "gen_ai.operation.name").as_deref(), Some("chat"));
         assert!(text(&a, "process.executable.name").is_some());
+        // The stand-in reports 4 cached and 2 reasoning tokens per answer.
+        assert_eq!(
+            (
+                int(&a, "gen_ai.usage.cache_read.input_tokens"),
+                int(&a, "gen_ai.usage.reasoning.output_tokens")
+            ),
+            (Some(4), Some(2)),
+            "{a:?}"
+        );
         let body = format!("{:?}", record.body);
         assert!(body.contains("openai"), "{body}");
     }

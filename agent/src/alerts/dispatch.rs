@@ -26,7 +26,7 @@ use super::{
     backoff::Backoff,
     file::{self, RotatingFile},
     fold::{self, Folder},
-    settings::AlertsConfig,
+    settings::{AlertsConfig, SyslogTarget},
     spool,
     stats::{SinkCounters, Stats},
     syslog, webhook,
@@ -141,9 +141,9 @@ pub fn open_with(
     let mut writers: Vec<JoinHandle<()>> = Vec::new();
     let mut deliverers: Vec<JoinHandle<()>> = Vec::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut add = |name: String| {
+    let mut add = |name: String, target: String| {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        let counters = Arc::new(SinkCounters::new(name));
+        let counters = Arc::new(SinkCounters::to(name, target));
         sinks.push(Sink {
             tx,
             counters: counters.clone(),
@@ -158,11 +158,16 @@ pub fn open_with(
         .unwrap_or_else(|| state_dir.join(FILE_NAME));
     let rotating = RotatingFile::open(&path, config.file.max_bytes, config.file.keep)
         .with_context(|| format!("opening the alerts file {}", path.display()))?;
-    let (rx, counters) = add("file".into());
+    let (rx, counters) = add("file".into(), path.display().to_string());
     writers.push(file::spawn(rotating, rx, counters));
 
     if let Some(syslog) = &config.syslog {
-        let (rx, counters) = add("syslog".into());
+        let target = match &syslog.target {
+            SyslogTarget::Unix(path) => format!("unix:{}", path.display()),
+            SyslogTarget::Udp(addr) => format!("udp:{addr}"),
+            SyslogTarget::Tcp(addr) => format!("tcp:{addr}"),
+        };
+        let (rx, counters) = add("syslog".into(), target);
         writers.push(syslog::spawn(syslog.clone(), rx, counters));
     }
 
@@ -179,7 +184,7 @@ pub fn open_with(
         let prepared = webhook::prepare(hook, &spool_root, tuning.spool)
             .with_context(|| format!("alerts.webhooks[{i}] ({})", hook.url))?;
         names.push(name);
-        let (rx, counters) = add(prepared.name.clone());
+        let (rx, counters) = add(prepared.name.clone(), hook.url.to_string());
         let (spooler, deliverer) =
             webhook::spawn(prepared, rx, counters, tuning.backoff, shutdown_rx.clone());
         writers.push(spooler);

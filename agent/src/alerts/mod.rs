@@ -15,6 +15,8 @@
 
 pub mod backoff;
 mod dispatch;
+#[cfg(test)]
+mod docs_tests;
 pub mod file;
 mod fold;
 pub mod query;

@@ -41,6 +41,30 @@ fn read(files: &[PathBuf]) -> (Vec<(String, Value)>, usize) {
     (alerts, unreadable)
 }
 
+/// The latest state of each alert: a folded alert is stored once when it
+/// first happens and again, with the count so far, each time its window
+/// closes; only the last line of each id is kept, where that line is.
+/// Alerts without an id are all kept.
+pub fn latest_per_id(lines: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    let mut last = std::collections::HashMap::new();
+    for (i, (_, alert)) in lines.iter().enumerate() {
+        if let Some(id) = text(alert, "id").filter(|id| !id.is_empty()) {
+            last.insert(id.to_string(), i);
+        }
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .filter(
+            |(i, (_, alert))| match text(alert, "id").filter(|id| !id.is_empty()) {
+                Some(id) => last.get(id) == Some(i),
+                None => true,
+            },
+        )
+        .map(|(_, line)| line)
+        .collect()
+}
+
 pub fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
 }
@@ -91,6 +115,35 @@ mod tests {
         let kinds: Vec<&str> = alerts.iter().filter_map(|(_, a)| text(a, "type")).collect();
         assert_eq!(kinds, ["a", "b", "c"]);
         assert_eq!(unreadable, 1);
+    }
+
+    #[test]
+    fn a_folded_alert_is_listed_once_in_its_latest_state() {
+        let line = |id: &str, count: u64| {
+            let mut a = alert("bypass-attempt", "2026-01-01T00:00:00.000001Z", count);
+            a["id"] = json!(id);
+            (a.to_string(), a)
+        };
+        let mut no_id = alert("agent-tamper", "2026-01-01T00:00:00.000001Z", 1);
+        no_id.as_object_mut().unwrap().remove("id");
+        let lines = vec![
+            line("a", 1),
+            line("b", 1),
+            (no_id.to_string(), no_id.clone()),
+            line("a", 2),
+            (no_id.to_string(), no_id),
+            line("a", 5),
+        ];
+        let latest = latest_per_id(lines);
+        let seen: Vec<(Option<&str>, u64)> = latest
+            .iter()
+            .map(|(_, a)| (text(a, "id"), a["count"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(Some("b"), 1), (None, 1), (None, 1), (Some("a"), 5)],
+            "one line per id, the latest, where it is; alerts without an id all kept"
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ use tracing::warn;
 #[derive(Debug, Default)]
 pub struct SinkCounters {
     pub name: String,
+    /// Where it delivers: the file's path, the syslog socket or address,
+    /// the webhook's scheme and authority.
+    pub target: String,
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
     pub dropped: AtomicU64,
@@ -24,6 +27,15 @@ impl SinkCounters {
     pub fn new(name: String) -> SinkCounters {
         SinkCounters {
             name,
+            ..SinkCounters::default()
+        }
+    }
+
+    /// [`SinkCounters::new`] for a sink delivering to `target`.
+    pub fn to(name: String, target: String) -> SinkCounters {
+        SinkCounters {
+            name,
+            target,
             ..SinkCounters::default()
         }
     }
@@ -48,6 +60,7 @@ impl SinkCounters {
     pub fn snapshot(&self) -> SinkStats {
         SinkStats {
             sink: self.name.clone(),
+            target: self.target.clone(),
             delivered: self.delivered.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
@@ -60,6 +73,8 @@ impl SinkCounters {
 pub struct SinkStats {
     /// `file`, `syslog` or `webhook-<hash>` (the spool directory's name).
     pub sink: String,
+    /// Where it delivers ([`SinkCounters::target`]).
+    pub target: String,
     pub delivered: u64,
     /// Delivery attempts that failed and will be tried again.
     pub retried: u64,

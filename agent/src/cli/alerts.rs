@@ -30,6 +30,10 @@ pub struct AlertsArgs {
     /// Print the alerts as JSON lines, as stored, instead of a table.
     #[arg(long)]
     json: bool,
+    /// Every stored line: a folded alert once per window with its count
+    /// so far (default: the latest state of each alert id).
+    #[arg(long)]
+    all: bool,
     /// Read this alerts file instead of asking the agent (e.g. a copy of
     /// another host's).
     #[arg(long, value_name = "FILE")]
@@ -43,6 +47,11 @@ pub fn run(args: AlertsArgs, state_dir: &Path) -> Result<ExitCode> {
             Some(found) => found,
             None => from_file(&state_dir.join(alerts::FILE_NAME), &args)?,
         },
+    };
+    let selected = if args.all {
+        selected
+    } else {
+        alerts::query::latest_per_id(selected)
     };
     let out = if args.json {
         // The lines as stored: same keys, same order.

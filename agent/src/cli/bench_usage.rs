@@ -60,6 +60,8 @@ fn row(i: u64, rows: u64, now_ms: i64) -> Row {
         container: None,
         input_tokens: Some(100 + i % 900),
         output_tokens: Some(10 + i % 300),
+        cache_read_tokens: None,
+        reasoning_tokens: None,
         cost_usd: Some(0.0001),
         latency_ms: Some(50.0 + (i % 1000) as f64),
     }

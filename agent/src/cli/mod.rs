@@ -131,7 +131,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             uninstall_bpf::run(args, &common.state_dir()?, pin_dir.as_deref())
         }
         Command::Policy(PolicyCommand::Check(args)) => policy_check::check(args),
-        Command::Policy(PolicyCommand::Explain(args)) => policy_explain::run(*args),
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            policy_explain::run(*args, common.state_dir().ok().as_deref())
+        }
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(args),
         Command::Alerts(args) => alerts::run(args, &common.state_dir()?),
         Command::Usage(args) => usage::run(args, &common.state_dir()?),

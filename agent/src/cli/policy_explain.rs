@@ -1,7 +1,10 @@
 //! `modelgate policy explain`: what the policy would do with a request,
 //! without sending anything.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     catalog::Catalog,
     config,
+    control::{client::Client, status::Status},
     identity::cgroup_path::{self, ContainerRuntime},
     inspect,
     policy::{
@@ -256,15 +260,124 @@ fn default_path(api: crate::catalog::Api, model: Option<&str>) -> String {
     }
 }
 
-pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let dir = args.policies.unwrap_or_else(config::default_policies_dir);
+/// Which policy an explanation was made against.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Source {
+    /// The policy directory read.
+    pub policies: String,
+    /// The version (hash) of the files read.
+    pub version: String,
+    /// The running agent asked, when one runs at the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInForce>,
+    /// The default action used, and where it came from: `policy` (the
+    /// file's `default_action`) or `agent` (its `--default-action` or
+    /// agent.yaml override).
+    pub default_action: Action,
+    pub default_action_from: &'static str,
+    /// The policy directory of a running agent that uses another one than
+    /// the files read (its override then does not apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_policies: Option<String>,
+}
+
+/// What the running agent has in force.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AgentInForce {
+    pub pid: u32,
+    /// The policy version the agent loaded; differs from the files' when
+    /// they changed since (a reload puts them in force).
+    pub version: String,
+    pub default_action: Action,
+}
+
+/// The running agent's policy directory and default action, `None` when no
+/// agent runs there (or it cannot be asked, which is said).
+fn agent_in_force(state_dir: Option<&Path>) -> Option<(AgentInForce, PathBuf, bool)> {
+    let state_dir = state_dir?;
+    let reply = match Client::new(state_dir).get_if_running("/v1/status") {
+        Ok(Some(reply)) => reply,
+        Ok(None) => return None,
+        Err(err) => {
+            eprintln!(
+                "cannot ask the agent at {} ({err:#}); explaining against the files alone",
+                state_dir.display()
+            );
+            return None;
+        }
+    };
+    let status: Status = match reply.ok().and_then(|r| r.json()) {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!(
+                "the agent's status could not be read ({err:#}); explaining against the files alone"
+            );
+            return None;
+        }
+    };
+    let default_action =
+        <Action as clap::ValueEnum>::from_str(&status.policy.default_action, true).ok()?;
+    let overridden = status.policy.default_action_from.as_deref() == Some("override");
+    Some((
+        AgentInForce {
+            pid: status.pid,
+            version: status.policy.version,
+            default_action,
+        },
+        PathBuf::from(status.policy.dir),
+        overridden,
+    ))
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    explanation: &'a Explanation,
+    source: &'a Source,
+}
+
+pub fn run(args: ExplainArgs, state_dir: Option<&Path>) -> Result<ExitCode> {
+    let agent = agent_in_force(state_dir);
+    // The agent's directory unless another is asked for.
+    let dir = args
+        .policies
+        .clone()
+        .or_else(|| agent.as_ref().map(|(_, dir, _)| dir.clone()))
+        .unwrap_or_else(config::default_policies_dir);
     let catalog = Catalog::load(&dir).map_err(|e| anyhow!("{e}"))?;
-    let policy = Policy::load(&dir, &catalog).map_err(|e| anyhow!("{e}"))?;
+    let mut policy = Policy::load(&dir, &catalog).map_err(|e| anyhow!("{e}"))?;
+    let same_dir = agent
+        .as_ref()
+        .is_some_and(|(_, agent_dir, _)| same_path(agent_dir, &dir));
+    // The agent's override of the default action applies to its policy.
+    let mut default_action_from = "policy";
+    if let Some((in_force, _, true)) = &agent
+        && same_dir
+    {
+        policy.default_action = in_force.default_action;
+        default_action_from = "agent";
+    }
+    let source = Source {
+        policies: dir.display().to_string(),
+        version: crate::policy::version(&dir),
+        default_action: policy.default_action,
+        default_action_from,
+        agent_policies: agent
+            .as_ref()
+            .filter(|_| !same_dir)
+            .map(|(_, dir, _)| dir.display().to_string()),
+        agent: agent.filter(|_| same_dir).map(|(a, _, _)| a),
+    };
     let explanation = explain(&policy, &catalog, &args.given)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        let report = Report {
+            explanation: &explanation,
+            source: &source,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("policy:    {}", describe(&source));
     println!("provider:  {}", explanation.provider);
     println!(
         "connect:   {} (rule `{}`)",
@@ -290,4 +403,44 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// One line: which files, whether the running agent has them in force, and
+/// where the default action came from.
+fn describe(source: &Source) -> String {
+    let files = format!("{} (version {})", source.policies, source.version);
+    let default = match source.default_action_from {
+        "agent" => format!(
+            "default {} from the running agent's override (--default-action)",
+            source.default_action
+        ),
+        _ => format!("default {} from the policy file", source.default_action),
+    };
+    match &source.agent {
+        Some(agent) if agent.version == source.version => {
+            format!(
+                "{files}, in force in the running agent (pid {}); {default}",
+                agent.pid
+            )
+        }
+        Some(agent) => format!(
+            "{files}, changed since the running agent (pid {}) loaded version {}: \
+             `modelgate policy reload` puts them in force; {default}",
+            agent.pid, agent.version
+        ),
+        None => match &source.agent_policies {
+            Some(theirs) => format!(
+                "{files}, the files (the running agent uses {theirs}, so not its override); \
+                 {default}"
+            ),
+            None => format!("{files}, the files (no running agent asked); {default}"),
+        },
+    }
 }

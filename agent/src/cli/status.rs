@@ -34,13 +34,7 @@ fn render(s: &Status) -> String {
         "modelgate {} (pid {}), up {uptime} since {}",
         s.version, s.pid, s.started
     );
-    let attached = s.attach.programs.iter().filter(|p| p.attached).count();
-    let _ = writeln!(
-        out,
-        "attached   {} ({attached}/{} programs)",
-        s.attach.cgroup,
-        s.attach.programs.len()
-    );
+    let _ = writeln!(out, "attached   {}", programs_line(s));
     let _ = writeln!(
         out,
         "pinned     {} (fail_mode {})",
@@ -64,6 +58,15 @@ fn render(s: &Status) -> String {
         count("monitored"),
         count("blocked"),
         count("redirected")
+    );
+    let r = &s.requests;
+    let _ = writeln!(
+        out,
+        "requests   {} audited since start: {} served, {} errors, {} refused",
+        r.audited,
+        r.audited.saturating_sub(r.errors + r.refused),
+        r.errors,
+        r.refused
     );
     let _ = writeln!(
         out,
@@ -114,4 +117,29 @@ fn render(s: &Status) -> String {
         let _ = writeln!(out, "  {line}");
     }
     out
+}
+
+/// The cgroup, and how many of the programs are in force: the cgroup's
+/// (checked against the kernel now) and the host-wide tracepoints, so the
+/// total is the start-up log's.
+fn programs_line(s: &Status) -> String {
+    let programs = &s.attach.programs;
+    let attached = programs.iter().filter(|p| p.attached).count();
+    let scoped = |scope: &str| {
+        programs
+            .iter()
+            .filter(|p| p.scope.as_deref() == Some(scope))
+            .count()
+    };
+    let (cgroup, host) = (scoped("cgroup"), scoped("host"));
+    let split = if cgroup + host == programs.len() && host > 0 {
+        format!(": {cgroup} on the cgroup, {host} host-wide tracepoints")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} ({attached}/{} programs{split})",
+        s.attach.cgroup,
+        programs.len()
+    )
 }

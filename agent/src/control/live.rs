@@ -2,7 +2,10 @@
 //! agent started, so a client gets rates by diffing two snapshots and no
 //! window has to be agreed on between the two sides.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,10 @@ pub struct ProcStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub last_seen_ms: i64,
+    /// Requests being served now: a long stream shows while it runs, not
+    /// only once it ends.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,14 +81,35 @@ impl Live {
         }
     }
 
+    /// A request the proxy started serving: counted in flight for its
+    /// process until the guard is dropped (the response's end).
+    pub fn start(self: &Arc<Self>, identity: &Identity) -> Active {
+        self.update(identity, |p| p.in_flight += 1);
+        Active {
+            live: self.clone(),
+            key: (identity.tgid, identity.who().to_string()),
+        }
+    }
+
+    /// The model a request in flight asked for, shown before it ends.
+    pub fn model(&self, identity: &Identity, model: Option<&str>) {
+        if let Some(model) = model {
+            let key = (identity.tgid, identity.who().to_string());
+            if let Some(p) = self.procs.lock().expect("poisoned").get_mut(&key) {
+                p.model = Some(model.to_string());
+            }
+        }
+    }
+
     fn update(&self, identity: &Identity, apply: impl FnOnce(&mut ProcStats)) {
         let key = (identity.tgid, identity.who().to_string());
         let now = record::now_ms();
         let mut procs = self.procs.lock().expect("poisoned");
         if !procs.contains_key(&key) && procs.len() >= MAX_PROCS {
+            // A process with a request in flight is not the one to forget.
             let oldest = procs
                 .iter()
-                .min_by_key(|(_, p)| p.last_seen_ms)
+                .min_by_key(|(_, p)| (p.in_flight > 0, p.last_seen_ms))
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 procs.remove(&oldest);
@@ -120,6 +148,22 @@ impl Live {
     }
 }
 
+/// One request in flight; see [`Live::start`].
+pub struct Active {
+    live: Arc<Live>,
+    key: (u32, String),
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let mut procs = self.live.procs.lock().expect("poisoned");
+        if let Some(p) = procs.get_mut(&self.key) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            p.last_seen_ms = record::now_ms();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +192,26 @@ mod tests {
         assert!(snap.procs.iter().any(|p| p.pid == 99_999));
         let seven = snap.procs.iter().find(|p| p.pid == 7).unwrap();
         assert_eq!((seven.direct, seven.blocked), (1, 1));
+    }
+
+    #[test]
+    fn a_request_counts_in_flight_until_it_ends() {
+        let live = Arc::new(Live::default());
+        let who = identity(5, "/usr/bin/python3");
+        let first = live.start(&who);
+        let second = live.start(&who);
+        live.model(&who, Some("o3"));
+        assert_eq!(live.snapshot().procs[0].in_flight, 2);
+        assert_eq!(
+            live.snapshot().procs[0].model.as_deref(),
+            Some("o3"),
+            "the model shows before the request ends"
+        );
+        drop(first);
+        assert_eq!(live.snapshot().procs[0].in_flight, 1);
+        drop(second);
+        let snap = live.snapshot();
+        assert_eq!((snap.procs[0].in_flight, snap.procs[0].requests), (0, 0));
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::metrics::RequestTotals;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
@@ -23,6 +25,9 @@ pub struct Status {
     pub alerts_pending: u64,
     #[serde(default)]
     pub memory: crate::memory::Memory,
+    /// Requests the proxy audited since start.
+    #[serde(default)]
+    pub requests: RequestTotals,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +46,10 @@ pub struct Attach {
 pub struct Program {
     pub name: String,
     pub attached: bool,
+    /// `cgroup` (checked against the kernel at each status) or `host` (a
+    /// host-wide tracepoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +63,12 @@ pub struct PolicyStatus {
     pub generation: u32,
     pub providers: usize,
     pub rules: usize,
+    /// The default action in force.
     pub default_action: String,
+    /// Where it comes from: `policy` (the file) or `override`
+    /// (`--default-action` or agent.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

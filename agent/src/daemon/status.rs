@@ -48,7 +48,7 @@ impl Agent {
             .as_ref()
             .map(|a| a.missing())
             .unwrap_or_default();
-        let programs = self
+        let mut programs: Vec<Program> = self
             .attachments
             .as_ref()
             .map(|a| a.names())
@@ -57,8 +57,16 @@ impl Agent {
             .map(|name| Program {
                 name: name.to_string(),
                 attached: !missing.contains(&name),
+                scope: Some("cgroup".into()),
             })
             .collect();
+        if let Some(attachments) = &self.attachments {
+            programs.extend(attachments.tracepoints().iter().map(|name| Program {
+                name: name.to_string(),
+                attached: true,
+                scope: Some("host".into()),
+            }));
+        }
         let counters = self
             .maps
             .counters()
@@ -84,7 +92,7 @@ impl Agent {
                     .join(crate::audit::FILE_NAME)
                     .display()
                     .to_string(),
-                delivered: None,
+                delivered: Some(facts.audit_health.written.load(Ordering::Relaxed)),
                 lost: facts.audit_dropped.load(Ordering::Relaxed)
                     + facts.audit_health.lost.load(Ordering::Relaxed),
                 pending: facts.audit_health.backlog.load(Ordering::Relaxed),
@@ -94,8 +102,9 @@ impl Agent {
                 target: crate::usage::path(&self.settings.proxy.state_dir)
                     .display()
                     .to_string(),
-                delivered: None,
-                lost: self.usage.dropped.load(Ordering::Relaxed),
+                delivered: Some(self.usage.written.load(Ordering::Relaxed)),
+                lost: self.usage.dropped.load(Ordering::Relaxed)
+                    + self.usage.failed.load(Ordering::Relaxed),
                 pending: 0,
             },
             SinkHealth {
@@ -120,7 +129,11 @@ impl Agent {
             alerts_pending += sink.spool_depth;
             sinks.push(SinkHealth {
                 name: format!("alerts/{}", sink.sink),
-                target: sink.sink.clone(),
+                target: if sink.target.is_empty() {
+                    sink.sink.clone()
+                } else {
+                    sink.target.clone()
+                },
                 delivered: Some(sink.delivered),
                 lost: sink.dropped,
                 pending: sink.spool_depth,
@@ -153,6 +166,14 @@ impl Agent {
                 providers: self.catalog.providers.len(),
                 rules: self.compiled.policy.rules.len(),
                 default_action: self.default_action().to_string(),
+                default_action_from: Some(
+                    if self.settings.default_action.is_some() {
+                        "override"
+                    } else {
+                        "policy"
+                    }
+                    .into(),
+                ),
             },
             counters,
             maps: self
@@ -174,6 +195,7 @@ impl Agent {
             sinks,
             alerts_pending,
             memory: crate::memory::now(),
+            requests: self.metrics.request_totals(),
         }
     }
 

@@ -92,7 +92,7 @@ impl Pins {
         let mismatches = mismatched_maps(&maps, object)?;
         if !mismatches.is_empty() {
             warn!(
-                maps = ?mismatches,
+                maps = %mismatches.join(", "),
                 "the pinned maps have another layout than this build's (an upgrade changed \
                  them): starting with fresh maps; the previous programs keep enforcing until \
                  they are replaced"

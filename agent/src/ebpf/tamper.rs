@@ -28,6 +28,9 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 pub struct Attachments {
     cgroup: File,
     expected: Vec<(&'static str, u32, u32)>,
+    /// The host-wide tracepoints attached at start (not re-checked: no
+    /// cgroup to query; the agent holds their links).
+    tracepoints: Vec<&'static str>,
 }
 
 impl Programs {
@@ -43,18 +46,29 @@ impl Programs {
                 .with_context(|| format!("reading the id of program {name}"))?;
             expected.push((name, attach_type, info.id()));
         }
+        // The same list `attach` attaches.
+        let mut tracepoints = vec![names::PROG_EXEC, names::PROG_EXIT, names::PROG_FORK];
+        if self.execve_argv {
+            tracepoints.push(names::PROG_EXECVE_ARGS);
+        }
         Ok(Attachments {
             cgroup: File::open(cgroup)
                 .with_context(|| format!("opening cgroup {}", cgroup.display()))?,
             expected,
+            tracepoints,
         })
     }
 }
 
 impl Attachments {
-    /// The programs attached at start.
+    /// The programs attached to the cgroup at start.
     pub fn names(&self) -> Vec<&'static str> {
         self.expected.iter().map(|(name, _, _)| *name).collect()
+    }
+
+    /// The host-wide tracepoint programs attached at start.
+    pub fn tracepoints(&self) -> &[&'static str] {
+        &self.tracepoints
     }
 
     /// Programs of ours no longer attached to the cgroup.

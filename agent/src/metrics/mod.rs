@@ -26,8 +26,16 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditRecord;
+
+/// The GenAI semantic conventions' bucket advice for
+/// `gen_ai.client.operation.time_to_first_chunk` and
+/// `time_per_output_chunk` (seconds).
+pub const CHUNK_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
 
 /// Distinct workload labels kept; the rest are counted as `other`, so one
 /// host cannot blow up a Prometheus server's series count.
@@ -144,11 +152,36 @@ impl Drop for InFlight {
     }
 }
 
+/// Requests the proxy audited since the agent started (`modelgate
+/// status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTotals {
+    /// Every audit record: served, failed or refused.
+    pub audited: u64,
+    /// Served but failed: upstream error, client gone, HTTP status >= 400.
+    pub errors: u64,
+    /// Refused by the policy (blocked, quarantined, data, budget, ...).
+    pub refused: u64,
+}
+
+/// Audited requests since start, for `modelgate status`.
+#[derive(Debug, Default)]
+struct Totals {
+    audited: AtomicU64,
+    errors: AtomicU64,
+    refused: AtomicU64,
+}
+
 pub struct Metrics {
     registry: Registry,
+    totals: Totals,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    cache_read_tokens: Family<LatencyLabels, Counter>,
+    reasoning_tokens: Family<LatencyLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    first_chunk: Family<LatencyLabels, Histogram>,
+    per_chunk: Family<LatencyLabels, Histogram>,
     kernel: Family<CounterLabels, Counter>,
     dropped: Family<QueueLabels, Counter>,
     otlp_exported: Family<SignalLabels, Counter>,
@@ -187,6 +220,38 @@ impl Metrics {
             "gen_ai_usage_tokens",
             "Tokens used (gen_ai.usage.input_tokens / output_tokens)",
             tokens.clone(),
+        );
+        let cache_read_tokens = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "gen_ai_usage_cache_read_input_tokens",
+            "Input tokens read from the provider's prompt cache, where it reports them \
+             (gen_ai.usage.cache_read.input_tokens; part of the input tokens)",
+            cache_read_tokens.clone(),
+        );
+        let reasoning_tokens = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "gen_ai_usage_reasoning_output_tokens",
+            "Output tokens spent on reasoning, where the provider reports them \
+             (gen_ai.usage.reasoning.output_tokens)",
+            reasoning_tokens.clone(),
+        );
+        let first_chunk = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(CHUNK_BOUNDS)
+        });
+        registry.register(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Streams only: from the request's arrival to the first chunk of the answer \
+             (gen_ai.client.operation.time_to_first_chunk)",
+            first_chunk.clone(),
+        );
+        let per_chunk = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(CHUNK_BOUNDS)
+        });
+        registry.register(
+            "gen_ai_client_operation_time_per_output_chunk_seconds",
+            "Streams only: for each chunk after the first, the time since the previous one \
+             (gen_ai.client.operation.time_per_output_chunk)",
+            per_chunk.clone(),
         );
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -304,13 +369,18 @@ impl Metrics {
             alerts: Mutex::new(None),
             requests,
             tokens,
+            cache_read_tokens,
+            reasoning_tokens,
             latency,
+            first_chunk,
+            per_chunk,
             kernel,
             dropped,
             otlp_exported,
             otlp_failed,
             queues: Mutex::new(Vec::new()),
             workloads: Mutex::new(HashSet::new()),
+            totals: Totals::default(),
         })
     }
 
@@ -326,7 +396,23 @@ impl Metrics {
         }
     }
 
+    /// Audited requests since start: all, failed (upstream error, client
+    /// gone, an HTTP error status), refused by policy.
+    pub fn request_totals(&self) -> RequestTotals {
+        RequestTotals {
+            audited: self.totals.audited.load(Ordering::Relaxed),
+            errors: self.totals.errors.load(Ordering::Relaxed),
+            refused: self.totals.refused.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn observe(&self, record: &AuditRecord) {
+        self.totals.audited.fetch_add(1, Ordering::Relaxed);
+        if record.decision == "refused" {
+            self.totals.refused.fetch_add(1, Ordering::Relaxed);
+        } else if record.outcome != "ok" || record.status.is_some_and(|s| s >= 400) {
+            self.totals.errors.fetch_add(1, Ordering::Relaxed);
+        }
         let workload = self.workload(record);
         let model = record.model.clone().unwrap_or_else(|| "unknown".into());
         self.requests
@@ -353,12 +439,30 @@ impl Metrics {
                     .inc_by(count);
             }
         }
+        let labels = LatencyLabels {
+            provider: record.provider.clone(),
+            model,
+            workload,
+        };
+        if let Some(count) = record.tokens.cache_read {
+            self.cache_read_tokens.get_or_create(&labels).inc_by(count);
+        }
+        if let Some(count) = record.tokens.reasoning {
+            self.reasoning_tokens.get_or_create(&labels).inc_by(count);
+        }
+        if let Some(first) = record.time_to_first_chunk_ms {
+            self.first_chunk
+                .get_or_create(&labels)
+                .observe(first / 1000.0);
+        }
+        if !record.chunk_gaps_s.is_empty() {
+            let per_chunk = self.per_chunk.get_or_create(&labels);
+            for gap in &record.chunk_gaps_s {
+                per_chunk.observe(f64::from(*gap));
+            }
+        }
         self.latency
-            .get_or_create(&LatencyLabels {
-                provider: record.provider.clone(),
-                model,
-                workload,
-            })
+            .get_or_create(&labels)
             .observe(record.latency_ms / 1000.0);
     }
 
@@ -429,6 +533,16 @@ impl Metrics {
         drop(self.requests.get_or_create(&RequestLabels::default()));
         drop(self.tokens.get_or_create(&TokenLabels::default()));
         drop(self.latency.get_or_create(&LatencyLabels::default()));
+        drop(
+            self.cache_read_tokens
+                .get_or_create(&LatencyLabels::default()),
+        );
+        drop(
+            self.reasoning_tokens
+                .get_or_create(&LatencyLabels::default()),
+        );
+        drop(self.first_chunk.get_or_create(&LatencyLabels::default()));
+        drop(self.per_chunk.get_or_create(&LatencyLabels::default()));
         drop(self.kernel.get_or_create(&CounterLabels::default()));
         drop(self.dropped.get_or_create(&QueueLabels::default()));
         drop(self.otlp_exported.get_or_create(&SignalLabels::default()));

@@ -110,6 +110,18 @@ pub fn log_record(record: &AuditRecord, observed: SystemTime) -> LogRecord {
     a.text("gen_ai.request.model", record.model.as_deref());
     a.int("gen_ai.usage.input_tokens", record.tokens.input);
     a.int("gen_ai.usage.output_tokens", record.tokens.output);
+    a.int(
+        "gen_ai.usage.cache_read.input_tokens",
+        record.tokens.cache_read,
+    );
+    a.int(
+        "gen_ai.usage.reasoning.output_tokens",
+        record.tokens.reasoning,
+    );
+    a.double(
+        "gen_ai.response.time_to_first_chunk",
+        record.time_to_first_chunk_ms.map(|ms| ms / 1000.0),
+    );
     a.text("server.address", record.host.as_deref());
     a.put("server.port", int(record.destination.port.into()));
     a.put(

@@ -6,6 +6,8 @@
 //!   `gen_ai.token.type`) and `gen_ai.client.operation.duration`
 //!   (histogram, `s`), with the GenAI semantic conventions' bucket
 //!   boundaries and attributes, plus `modelgate.workload`;
+//! - for streams, `gen_ai.client.operation.time_to_first_chunk` and
+//!   `gen_ai.client.operation.time_per_output_chunk` (histograms, `s`);
 //! - `modelgate.requests` (monotonic sum) by decision and outcome.
 //!
 //! Attribute sets are bounded twice: workloads as in the Prometheus
@@ -29,7 +31,10 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::logs::{error_type, key_value, scope, string, unix_nanos};
-use crate::{audit::AuditRecord, metrics::MAX_WORKLOADS};
+use crate::{
+    audit::AuditRecord,
+    metrics::{CHUNK_BOUNDS, MAX_WORKLOADS},
+};
 
 /// The semantic conventions' advice for `gen_ai.client.token.usage`.
 pub const TOKEN_BOUNDS: [f64; 14] = [
@@ -122,6 +127,8 @@ pub struct Aggregator {
     start: SystemTime,
     tokens: Series<Hist>,
     duration: Series<Hist>,
+    first_chunk: Series<Hist>,
+    per_chunk: Series<Hist>,
     requests: Series<u64>,
     workloads: HashSet<String>,
 }
@@ -132,6 +139,8 @@ impl Aggregator {
             start,
             tokens: Series::new(),
             duration: Series::new(),
+            first_chunk: Series::new(),
+            per_chunk: Series::new(),
             requests: Series::new(),
             workloads: HashSet::new(),
         }
@@ -171,6 +180,18 @@ impl Aggregator {
                     .observe(&TOKEN_BOUNDS, count as f64);
             }
         }
+        // Streams only, as the conventions say.
+        if let Some(first) = record.time_to_first_chunk_ms {
+            self.first_chunk
+                .entry(base.clone())
+                .observe(&CHUNK_BOUNDS, first / 1000.0);
+        }
+        if !record.chunk_gaps_s.is_empty() {
+            let per_chunk = self.per_chunk.entry(base.clone());
+            for gap in &record.chunk_gaps_s {
+                per_chunk.observe(&CHUNK_BOUNDS, f64::from(*gap));
+            }
+        }
         // Only requests that went upstream are operations; a refusal or a
         // passthrough connection has no operation to time.
         if record.decision == "redirect" {
@@ -196,7 +217,11 @@ impl Aggregator {
 
     /// Data points an export carries.
     pub fn points(&self) -> usize {
-        self.tokens.len() + self.duration.len() + self.requests.len()
+        self.tokens.len()
+            + self.duration.len()
+            + self.first_chunk.len()
+            + self.per_chunk.len()
+            + self.requests.len()
     }
 
     /// Everything so far, as one export request stamped `now`.
@@ -248,7 +273,7 @@ impl Aggregator {
             data: Some(data),
             ..Metric::default()
         };
-        let mut metrics = Vec::with_capacity(3);
+        let mut metrics = Vec::with_capacity(5);
         if !self.tokens.is_empty() {
             metrics.push(metric(
                 "gen_ai.client.token.usage",
@@ -263,6 +288,24 @@ impl Aggregator {
                 "GenAI operation duration",
                 "s",
                 histogram(&self.duration, &DURATION_BOUNDS),
+            ));
+        }
+        if !self.first_chunk.is_empty() {
+            metrics.push(metric(
+                "gen_ai.client.operation.time_to_first_chunk",
+                "Time to receive the first chunk, from the request to the first chunk of the \
+                 response stream",
+                "s",
+                histogram(&self.first_chunk, &CHUNK_BOUNDS),
+            ));
+        }
+        if !self.per_chunk.is_empty() {
+            metrics.push(metric(
+                "gen_ai.client.operation.time_per_output_chunk",
+                "Time per output chunk, for each chunk after the first: from the end of the \
+                 previous chunk to the end of this one",
+                "s",
+                histogram(&self.per_chunk, &CHUNK_BOUNDS),
             ));
         }
         if !self.requests.is_empty() {
@@ -334,6 +377,46 @@ mod tests {
                 _ => None,
             }
         })
+    }
+
+    #[test]
+    fn streams_get_chunk_timing_histograms_and_plain_answers_do_not() {
+        let mut agg = Aggregator::new(SystemTime::UNIX_EPOCH);
+        agg.observe(&record("gpt-4o", "/usr/bin/curl", 1, 1, 50.0));
+        let request = agg.request(&Resource::default(), SystemTime::now());
+        let names: Vec<&str> = request.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("chunk")),
+            "not for a plain answer: {names:?}"
+        );
+        let mut streamed = record("gpt-4o", "/usr/bin/curl", 1, 3, 900.0);
+        streamed.time_to_first_chunk_ms = Some(300.0);
+        streamed.chunk_gaps_s = vec![0.05, 0.05, 0.5];
+        agg.observe(&streamed);
+        let request = agg.request(&Resource::default(), SystemTime::now());
+        let histogram = |name: &str| match &metric(&request, name).data {
+            Some(Data::Histogram(h)) => h.data_points[0].clone(),
+            _ => panic!("{name} is a histogram"),
+        };
+        let first = histogram("gen_ai.client.operation.time_to_first_chunk");
+        assert_eq!((first.count, first.sum), (1, Some(0.3)));
+        assert_eq!(first.explicit_bounds, CHUNK_BOUNDS.to_vec());
+        assert_eq!(
+            metric(&request, "gen_ai.client.operation.time_to_first_chunk").unit,
+            "s"
+        );
+        let per = histogram("gen_ai.client.operation.time_per_output_chunk");
+        assert_eq!(per.count, 3);
+        assert!((per.sum.unwrap() - 0.6).abs() < 1e-6, "{per:?}");
+        assert_eq!(attr(&per.attributes, "gen_ai.operation.name"), Some("chat"));
+        assert_eq!(
+            attr(&per.attributes, "gen_ai.request.model"),
+            Some("gpt-4o")
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub async fn serve<I>(
     let service = service_fn(move |request| {
         let (shared, conn, host) = (shared.clone(), conn.clone(), host.clone());
         async move {
-            let in_flight = shared.metrics.request_in_flight();
+            let in_flight = (
+                shared.metrics.request_in_flight(),
+                shared.live.start(&conn.info.identity),
+            );
             let response = handle(shared, conn, request, scheme, host).await;
             Ok::<_, Infallible>(in_flight::hold(response, in_flight))
         }
@@ -210,6 +213,9 @@ async fn handle(
     let info = providers::parse_request_json(&path, read.json());
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
+    shared
+        .live
+        .model(&conn.info.identity, info.model.as_deref());
     if let Some(why) = read.unreadable() {
         debug!(conn = conn.id, %why, "request body unreadable");
     }
@@ -618,9 +624,16 @@ impl ObservedBody {
         pending.audit.tokens = Tokens {
             input: usage.input_tokens,
             output: usage.output_tokens,
+            cache_read: usage.cache_read_input_tokens,
+            reasoning: usage.reasoning_output_tokens,
         };
         if self.event_stream {
             pending.audit.stream_events = Some(self.observer.events);
+            let chunks = self.observer.take_chunks();
+            pending.audit.time_to_first_chunk_ms = chunks
+                .first
+                .map(|at| ms(at.duration_since(pending.started)));
+            pending.audit.chunk_gaps_s = chunks.gaps;
         }
         let shared = &pending.shared;
         let tokens = usage.input_tokens.unwrap_or(0) + usage.output_tokens.unwrap_or(0);

@@ -257,12 +257,15 @@ pub async fn decide(
 fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFinding]) {
     let flagged: Vec<&DataFinding> = findings
         .iter()
-        .filter(|f| matches!(f.action, Some("alert" | "block" | "quarantine")))
+        .filter(|f| matches!(f.action, Some("alert" | "redact" | "block" | "quarantine")))
         .collect();
     if flagged.is_empty() {
         return;
     }
-    let severe = flagged.iter().any(|f| f.action != Some("alert"));
+    // Redacted data did not leave; blocked or quarantined data tried to.
+    let severe = flagged
+        .iter()
+        .any(|f| matches!(f.action, Some("block" | "quarantine")));
     let classes: Vec<String> = flagged.iter().map(|f| f.class.clone()).collect();
     let mut alert = Alert::new(
         "data-finding",
@@ -285,6 +288,13 @@ fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFin
         .map(|f| (f.class.clone(), Value::from(f.places.clone())))
         .collect();
     alert.details.insert("where".into(), Value::Object(places));
+    let actions: serde_json::Map<String, Value> = flagged
+        .iter()
+        .map(|f| (f.class.clone(), Value::from(f.action.unwrap_or_default())))
+        .collect();
+    alert
+        .details
+        .insert("actions".into(), Value::Object(actions));
     shared.alerts.send(alert.with_id());
 }
 

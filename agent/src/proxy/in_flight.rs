@@ -10,23 +10,22 @@ use std::{
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::metrics::InFlight;
-
-/// A response body that keeps its request counted in flight.
-pub struct Counted<B> {
+/// A response body that keeps its request counted in flight: `G` is the
+/// guard (or guards) that count it, dropped with the body.
+pub struct Counted<B, G> {
     inner: B,
-    _in_flight: InFlight,
+    _in_flight: G,
 }
 
 /// `response`, counted in flight until its body is dropped.
-pub fn hold<B>(response: Response<B>, in_flight: InFlight) -> Response<Counted<B>> {
+pub fn hold<B, G>(response: Response<B>, in_flight: G) -> Response<Counted<B, G>> {
     response.map(|inner| Counted {
         inner,
         _in_flight: in_flight,
     })
 }
 
-impl<B: Body + Unpin> Body for Counted<B> {
+impl<B: Body + Unpin, G: Unpin> Body for Counted<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

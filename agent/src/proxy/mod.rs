@@ -396,7 +396,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Err(err) => {
             shared.metrics.tls_handshake_failed(handshake_failure(&err));
             // Most often a client that does not trust the CA (or pins).
-            info!(%peer, %host, error = %err, exe = ?conn.info.identity.exe,
+            info!(%peer, %host, error = %err, exe = %conn.info.identity.who(),
                 "TLS handshake with the client failed; does it trust the modelgate CA?");
             let who = conn.info.identity.who();
             let mut alert = Alert::new(

@@ -80,6 +80,10 @@ pub struct Row {
     pub container: Option<String>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Of the input, read from the provider's cache (where reported).
+    pub cache_read_tokens: Option<u64>,
+    /// Of the output, spent on reasoning (where reported).
+    pub reasoning_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub latency_ms: Option<f64>,
 }
@@ -113,6 +117,8 @@ impl Row {
             rule: record.rule.clone(),
             input_tokens: record.tokens.input,
             output_tokens: record.tokens.output,
+            cache_read_tokens: record.tokens.cache_read,
+            reasoning_tokens: record.tokens.reasoning,
             cost_usd: record.cost_usd,
             latency_ms: Some(record.latency_ms),
             ..Row::who(&record.identity)
@@ -142,6 +148,10 @@ impl Row {
 pub struct UsageLog {
     tx: mpsc::Sender<Row>,
     pub dropped: Arc<AtomicU64>,
+    /// Rows in the store since start.
+    pub written: Arc<AtomicU64>,
+    /// Rows whose transaction failed: lost.
+    pub failed: Arc<AtomicU64>,
 }
 
 impl UsageLog {
@@ -190,6 +200,9 @@ pub fn open_rw(path: &Path) -> Result<Connection> {
 pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHandle<()>)> {
     let mut conn = open_rw(&path(state_dir))?;
     let (tx, mut rx) = mpsc::channel::<Row>(QUEUE);
+    let written = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (rows_written, rows_failed) = (written.clone(), failed.clone());
     let writer = std::thread::Builder::new()
         .name("usage-writer".into())
         .spawn(move || {
@@ -203,8 +216,14 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
                 {
                     batch.push(row);
                 }
-                if let Err(err) = insert(&mut conn, &batch) {
-                    error!(error = %err, rows = batch.len(), "cannot write usage rows");
+                match insert(&mut conn, &batch) {
+                    Ok(()) => {
+                        rows_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        rows_failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        error!(error = %err, rows = batch.len(), "cannot write usage rows");
+                    }
                 }
                 batch.clear();
                 if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
@@ -220,6 +239,8 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
         UsageLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            written,
+            failed,
         },
         writer,
     ))
@@ -230,8 +251,10 @@ pub fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (ts_ms, kind, coverage, error, provider, model, rule, pid, uid,
-                user, exe, unit, container, input_tokens, output_tokens, cost_usd, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                user, exe, unit, container, input_tokens, output_tokens, cost_usd, latency_ms,
+                cache_read_tokens, reasoning_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -252,6 +275,8 @@ pub fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 r.output_tokens.map(|t| t as i64),
                 r.cost_usd,
                 r.latency_ms,
+                r.cache_read_tokens.map(|t| t as i64),
+                r.reasoning_tokens.map(|t| t as i64),
             ])?;
         }
     }

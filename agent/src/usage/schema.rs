@@ -56,6 +56,10 @@ const MIGRATIONS: &[&str] = &[
             SUM(coalesce(input_tokens, 0)), SUM(coalesce(output_tokens, 0)), SUM(cost_usd),
             MIN(ts_ms), MAX(ts_ms), NULL
         FROM usage GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;",
+    // What providers report beside input and output, per request (NULL:
+    // not reported).
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens INTEGER;
+    ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

@@ -134,3 +134,28 @@ fn rollups_and_rows_agree_across_an_hour_boundary() {
         (base + 10, base + hour + 5)
     );
 }
+
+#[test]
+fn cache_read_and_reasoning_tokens_are_kept_per_request() {
+    let (_dir, mut conn) = store();
+    let mut reported = row("/usr/bin/python3", "o3", 100, 40, 5.0, now_ms());
+    reported.cache_read_tokens = Some(64);
+    reported.reasoning_tokens = Some(32);
+    let silent = row("/usr/bin/curl", "gpt-4o", 1, 1, 5.0, now_ms());
+    insert(&mut conn, &[reported, silent]).unwrap();
+    let kept: Vec<(String, Option<i64>, Option<i64>)> = conn
+        .prepare("SELECT exe, cache_read_tokens, reasoning_tokens FROM usage ORDER BY exe")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("/usr/bin/curl".to_string(), None, None),
+            ("/usr/bin/python3".to_string(), Some(64), Some(32)),
+        ],
+        "reported counts kept; unreported ones NULL, not 0"
+    );
+}

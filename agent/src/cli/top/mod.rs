@@ -79,7 +79,14 @@ pub fn run(args: TopArgs, state_dir: &Path) -> Result<ExitCode> {
                     }
                 }
             }
-            let rows = model::rows(&prev, &cur, state.group, state.sort, &state.filter);
+            let rows = model::rows(
+                &prev,
+                &cur,
+                state.group,
+                state.sort,
+                &state.filter,
+                &running,
+            );
             terminal
                 .draw(|frame| view::draw(frame, &state, &rows))
                 .context("drawing the screen")?;
@@ -95,6 +102,12 @@ pub fn run(args: TopArgs, state_dir: &Path) -> Result<ExitCode> {
     })();
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Whether process `pid` still runs on this host (top runs where the agent
+/// does, so the pids are the same).
+fn running(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Applies a key; `false` to quit.

@@ -108,6 +108,8 @@ pub struct Row {
     /// connects refused.
     pub direct: u64,
     pub blocked: u64,
+    /// Requests being served now (a long stream shows while it runs).
+    pub in_flight: u64,
     last_seen_ms: i64,
 }
 
@@ -118,7 +120,19 @@ const IDLE_MS: i64 = 60_000;
 
 /// Rates between `prev` and `cur` per group, those matching `filter`
 /// (case-insensitive, in the key or the model), sorted, busiest first.
-pub fn rows(prev: &Snapshot, cur: &Snapshot, group: Group, sort: Sort, filter: &str) -> Vec<Row> {
+///
+/// Grouped by process, a process that has exited (`alive` says no) leaves
+/// the screen once it has nothing in the interval: a host that runs a
+/// short-lived client per call would otherwise show a pile of zero rows.
+/// Other groupings keep its counts in its group.
+pub fn rows(
+    prev: &Snapshot,
+    cur: &Snapshot,
+    group: Group,
+    sort: Sort,
+    filter: &str,
+    alive: &dyn Fn(u32) -> bool,
+) -> Vec<Row> {
     let seconds = ((cur.now_ms - prev.now_ms) as f64 / 1000.0).max(0.001);
     let before: HashMap<(u32, &str), &ProcStats> = prev
         .procs
@@ -126,16 +140,32 @@ pub fn rows(prev: &Snapshot, cur: &Snapshot, group: Group, sort: Sort, filter: &
         .map(|p| ((p.pid, p.who.as_str()), p))
         .collect();
     let mut groups: HashMap<String, (Row, f64, u64)> = HashMap::new();
-    for p in cur
-        .procs
-        .iter()
-        .filter(|p| cur.now_ms - p.last_seen_ms < IDLE_MS)
-    {
-        let zero = ProcStats::default();
-        let old = before
+    let zero = ProcStats::default();
+    let old_of = |p: &ProcStats| {
+        before
             .get(&(p.pid, p.who.as_str()))
             .copied()
-            .unwrap_or(&zero);
+            .unwrap_or(&zero)
+    };
+    let shown = |p: &&ProcStats| {
+        if p.in_flight > 0 {
+            return true;
+        }
+        if cur.now_ms - p.last_seen_ms >= IDLE_MS {
+            return false;
+        }
+        if group != Group::Process {
+            return true;
+        }
+        let old = old_of(p);
+        let active = p.requests > old.requests
+            || p.direct > old.direct
+            || p.blocked > old.blocked
+            || p.in_flight != old.in_flight;
+        active || alive(p.pid)
+    };
+    for p in cur.procs.iter().filter(shown) {
+        let old = old_of(p);
         let key = group.key(p);
         let (row, latency_sum, finished) = groups.entry(key.clone()).or_insert_with(|| {
             (
@@ -158,6 +188,7 @@ pub fn rows(prev: &Snapshot, cur: &Snapshot, group: Group, sort: Sort, filter: &
         *finished += requests;
         row.direct += p.direct;
         row.blocked += p.blocked;
+        row.in_flight += p.in_flight;
         if let Some(model) = &p.model
             && p.last_seen_ms >= row.last_seen_ms
         {
@@ -228,6 +259,53 @@ mod tests {
         Snapshot { now_ms, procs }
     }
 
+    /// Every process still runs.
+    const ALIVE: fn(u32) -> bool = |_| true;
+
+    #[test]
+    fn exited_processes_leave_the_process_view_once_quiet() {
+        // Ten one-shot clients, each one request, all exited; one of them
+        // finished its request in this interval.
+        let done: Vec<ProcStats> = (1..=10)
+            .map(|pid| {
+                let mut p = proc(pid, "/usr/bin/curl", "a.service", 1, 5, 10.0);
+                p.last_seen_ms = 900;
+                p
+            })
+            .collect();
+        let prev = snap(0, done[..9].to_vec());
+        let cur = snap(1000, done.clone());
+        let exited = |_| false;
+        let shown = rows(&prev, &cur, Group::Process, Sort::Requests, "", &exited);
+        assert_eq!(
+            shown.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["10 curl"],
+            "only the exited process with a request in the interval"
+        );
+        // By executable they still count, as one row.
+        let by_exe = rows(&prev, &cur, Group::Exe, Sort::Requests, "", &exited);
+        assert_eq!((by_exe.len(), by_exe[0].procs), (1, 10));
+        // Running ones stay, quiet or not.
+        let running = rows(&prev, &cur, Group::Process, Sort::Requests, "", &ALIVE);
+        assert_eq!(running.len(), 10);
+    }
+
+    #[test]
+    fn a_request_in_flight_shows_however_long_it_runs() {
+        let mut streaming = proc(3, "/usr/bin/python3", "a.service", 0, 0, 0.0);
+        streaming.in_flight = 1;
+        streaming.last_seen_ms = 0;
+        let now = IDLE_MS * 3;
+        let prev = snap(now - 1000, vec![streaming.clone()]);
+        let cur = snap(now, vec![streaming]);
+        let shown = rows(&prev, &cur, Group::Process, Sort::Tokens, "", &|_| false);
+        assert_eq!(shown.len(), 1, "a 3-minute stream is on screen");
+        assert_eq!(
+            (shown[0].key.as_str(), shown[0].in_flight),
+            ("3 python3", 1)
+        );
+    }
+
     #[test]
     fn idle_processes_leave_the_screen() {
         let mut old = proc(1, "/usr/bin/curl", "a.service", 1, 1, 1.0);
@@ -235,7 +313,14 @@ mod tests {
         let mut busy = proc(2, "/usr/bin/curl", "a.service", 1, 1, 1.0);
         busy.last_seen_ms = IDLE_MS;
         let cur = snap(IDLE_MS + 1, vec![old, busy]);
-        let rows = rows(&snap(0, vec![]), &cur, Group::Process, Sort::Name, "");
+        let rows = rows(
+            &snap(0, vec![]),
+            &cur,
+            Group::Process,
+            Sort::Name,
+            "",
+            &ALIVE,
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].key, "2 curl");
     }
@@ -253,7 +338,7 @@ mod tests {
                 proc(2, "/usr/bin/python3", "b.service", 2, 50, 60.0),
             ],
         );
-        let rows = rows(&prev, &cur, Group::Process, Sort::Requests, "");
+        let rows = rows(&prev, &cur, Group::Process, Sort::Requests, "", &ALIVE);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].key, "1 curl");
         assert_eq!(rows[0].req_s, 2.0);
@@ -275,13 +360,13 @@ mod tests {
                 proc(3, "/usr/bin/python3", "b.service", 1, 500, 5.0),
             ],
         );
-        let by_exe = rows(&prev, &cur, Group::Exe, Sort::Requests, "");
+        let by_exe = rows(&prev, &cur, Group::Exe, Sort::Requests, "", &ALIVE);
         assert_eq!(by_exe[0].key, "/usr/bin/curl");
         assert_eq!((by_exe[0].procs, by_exe[0].req_s), (2, 4.0));
-        let by_unit = rows(&prev, &cur, Group::Unit, Sort::Tokens, "");
+        let by_unit = rows(&prev, &cur, Group::Unit, Sort::Tokens, "", &ALIVE);
         assert_eq!(by_unit[0].key, "b.service");
         assert_eq!(by_unit[0].model, "model-3", "the most recent model");
-        let filtered = rows(&prev, &cur, Group::Process, Sort::Name, "MODEL-2");
+        let filtered = rows(&prev, &cur, Group::Process, Sort::Name, "MODEL-2", &ALIVE);
         assert_eq!(filtered.len(), 1);
         assert_eq!(filtered[0].key, "2 curl");
     }
@@ -290,7 +375,7 @@ mod tests {
     fn a_reused_pid_with_another_exe_is_another_process() {
         let prev = snap(0, vec![proc(7, "/usr/bin/curl", "a.service", 50, 0, 0.0)]);
         let cur = snap(1000, vec![proc(7, "/usr/bin/wget", "a.service", 1, 0, 0.0)]);
-        let rows = rows(&prev, &cur, Group::Process, Sort::Requests, "");
+        let rows = rows(&prev, &cur, Group::Process, Sort::Requests, "", &ALIVE);
         assert_eq!(rows[0].req_s, 1.0);
     }
 }

@@ -10,6 +10,39 @@ use ratatui::{
 
 use super::{State, model::Row};
 
+/// The narrowest key column.
+const KEY_MIN: u16 = 16;
+/// The other columns' widths: ACT, REQ/S, TOK/S, ERR/S, LAT MS, MODEL,
+/// DIRECT, BLOCK.
+const FIXED: [u16; 8] = [3, 6, 7, 5, 6, 14, 6, 5];
+
+/// `text` in at most `width` characters: the middle gives way, the end (an
+/// executable's file name) stays: `/root/.pyenv/…/bin/python3.12`.
+pub fn elide_middle(text: &str, width: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= width {
+        return text.to_string();
+    }
+    if width < 2 {
+        return chars[..width].iter().collect();
+    }
+    let name_len = text.rsplit('/').next().map_or(0, |n| n.chars().count());
+    // The file name with its slash, when it fits beside a little of the
+    // start; else as much of the end as fits; else half and half.
+    let tail = if text.contains('/') && name_len + 1 + 2 <= width {
+        name_len + 1
+    } else if text.contains('/') {
+        width - 1
+    } else {
+        (width - 1) / 2
+    };
+    let head = width - 1 - tail;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
 pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
     let [head, table, foot] = Layout::vertical([
         Constraint::Length(2),
@@ -55,14 +88,18 @@ pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
 
     let header = TableRow::new(
         [
-            "KEY", "REQ/S", "TOK/S", "ERR/S", "LAT MS", "MODEL", "DIRECT", "BLOCK",
+            "KEY", "ACT", "REQ/S", "TOK/S", "ERR/S", "LAT MS", "MODEL", "DIRECT", "BLOCK",
         ]
         .map(Cell::from),
     )
     .style(Style::new().add_modifier(Modifier::REVERSED));
+    // The key column takes what the others leave.
+    let fixed: u16 = FIXED.iter().sum::<u16>() + FIXED.len() as u16;
+    let key_width = usize::from(table.width.saturating_sub(fixed).max(KEY_MIN));
     let body = rows.iter().map(|r| {
         TableRow::new([
-            Cell::from(r.key.clone()),
+            Cell::from(elide_middle(&r.key, key_width)),
+            Cell::from(r.in_flight.to_string()),
             Cell::from(format!("{:.1}", r.req_s)),
             Cell::from(format!("{:.0}", r.tok_s)),
             Cell::from(format!("{:.2}", r.err_s)),
@@ -72,16 +109,8 @@ pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
             Cell::from(r.blocked.to_string()),
         ])
     });
-    let widths = [
-        Constraint::Min(16),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(14),
-        Constraint::Length(6),
-        Constraint::Length(5),
-    ];
+    let mut widths = vec![Constraint::Min(KEY_MIN)];
+    widths.extend(FIXED.map(Constraint::Length));
     frame.render_widget(
         Table::new(body, widths).header(header).column_spacing(1),
         table,
@@ -93,4 +122,27 @@ pub fn draw(frame: &mut Frame, state: &State, rows: &[Row]) {
     };
     let paused = if state.paused { "  [paused]" } else { "" };
     frame.render_widget(Paragraph::new(format!("{help}{paused}")), foot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elide_middle;
+
+    #[test]
+    fn the_middle_gives_way_and_the_file_name_stays() {
+        let exe = "/root/.pyenv/versions/3.12.7/bin/python3.12";
+        let short = elide_middle(exe, 23);
+        assert_eq!(short, "/root/.pyen…/python3.12");
+        assert_eq!(short.chars().count(), 23);
+        assert_eq!(elide_middle(exe, 60), exe, "what fits is left alone");
+        assert_eq!(
+            elide_middle("/opt/a-very-long-executable-name", 10),
+            "…able-name",
+            "a name longer than the column keeps its end"
+        );
+        assert_eq!(
+            elide_middle("billing-report-generator.service", 16),
+            "billing-…service"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Token usage (and output text) from responses as they stream past.
 
+use std::time::Instant;
+
 use serde_json::Value;
 
 use super::{TEXT_CAP, TextCollector, Usage};
@@ -19,6 +21,37 @@ pub struct ResponseObserver {
     output: TextCollector,
     /// SSE events seen (for a stream, the number of chunks).
     pub events: u64,
+    chunks: Chunks,
+}
+
+/// Gaps kept per stream for `time_per_output_chunk`: past this (a stream of
+/// more chunks) only the first ones are timed, so memory stays bounded.
+const MAX_GAPS: usize = 16_384;
+
+/// When a stream's chunks arrived.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Chunks {
+    /// The first chunk (an SSE event with data).
+    pub first: Option<Instant>,
+    last: Option<Instant>,
+    /// Seconds from the end of each chunk to the end of the next, for every
+    /// chunk after the first (the GenAI conventions'
+    /// `time_per_output_chunk`).
+    pub gaps: Vec<f32>,
+}
+
+impl Chunks {
+    fn arrived(&mut self, at: Instant) {
+        if self.first.is_none() {
+            self.first = Some(at);
+        }
+        if let Some(last) = self.last
+            && self.gaps.len() < MAX_GAPS
+        {
+            self.gaps.push(at.duration_since(last).as_secs_f32());
+        }
+        self.last = Some(at);
+    }
 }
 
 impl ResponseObserver {
@@ -31,6 +64,7 @@ impl ResponseObserver {
             usage: Usage::default(),
             output: TextCollector::default(),
             events: 0,
+            chunks: Chunks::default(),
         }
     }
 
@@ -56,9 +90,18 @@ impl ResponseObserver {
         if event.data == "[DONE]" {
             return;
         }
+        if !event.data.is_empty() {
+            self.chunks.arrived(Instant::now());
+        }
         if let Ok(value) = serde_json::from_str::<Value>(&event.data) {
             self.absorb(&value, true);
         }
+    }
+
+    /// When the stream's chunks came (empty for a body that is not a
+    /// stream).
+    pub fn take_chunks(&mut self) -> Chunks {
+        std::mem::take(&mut self.chunks)
     }
 
     /// Usage and output text once the body has ended.
@@ -85,6 +128,12 @@ impl ResponseObserver {
         }
         if found.output_tokens.is_some() {
             self.usage.output_tokens = found.output_tokens;
+        }
+        if found.cache_read_input_tokens.is_some() {
+            self.usage.cache_read_input_tokens = found.cache_read_input_tokens;
+        }
+        if found.reasoning_output_tokens.is_some() {
+            self.usage.reasoning_output_tokens = found.reasoning_output_tokens;
         }
         if self.output.text.len() < TEXT_CAP {
             collect_output(value, streamed, &mut self.output);
@@ -128,6 +177,35 @@ pub fn usage_of(value: &Value) -> Usage {
         usage.input_tokens = usage.input_tokens.or_else(|| u64_at(value, input));
         usage.output_tokens = usage.output_tokens.or_else(|| u64_at(value, output));
     }
+    let first = |paths: &[&[&str]]| paths.iter().find_map(|path| u64_at(value, path));
+    usage.cache_read_input_tokens = first(&[
+        // OpenAI chat/completions.
+        &["usage", "prompt_tokens_details", "cached_tokens"],
+        // OpenAI responses (and its stream's response.completed).
+        &["usage", "input_tokens_details", "cached_tokens"],
+        &["response", "usage", "input_tokens_details", "cached_tokens"],
+        // Anthropic messages, and message_start in a stream.
+        &["usage", "cache_read_input_tokens"],
+        &["message", "usage", "cache_read_input_tokens"],
+        // Gemini / Vertex.
+        &["usageMetadata", "cachedContentTokenCount"],
+        // Bedrock converse.
+        &["usage", "cacheReadInputTokens"],
+    ]);
+    usage.reasoning_output_tokens = first(&[
+        // OpenAI chat/completions.
+        &["usage", "completion_tokens_details", "reasoning_tokens"],
+        // OpenAI responses.
+        &["usage", "output_tokens_details", "reasoning_tokens"],
+        &[
+            "response",
+            "usage",
+            "output_tokens_details",
+            "reasoning_tokens",
+        ],
+        // Gemini / Vertex: thinking tokens.
+        &["usageMetadata", "thoughtsTokenCount"],
+    ]);
     usage
 }
 

@@ -41,6 +41,12 @@ pub struct RequestInfo {
 pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Input tokens read from the provider's prompt cache, where it says
+    /// (`gen_ai.usage.cache_read.input_tokens`).
+    pub cache_read_input_tokens: Option<u64>,
+    /// Output tokens spent on reasoning, where the provider says
+    /// (`gen_ai.usage.reasoning.output_tokens`).
+    pub reasoning_output_tokens: Option<u64>,
 }
 
 /// The API family: which request/response shapes and error shape apply.

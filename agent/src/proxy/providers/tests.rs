@@ -156,3 +156,98 @@ fn error_shapes_match_each_provider() {
     assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
     assert_eq!(v["error"]["code"], 403);
 }
+
+#[test]
+fn cache_read_and_reasoning_tokens_where_providers_report_them() {
+    let details = |body: &str| {
+        let (usage, _) = observe(false, &[body]);
+        (usage.cache_read_input_tokens, usage.reasoning_output_tokens)
+    };
+    // OpenAI chat/completions.
+    assert_eq!(
+        details(
+            r#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,
+            "prompt_tokens_details":{"cached_tokens":1920},
+            "completion_tokens_details":{"reasoning_tokens":256}}}"#
+        ),
+        (Some(1920), Some(256))
+    );
+    // OpenAI responses.
+    assert_eq!(
+        details(
+            r#"{"usage":{"input_tokens":50,"output_tokens":9,
+            "input_tokens_details":{"cached_tokens":32},
+            "output_tokens_details":{"reasoning_tokens":4}}}"#
+        ),
+        (Some(32), Some(4))
+    );
+    // Anthropic: cache reads, no reasoning count.
+    assert_eq!(
+        details(
+            r#"{"usage":{"input_tokens":21,"output_tokens":3,"cache_read_input_tokens":188086,
+            "cache_creation_input_tokens":0}}"#
+        ),
+        (Some(188086), None)
+    );
+    // Gemini.
+    assert_eq!(
+        details(
+            r#"{"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,
+            "cachedContentTokenCount":8,"thoughtsTokenCount":120}}"#
+        ),
+        (Some(8), Some(120))
+    );
+    // Nothing said: unknown, not zero.
+    assert_eq!(
+        details(r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+        (None, None)
+    );
+    // Streamed: OpenAI's final usage chunk, the responses API's
+    // response.completed, Anthropic's message_start.
+    let (usage, _) = observe(
+        true,
+        &[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":6},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n",
+            "data: [DONE]\n\n",
+        ],
+    );
+    assert_eq!(
+        (usage.cache_read_input_tokens, usage.reasoning_output_tokens),
+        (Some(6), Some(1))
+    );
+    let (usage, _) = observe(
+        true,
+        &[
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens_details\":{\"reasoning_tokens\":2}}}}\n\n",
+        ],
+    );
+    assert_eq!(
+        (usage.cache_read_input_tokens, usage.reasoning_output_tokens),
+        (Some(3), Some(2))
+    );
+    let (usage, _) = observe(
+        true,
+        &[
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"cache_read_input_tokens\":900}}}\n\n",
+        ],
+    );
+    assert_eq!(usage.cache_read_input_tokens, Some(900));
+}
+
+#[test]
+fn a_stream_times_its_first_chunk_and_the_gaps_after_it() {
+    let mut observer = ResponseObserver::new(true);
+    observer.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    observer.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n");
+    observer.feed(b": keep-alive\n\ndata: [DONE]\n\n");
+    let chunks = observer.take_chunks();
+    assert!(chunks.first.is_some());
+    assert_eq!(chunks.gaps.len(), 1, "one gap: after the second chunk only");
+    assert!(chunks.gaps[0] >= 0.03, "{:?}", chunks.gaps);
+    // A body that is not a stream has no chunks.
+    let mut plain = ResponseObserver::new(false);
+    plain.feed(br#"{"usage":{"prompt_tokens":1}}"#);
+    assert_eq!(plain.take_chunks(), Default::default());
+}
