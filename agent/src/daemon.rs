@@ -19,6 +19,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+mod exec;
 mod status;
 
 use self::status::Facts;
@@ -122,6 +123,14 @@ struct Agent {
     quarantined: HashMap<u32, (Instant, String)>,
     live: Arc<Live>,
     facts: Facts,
+    /// The kernel reads which file a process executes (BTF offsets found).
+    exe_identity: bool,
+    /// Digests of executables, by file version.
+    digests: crate::identity::exe::DigestCache,
+    /// Files whose verdict the exec hook knows.
+    vetted: HashMap<agent_common::ExeKey, exec::Vetted>,
+    /// Sizes of the files the policy's literal `exe` paths name.
+    rule_sizes: std::collections::HashSet<i64>,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -134,6 +143,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     let prices = Prices::load_dir(&settings.policies)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the price table is invalid; fix it (see `modelgate policy check`)")?;
+    let mut digests = crate::identity::exe::DigestCache::default();
+    let mut policy = policy;
+    exec::literal_digests(&mut policy, &mut digests);
     let shared_policy: SharedPolicy = Arc::new(RwLock::new(Arc::new(PolicyState {
         policy: policy.clone(),
         prices,
@@ -269,6 +281,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         quarantined: HashMap::new(),
         live,
         facts,
+        exe_identity: programs.exe_identity,
+        digests,
+        vetted: HashMap::new(),
+        rule_sizes: Default::default(),
     };
     agent.policy_loaded();
     // Everything is in the maps before the hooks see their first connect.
@@ -440,7 +456,8 @@ impl Agent {
         self.maps.set_config(AgentConfig {
             default_action: self.default_action().to_kernel(),
             has_proc_rules: u8::from(has_proc_rules),
-            _pad: [0; 2],
+            exe_rules: u8::from(self.exe_rules_in_kernel()),
+            _pad: 0,
             generation: self.generation,
             proxy_port: self.proxy_port,
             fail_open_after_s: match self.settings.fail_mode {
@@ -449,6 +466,7 @@ impl Agent {
             },
             agent_tgid: std::process::id(),
         })?;
+        self.sync_exe_verdicts()?;
         self.refresh_cgroup_entries()?;
         if !has_proc_rules {
             for tgid in self.maps.proc_tgids() {
@@ -501,6 +519,9 @@ impl Agent {
         if !self.compiled.policy.has_process_rules() {
             return Ok(());
         }
+        if self.compiled.policy.has_exe_rules() {
+            self.vet_running(tgid);
+        }
         let Some(info) = self.procs.lookup(tgid).cloned() else {
             // Gone: the kernel removed its entry on exit.
             self.maps.forget_proc(tgid);
@@ -510,6 +531,8 @@ impl Agent {
         let group = self.users.group(info.gid);
         let proc_facts = ProcFacts {
             exe: info.exe.as_deref(),
+            exe_sha256: info.exe_facts.exe_sha256.as_deref(),
+            anonymous_exec: info.exe_facts.anonymous_exec,
             comm: &info.comm,
             uid: info.uid,
             user: user.as_deref(),
@@ -588,6 +611,8 @@ impl Agent {
                 return Err(errors.to_string());
             }
         };
+        let mut policy = policy;
+        exec::literal_digests(&mut policy, &mut self.digests);
         let state = Arc::new(PolicyState {
             policy: policy.clone(),
             prices,
@@ -911,10 +936,13 @@ impl Agent {
             gid: ev.gid,
             comm: c_str(&ev.comm),
             exe: (!filename.is_empty()).then_some(filename),
+            exe_facts: Default::default(),
             cmdline,
             cgroup_id: ev.cgroup_id,
             exited: None,
         });
+        let exe_file = ev.exe;
+        self.vet_exec(ev.header.tgid, &exe_file, &args);
         self.maps.forget_proc(ev.header.tgid);
         self.ensure_cgroup_known(ev.cgroup_id);
         if let Err(err) = self.refresh_proc_entry(ev.header.tgid) {
@@ -1074,6 +1102,7 @@ impl Agent {
             group: self.users.group(who.gid),
             comm: c_str(who.comm),
             exe: info.exe,
+            exe_facts: info.exe_facts,
             cmdline: info.cmdline,
             parents: self.procs.parents(info.ppid),
             cgroup: cgroup.as_ref().map(|c| c.path.clone()),

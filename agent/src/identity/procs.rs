@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{PARENT_CHAIN, Parent, cmdline};
+use super::{PARENT_CHAIN, Parent, cmdline, exe::ExeFacts};
 
 /// How long an exited process stays in the cache: events queued behind its
 /// exit still find it.
@@ -25,6 +25,8 @@ pub struct ProcInfo {
     pub gid: u32,
     pub comm: String,
     pub exe: Option<String>,
+    /// What the executable is (digest, memfd, loader), once vetted.
+    pub exe_facts: ExeFacts,
     pub cmdline: Option<String>,
     pub cgroup_id: u64,
     pub exited: Option<Instant>,
@@ -71,6 +73,15 @@ impl ProcCache {
             info.ppid = info.ppid.or(previous.ppid);
         }
         self.by_tgid.insert(info.tgid, info);
+    }
+
+    /// What vetting found: the program (the loaded one, for a loader run
+    /// directly) and its facts.
+    pub fn set_exe(&mut self, tgid: u32, exe: Option<String>, facts: ExeFacts) {
+        if let Some(info) = self.by_tgid.get_mut(&tgid) {
+            info.exe = exe.or(info.exe.take());
+            info.exe_facts = facts;
+        }
     }
 
     pub fn on_exit(&mut self, tgid: u32) {
@@ -159,6 +170,7 @@ pub fn read_proc(mount: &Path, tgid: u32) -> Option<ProcInfo> {
         gid: status.as_ref().map(|s| s.egid).unwrap_or(0),
         comm: stat.comm,
         exe,
+        exe_facts: ExeFacts::default(),
         cmdline,
         cgroup_id: cgroup_id.unwrap_or(0),
         exited: None,
