@@ -478,7 +478,11 @@ impl Agent {
         tgids.extend(self.maps.proc_tgids());
         tgids.sort_unstable();
         tgids.dedup();
+        let exe_rules = self.compiled.policy.has_exe_rules();
         for tgid in tgids {
+            if exe_rules {
+                self.vet_running(tgid);
+            }
             self.refresh_proc_entry(tgid)?;
         }
         Ok(())
@@ -518,9 +522,6 @@ impl Agent {
         }
         if !self.compiled.policy.has_process_rules() {
             return Ok(());
-        }
-        if self.compiled.policy.has_exe_rules() {
-            self.vet_running(tgid);
         }
         let Some(info) = self.procs.lookup(tgid).cloned() else {
             // Gone: the kernel removed its entry on exit.
@@ -942,7 +943,7 @@ impl Agent {
             exited: None,
         });
         let exe_file = ev.exe;
-        self.vet_exec(ev.header.tgid, &exe_file, &args);
+        self.vet_exec(ev.header.tgid, &exe_file, ev.exe_status, &args);
         self.maps.forget_proc(ev.header.tgid);
         self.ensure_cgroup_known(ev.cgroup_id);
         if let Err(err) = self.refresh_proc_entry(ev.header.tgid) {

@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{ExeFile, ExeKey, ExeVerdict, PolicyEntry, exe_flags, exe_special};
+use agent_common::{
+    ExeFile, ExeKey, ExeVerdict, PolicyEntry, exe_flags, exe_special, exe_status,
+};
 use anyhow::Result;
 use tracing::{debug, warn};
 
@@ -150,11 +152,24 @@ impl Agent {
     /// An exec seen: find out what runs (digest of the very file the kernel
     /// saw, memfd, the program behind a loader), record it on the process
     /// and give the kernel the file's verdict for its next exec.
-    pub(super) fn vet_exec(&mut self, tgid: u32, file: &ExeFile, args: &[String]) {
+    pub(super) fn vet_exec(&mut self, tgid: u32, file: &ExeFile, status: u32, args: &[String]) {
         let Some(info) = self.procs.lookup(tgid).cloned() else {
             return;
         };
         let mut exe_path = info.exe.clone();
+        // The common case: a file the kernel already had our verdict for.
+        if status == exe_status::VETTED
+            && let Some(known) = self.vetted.get(&key(file))
+            && exe::same_version(&known.file, file)
+            && !known.loader
+        {
+            let facts = ExeFacts {
+                exe_sha256: known.sha256.clone(),
+                ..ExeFacts::default()
+            };
+            self.procs.set_exe(tgid, None, facts);
+            return;
+        }
         let anonymous = exe::is_anonymous(file, exe_path.as_deref());
         let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
         let want = (file.ino != 0).then_some(file);
