@@ -206,3 +206,5 @@ impl Policy {
 mod tests;
 #[cfg(test)]
 mod tests_decide;
+#[cfg(test)]
+mod tests_exe;
