@@ -76,6 +76,11 @@ pub static MG_EXE_POLICY: LruHashMap<ExeKey, ExeVerdict> =
 #[map]
 pub static MG_EXE_SPECIAL: Array<ExeVerdict> = Array::with_max_entries(exe_special::COUNT, 0);
 
+/// Sizes of the files literal `exe` rules name: an unvetted file of one of
+/// these sizes may be a copy (`exe_flags::ANY_SIZE`).
+#[map]
+pub static MG_EXE_SIZES: HashMap<i64, u32> = HashMap::with_max_entries(limits::MAX_EXE_SIZES, 0);
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = MG_COUNTERS.get_ptr_mut(counter as u32) {

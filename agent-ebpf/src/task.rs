@@ -22,7 +22,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    MG_ARGV_SCRATCH, MG_CONFIG, MG_EVENTS, MG_EXE_POLICY, MG_EXE_SPECIAL, MG_PENDING_ARGV,
+    MG_ARGV_SCRATCH, MG_CONFIG, MG_EVENTS, MG_EXE_POLICY, MG_EXE_SIZES, MG_EXE_SPECIAL,
+    MG_PENDING_ARGV,
     MG_PROC_POLICY, count,
 };
 
@@ -162,11 +163,16 @@ fn exec_verdict(tgid: u32, exe: &ExeFile) -> u32 {
                 }
             }
             _ => {
-                count(Counter::ExecUnvetted);
-                (
-                    MG_EXE_SPECIAL.get_ptr(exe_special::UNVETTED),
-                    exe_status::UNVETTED,
-                )
+                let unvetted = MG_EXE_SPECIAL.get_ptr(exe_special::UNVETTED);
+                let any_size =
+                    unvetted.is_some_and(|u| unsafe { (*u).flags } & exe_flags::ANY_SIZE != 0);
+                // SAFETY: the value is only tested for presence.
+                if any_size || unsafe { MG_EXE_SIZES.get(&exe.size) }.is_some() {
+                    count(Counter::ExecUnvetted);
+                    (unvetted, exe_status::UNVETTED)
+                } else {
+                    (None, exe_status::UNVETTED)
+                }
             }
         }
     };

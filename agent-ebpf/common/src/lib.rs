@@ -26,6 +26,7 @@ pub mod names {
     pub const MAP_HEARTBEAT: &str = "MG_HEARTBEAT";
     pub const MAP_EXE_POLICY: &str = "MG_EXE_POLICY";
     pub const MAP_EXE_SPECIAL: &str = "MG_EXE_SPECIAL";
+    pub const MAP_EXE_SIZES: &str = "MG_EXE_SIZES";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
     pub const PROG_CONNECT6: &str = "mg_connect6";
@@ -89,6 +90,8 @@ pub mod limits {
     /// Executable files whose verdict the kernel knows at exec (LRU: one
     /// that falls out is simply vetted again).
     pub const MAX_EXES: u32 = 16_384;
+    /// Sizes of the files literal `exe` rules name (`MG_EXE_SIZES`).
+    pub const MAX_EXE_SIZES: u32 = 1_024;
 }
 
 /// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
@@ -568,6 +571,11 @@ pub mod exe_flags {
     /// The agent must look first (a dynamic loader run directly: the
     /// program is in its argv): the `UNVETTED` entry applies meanwhile.
     pub const DEFER: u32 = 2;
+    /// On the `UNVETTED` entry: it applies to an unvetted file of any
+    /// size. Without it, only to files whose size is in `MG_EXE_SIZES`
+    /// (a copy of a file a rule names has its size; other new programs
+    /// are left to the cgroup level until vetted).
+    pub const ANY_SIZE: u32 = 4;
 }
 
 /// Slots of `MG_EXE_SPECIAL`.

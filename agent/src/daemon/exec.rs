@@ -24,6 +24,16 @@ use crate::{
 /// The rule name records show for the conservative verdict of a file the
 /// agent had not vetted yet.
 pub const UNVETTED_RULE: &str = "(unvetted executable)";
+/// Dynamic loaders vetted up front: run directly, the program they load is
+/// in their argv, so the kernel holds them unvetted until the agent looks.
+const LOADERS: [&str; 6] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-armhf.so.3",
+    "/lib/ld-linux.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
 /// Vetted files remembered for rewriting their verdicts on a new policy.
 const MAX_VETTED: usize = agent_common::limits::MAX_EXES as usize;
 
@@ -106,8 +116,14 @@ impl Agent {
         let unvetted = self.compiled.unvetted_entry(rule);
         let anonymous = self.compiled.anonymous_entry(rule);
         let none = ExeFile::default();
+        // A rule matching by digest alone or by a path glob can match a
+        // new file of any size; a literal path's copy has its file's size.
+        let any_size = self.compiled.policy.rules.iter().any(|r| {
+            !r.matches.exe_sha256.is_empty() || r.matches.exe.iter().any(|g| g.literal().is_none())
+        });
+        let flags = if any_size { exe_flags::ANY_SIZE } else { 0 };
         self.maps
-            .set_exe_special(exe_special::UNVETTED, verdict(&none, 0, unvetted))?;
+            .set_exe_special(exe_special::UNVETTED, verdict(&none, flags, unvetted))?;
         self.maps
             .set_exe_special(exe_special::ANONYMOUS, verdict(&none, 0, anonymous))?;
         self.maps.clear_exe_verdicts();
@@ -124,6 +140,20 @@ impl Agent {
                         path,
                         sha256: Some(digest),
                         loader,
+                    },
+                );
+            }
+        }
+        self.maps.set_exe_sizes(&self.rule_sizes)?;
+        for path in LOADERS {
+            if let Some(file) = loader_file(path) {
+                self.vetted.insert(
+                    key(&file),
+                    Vetted {
+                        file,
+                        path: path.to_string(),
+                        sha256: None,
+                        loader: true,
                     },
                 );
             }
@@ -246,6 +276,12 @@ impl Agent {
         };
         self.procs.set_exe(tgid, None, facts);
     }
+}
+
+/// A loader's file identity, without hashing it.
+fn loader_file(path: &str) -> Option<ExeFile> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(exe::exe_file(&meta))
 }
 
 /// `program` as the loader sees it, made absolute from the process's cwd.

@@ -27,6 +27,7 @@ pub struct KernelMaps {
     heartbeat: Array<MapData, u64>,
     exe_policy: BpfHashMap<MapData, ExeKey, ExeVerdict>,
     exe_special: Array<MapData, ExeVerdict>,
+    exe_sizes: BpfHashMap<MapData, i64, u32>,
     installed_dns: HashMap<u64, DnsName>,
     installed: EndpointSet,
     installed_ports: HashMap<u16, u8>,
@@ -59,6 +60,7 @@ impl KernelMaps {
             heartbeat: take(ebpf, names::MAP_HEARTBEAT)?,
             exe_policy: take(ebpf, names::MAP_EXE_POLICY)?,
             exe_special: take(ebpf, names::MAP_EXE_SPECIAL)?,
+            exe_sizes: take(ebpf, names::MAP_EXE_SIZES)?,
             installed_dns: HashMap::new(),
             installed: EndpointSet::default(),
             installed_ports: HashMap::new(),
@@ -288,8 +290,18 @@ impl KernelMaps {
         }
     }
 
-    pub fn exe_verdict_count(&self) -> usize {
-        self.exe_policy.keys().count()
+    /// Makes `MG_EXE_SIZES` hold exactly `sizes`.
+    pub fn set_exe_sizes(&mut self, sizes: &std::collections::HashSet<i64>) -> Result<()> {
+        let old: Vec<i64> = self.exe_sizes.keys().filter_map(Result::ok).collect();
+        for size in old.iter().filter(|s| !sizes.contains(s)) {
+            let _ = self.exe_sizes.remove(size);
+        }
+        for size in sizes {
+            self.exe_sizes
+                .insert(size, 1, 0)
+                .context("writing MG_EXE_SIZES (is it full?)")?;
+        }
+        Ok(())
     }
 
     pub fn set_exe_special(&mut self, slot: u32, verdict: ExeVerdict) -> Result<()> {
