@@ -147,6 +147,25 @@ pub fn run(args: &ExecArgs) -> Result<()> {
         Ok(copy)
     })?;
     copied.print("a fresh copy each time");
+    // Not the rule's program (one byte more: another digest, another
+    // size): it must connect; a block here is a false positive of the
+    // conservative verdict for files not vetted yet.
+    let other = escapes(&on, port, copy_tries, |i| {
+        let copy = copies.join(format!("other-{i}"));
+        let mut bytes = fs::read(&probe).context("reading the probe")?;
+        bytes.push(0);
+        fs::write(&copy, bytes).context("writing another program")?;
+        fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(copy)
+    })?;
+    println!(
+        "  another new program each time (must connect): {} tries, {} connected, {} blocked \
+         (false positives), {} other errors",
+        group(u64::from(other.tries)),
+        group(u64::from(other.escaped)),
+        other.blocked,
+        other.other
+    );
     let _ = fs::remove_dir_all(&copies);
     let _ = fs::remove_file(&link);
     let (status, log_text) = agent.stop()?;
