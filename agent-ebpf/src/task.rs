@@ -3,8 +3,8 @@
 //! each entry was computed for.
 
 use agent_common::{
-    Counter, EventHeader, EventKind, ExecEvent, ExeFile, ExeKey, ExeOffsets, ExeVerdict,
-    ExitEvent, exe_flags, exe_special, exe_status, limits,
+    Counter, EventHeader, EventKind, ExeFile, ExeKey, ExeOffsets, ExeVerdict, ExecEvent, ExitEvent,
+    exe_flags, exe_special, exe_status, limits,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -23,8 +23,7 @@ use aya_ebpf::{
 
 use crate::maps::{
     MG_ARGV_SCRATCH, MG_CONFIG, MG_EVENTS, MG_EXE_POLICY, MG_EXE_SIZES, MG_EXE_SPECIAL,
-    MG_PENDING_ARGV,
-    MG_PROC_POLICY, count,
+    MG_PENDING_ARGV, MG_PROC_POLICY, count,
 };
 
 // Field offsets, set by the agent from events/sched/*/format before load

@@ -114,7 +114,11 @@ fn a_copy_of_a_blocked_program_is_blocked() {
     let fx = fixture("copy");
     let copy = fx.dir.0.join("my-tool");
     std::fs::copy(CURL, &copy).expect("copy curl");
-    let event = assert_blocked(&fx, fx.cgroup.command(copy.to_str().unwrap()), "a copy of curl");
+    let event = assert_blocked(
+        &fx,
+        fx.cgroup.command(copy.to_str().unwrap()),
+        "a copy of curl",
+    );
     assert_eq!(
         event["identity"]["exe"],
         copy.display().to_string(),
@@ -127,7 +131,11 @@ fn a_copy_of_a_blocked_program_is_blocked() {
         "{event:#}"
     );
     // Ran again, the copy is a vetted file: the kernel knows it at exec.
-    let event = assert_blocked(&fx, fx.cgroup.command(copy.to_str().unwrap()), "the copy again");
+    let event = assert_blocked(
+        &fx,
+        fx.cgroup.command(copy.to_str().unwrap()),
+        "the copy again",
+    );
     assert_eq!(event["rule"], "no-curl", "{event:#}");
     assert_eq!(event["identity"]["exe_sha256"], curl_digest(), "{event:#}");
 
@@ -155,7 +163,11 @@ fn a_hard_link_to_a_blocked_program_is_blocked() {
     let fx = fixture("hardlink");
     let link = fx.dir.0.join("innocent");
     std::fs::hard_link(CURL, &link).expect("hard-link curl (same file system)");
-    let event = assert_blocked(&fx, fx.cgroup.command(link.to_str().unwrap()), "a hard link to curl");
+    let event = assert_blocked(
+        &fx,
+        fx.cgroup.command(link.to_str().unwrap()),
+        "a hard link to curl",
+    );
     assert_eq!(event["identity"]["exe_sha256"], curl_digest(), "{event:#}");
     let _ = std::fs::remove_file(&link);
 }

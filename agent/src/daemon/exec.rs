@@ -8,9 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
-    ExeFile, ExeKey, ExeVerdict, PolicyEntry, exe_flags, exe_special, exe_status,
-};
+use agent_common::{ExeFile, ExeKey, ExeVerdict, PolicyEntry, exe_flags, exe_special, exe_status};
 use anyhow::Result;
 use tracing::{debug, warn};
 
@@ -201,21 +199,25 @@ impl Agent {
             return;
         }
         let anonymous = exe::is_anonymous(file, exe_path.as_deref());
-        let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
-        let want = (file.ino != 0).then_some(file);
+        let exe_rules = self.compiled.policy.has_exe_rules();
         let worth = self.digest_worth();
-        let mut digest = self.digests.digest_if(&proc_exe, want, &worth);
-        if digest.is_none() && !anonymous {
-            // Gone already: the path, if it still names that version.
-            digest = exe_path
-                .as_deref()
-                .and_then(|p| self.digests.digest_if(Path::new(p), want, &worth));
-        }
         let mut facts = ExeFacts {
-            exe_sha256: digest.as_ref().map(|(_, d)| d.clone()),
             anonymous_exec: anonymous,
-            exe_loader: None,
+            ..ExeFacts::default()
         };
+        if exe_rules {
+            // The very file the kernel saw, through the process while it
+            // lives; else its path, if that still names the same version.
+            let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+            let want = (file.ino != 0).then_some(file);
+            let mut digest = self.digests.digest_if(&proc_exe, want, &worth);
+            if digest.is_none() && !anonymous {
+                digest = exe_path
+                    .as_deref()
+                    .and_then(|p| self.digests.digest_if(Path::new(p), want, &worth));
+            }
+            facts.exe_sha256 = digest.map(|(_, d)| d);
+        }
         let loader = exe_path.as_deref().is_some_and(exe::is_loader);
         if self.exe_rules_in_kernel() && !anonymous && file.ino != 0 {
             let vetted = Vetted {
@@ -234,14 +236,15 @@ impl Agent {
         }
         if loader && let Some(program) = exe::loader_program(args) {
             // The loader is only the means: the identity is the program.
-            let path = exe::program_path(tgid, program);
             facts.exe_loader = exe_path.take();
-            facts.exe_sha256 = self.digests.digest_if(&path, None, &worth).map(|(_, d)| d);
+            if exe_rules {
+                let path = exe::program_path(tgid, program);
+                facts.exe_sha256 = self.digests.digest_if(&path, None, &worth).map(|(_, d)| d);
+            }
             exe_path = Some(absolute(tgid, program));
         }
-        let governed = self.cgroups.get(info.cgroup_id).is_some();
         self.procs.set_exe(tgid, exe_path, facts);
-        if anonymous && governed {
+        if anonymous && self.governs(info.cgroup_id) {
             let identity = self.identity_of(super::Who {
                 tgid,
                 pid: tgid,
@@ -252,6 +255,28 @@ impl Agent {
             });
             self.alerts.send(watchdog::anonymous_exec_alert(&identity));
         }
+    }
+
+    /// The cgroup is the one the programs are attached to, or below it.
+    fn governs(&self, cgroup_id: u64) -> bool {
+        let Some(entry) = self.cgroups.get(cgroup_id) else {
+            return false;
+        };
+        let Ok(root) = self
+            .settings
+            .cgroup
+            .strip_prefix(&self.settings.cgroup_mount)
+        else {
+            return false;
+        };
+        let root = format!("/{}", root.display());
+        let root = root.trim_end_matches('/');
+        entry.path == root
+            || root.is_empty()
+            || entry
+                .path
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// A process the agent knew before it vetted anything (older than the

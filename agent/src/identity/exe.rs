@@ -207,9 +207,19 @@ mod tests {
     #[test]
     fn the_program_a_loader_loads_is_found_past_its_options() {
         let cases: [(&[&str], Option<&str>); 5] = [
-            (&["/lib64/ld-linux-x86-64.so.2", "/usr/bin/curl", "-s"], Some("/usr/bin/curl")),
             (
-                &["ld.so", "--library-path", "/x", "--inhibit-cache", "./curl", "url"],
+                &["/lib64/ld-linux-x86-64.so.2", "/usr/bin/curl", "-s"],
+                Some("/usr/bin/curl"),
+            ),
+            (
+                &[
+                    "ld.so",
+                    "--library-path",
+                    "/x",
+                    "--inhibit-cache",
+                    "./curl",
+                    "url",
+                ],
                 Some("./curl"),
             ),
             (&["ld.so", "--argv0", "vim", "--", "/tmp/c"], Some("/tmp/c")),

@@ -11,7 +11,8 @@ const CURL_SHA: &str = "27125f0331490b7fbf4da11f2bd913ce1b94e071367b2fa8e535ce8c
 fn compiled(text: &str, ids: &mut Ids) -> Compiled {
     let catalog = Catalog::parse("endpoints.yaml", CATALOG).unwrap();
     let mut policy = Policy::parse("policy.yaml", text, &catalog).unwrap_or_else(|e| panic!("{e}"));
-    let digests = std::collections::HashMap::from([("/usr/bin/curl".to_string(), CURL_SHA.to_string())]);
+    let digests =
+        std::collections::HashMap::from([("/usr/bin/curl".to_string(), CURL_SHA.to_string())]);
     policy.set_exe_digests(&digests);
     Compiled::new(policy, &catalog, ids).unwrap()
 }
@@ -36,7 +37,11 @@ fn a_literal_exe_path_matches_a_copy_by_digest() {
     assert_eq!(copy.actions[openai], action::BLOCK, "a copy of curl");
     assert_eq!(ids.rule_name(copy.rules[openai]), Some("no-curl"));
     let other = c.exe_entry(&exe("/usr/bin/wget", Some(&"0".repeat(64))));
-    assert_eq!(other.actions[openai], action::NONE, "another program: no entry");
+    assert_eq!(
+        other.actions[openai],
+        action::NONE,
+        "another program: no entry"
+    );
     assert!(c.policy.has_exe_rules());
 }
 
@@ -124,5 +129,8 @@ fn exe_sha256_is_checked_and_matched() {
     .unwrap();
     let hit = p.evaluate(Some(&exe("/anywhere", Some(CURL_SHA))), None, "openai");
     assert_eq!(hit.map(|(_, r)| r.name.as_str()), Some("by-digest"));
-    assert!(p.evaluate(Some(&exe("/anywhere", None)), None, "openai").is_none());
+    assert!(
+        p.evaluate(Some(&exe("/anywhere", None)), None, "openai")
+            .is_none()
+    );
 }

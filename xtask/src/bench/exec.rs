@@ -86,7 +86,10 @@ pub fn run(args: &ExecArgs) -> Result<()> {
 
     let mount = cgroup::mount()?;
     super::remove_stale_cgroups(&mount);
-    let on = ChildCgroup::create(&mount, &format!("{CGROUP_PREFIX}exec-{}", std::process::id()))?;
+    let on = ChildCgroup::create(
+        &mount,
+        &format!("{CGROUP_PREFIX}exec-{}", std::process::id()),
+    )?;
 
     let listener = TcpListener::bind((ENDPOINT_IP, 0)).context("listening on 127.0.0.9")?;
     let port = listener.local_addr()?.port();
@@ -308,7 +311,9 @@ fn exec_loop(cgroup: &ChildCgroup, extra: &[String], seconds: u64) -> Result<f64
          /bin/true {args}; n=$((n+1)); done; echo $n"
     );
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     client::place(&mut cmd, Some(cgroup), None)?;
     let started = Instant::now();
     let mut child = cmd.spawn().context("running the exec loop")?;
@@ -321,7 +326,9 @@ fn exec_loop(cgroup: &ChildCgroup, extra: &[String], seconds: u64) -> Result<f64
     child.wait()?;
     let elapsed = started.elapsed();
     let n: f64 = out.trim().parse().context("the loop's count")?;
-    Ok(n / elapsed.as_secs_f64().max(Duration::from_millis(1).as_secs_f64()))
+    Ok(n / elapsed
+        .as_secs_f64()
+        .max(Duration::from_millis(1).as_secs_f64()))
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -335,7 +342,12 @@ fn cpu_ticks(pid: u32) -> u64 {
         return 0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12)
 }
 
