@@ -149,7 +149,7 @@ fn exec_verdict(tgid: u32, exe: &ExeFile) -> u32 {
             _pad: 0,
             ino: exe.ino,
         };
-        match MG_EXE_POLICY.get_ptr(&key) {
+        match MG_EXE_POLICY.get_ptr(key) {
             Some(known) if unsafe { current(known, exe) } => {
                 if unsafe { (*known).flags } & exe_flags::DEFER != 0 {
                     count(Counter::ExecUnvetted);
@@ -166,7 +166,7 @@ fn exec_verdict(tgid: u32, exe: &ExeFile) -> u32 {
                 let any_size =
                     unvetted.is_some_and(|u| unsafe { (*u).flags } & exe_flags::ANY_SIZE != 0);
                 // SAFETY: the value is only tested for presence.
-                if any_size || unsafe { MG_EXE_SIZES.get(&exe.size) }.is_some() {
+                if any_size || unsafe { MG_EXE_SIZES.get(exe.size) }.is_some() {
                     count(Counter::ExecUnvetted);
                     (unvetted, exe_status::UNVETTED)
                 } else {
@@ -177,11 +177,12 @@ fn exec_verdict(tgid: u32, exe: &ExeFile) -> u32 {
     };
     match verdict {
         Some(verdict) if unsafe { (*verdict).flags } & exe_flags::HAS_ENTRY != 0 => {
-            // By reference: no 192-byte copy on the BPF stack.
-            if MG_PROC_POLICY
-                .insert(tgid, unsafe { &(*verdict).entry }, 0)
-                .is_err()
-            {
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "by reference: no 192-byte copy on the BPF stack"
+            )]
+            let written = MG_PROC_POLICY.insert(tgid, unsafe { &(*verdict).entry }, 0);
+            if written.is_err() {
                 let _ = MG_PROC_POLICY.remove(tgid);
                 count(Counter::ExecVerdictLost);
             }
