@@ -106,6 +106,14 @@ impl Agent {
     /// Writes the unvetted / anonymous entries and every vetted file's
     /// verdict for the current policy (after a load or reload).
     pub(super) fn sync_exe_verdicts(&mut self) -> Result<()> {
+        // Sizes of the files rules name: only files of these sizes can be
+        // their copies, so only those are hashed.
+        self.rule_sizes.clear();
+        for path in self.compiled.policy.literal_exe_paths() {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                self.rule_sizes.insert(exe::exe_file(&meta).size);
+            }
+        }
         if !self.exe_rules_in_kernel() {
             self.maps.clear_exe_verdicts();
             return Ok(());
@@ -126,10 +134,8 @@ impl Agent {
             .set_exe_special(exe_special::ANONYMOUS, verdict(&none, 0, anonymous))?;
         self.maps.clear_exe_verdicts();
         // The files rules name are known before their first exec.
-        self.rule_sizes.clear();
         for path in self.compiled.policy.literal_exe_paths() {
             if let Some((file, digest)) = self.digests.digest(Path::new(&path), None) {
-                self.rule_sizes.insert(file.size);
                 let loader = exe::is_loader(&path);
                 self.vetted.insert(
                     key(&file),
