@@ -131,6 +131,9 @@ struct Agent {
     vetted: HashMap<agent_common::ExeKey, exec::Vetted>,
     /// Sizes of the files the policy's literal `exe` paths name.
     rule_sizes: std::collections::HashSet<i64>,
+    /// The versions of the files literal `exe` paths name, to notice an
+    /// upgrade.
+    rule_files: HashMap<String, agent_common::ExeFile>,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -285,6 +288,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         digests,
         vetted: HashMap::new(),
         rule_sizes: Default::default(),
+        rule_files: HashMap::new(),
     };
     agent.policy_loaded();
     // Everything is in the maps before the hooks see their first connect.
@@ -724,6 +728,7 @@ impl Agent {
         }
         self.expire_quarantines();
         self.save_budgets();
+        self.refresh_rule_files();
         match self.cgroups.rescan() {
             Ok(true) => {
                 if let Err(err) = self.refresh_cgroup_entries() {

@@ -219,3 +219,62 @@ fn wait_for_alert(agent: &Agent, kind: &str) -> Value {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn when_the_rules_file_changes_copies_of_its_new_bytes_are_blocked() {
+    require_root();
+    let dir = TempDir(PathBuf::from(format!(
+        "/var/tmp/mg-exec-upgrade-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let tool = dir.0.join("tool");
+    std::fs::copy("/bin/true", &tool).expect("install the first version");
+    let cgroup = TestCgroup::new("upgrade");
+    let listener = Listener::start("127.0.0.9:0");
+    let port = listener.addr.port();
+    let agent = Agent::start(AgentSpec {
+        cgroup: &cgroup,
+        endpoints: &format!(
+            "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    ports: [{port}]\n    addresses: [127.0.0.9]\n"
+        ),
+        policy: &format!(
+            "default_action: monitor\nrules:\n  - name: no-tool\n    match:\n      exe: [{}]\n    action: block\n",
+            tool.display()
+        ),
+        extra_args: &[],
+        hosts_file: None,
+        agent_in_cgroup: false,
+        config: "",
+        state_tmpfs: None,
+    });
+    // A copy of curl is not the tool yet: it connects, and is vetted.
+    let other = dir.0.join("other");
+    std::fs::copy(CURL, &other).unwrap();
+    let url = format!("http://127.0.0.9:{port}/");
+    let run = || {
+        let mut cmd = cgroup.command(other.to_str().unwrap());
+        let out = curl(&mut cmd, &url).output().expect("run the copy");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(run(), "200", "curl is not the tool (yet)");
+    // The tool is upgraded (to curl's bytes, new inode): within a tick the
+    // agent takes its digest again, and the copy, already vetted, is
+    // re-vetted as what it now is.
+    let staged = dir.0.join("tool.new");
+    std::fs::copy(CURL, &staged).unwrap();
+    std::fs::rename(&staged, &tool).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if run() == "000" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a copy of the upgraded tool still connects 20 s after the upgrade"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(agent);
+    drop(listener);
+}

@@ -162,6 +162,12 @@ impl Agent {
                 );
             }
         }
+        // A file vetted without a digest (no rule could match it by one
+        // then) that now could: forgotten, so its next exec is unvetted
+        // and hashed.
+        let worth = self.digest_worth();
+        self.vetted
+            .retain(|_, v| v.sha256.is_some() || v.loader || !worth(v.file.size));
         let all: Vec<Vetted> = self.vetted.values().cloned().collect();
         for vetted in &all {
             self.write_vetted(vetted)?;
@@ -283,6 +289,51 @@ impl Agent {
                 .path
                 .strip_prefix(root)
                 .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// A file a literal `exe` names changed (a package upgrade): its new
+    /// digest and size, for the agent, the proxy and the exec hook.
+    pub(super) fn refresh_rule_files(&mut self) {
+        let now: HashMap<String, ExeFile> = self
+            .compiled
+            .policy
+            .literal_exe_paths()
+            .into_iter()
+            .filter_map(|path| {
+                let meta = std::fs::metadata(&path).ok()?;
+                Some((path, exe::exe_file(&meta)))
+            })
+            .collect();
+        let changed = now.len() != self.rule_files.len()
+            || now.iter().any(|(path, file)| {
+                self.rule_files
+                    .get(path)
+                    .is_none_or(|old| !exe::same_version(old, file))
+            });
+        if !changed {
+            return;
+        }
+        let first = self.rule_files.is_empty();
+        self.rule_files = now;
+        if first {
+            // Just loaded: the digests are current.
+            return;
+        }
+        literal_digests(&mut self.compiled.policy, &mut self.digests);
+        {
+            let mut shared = self.shared_policy.write().expect("policy lock poisoned");
+            let mut policy = shared.policy.clone();
+            literal_digests(&mut policy, &mut self.digests);
+            *shared = std::sync::Arc::new(crate::policy::PolicyState {
+                policy,
+                prices: shared.prices.clone(),
+                default_override: shared.default_override,
+            });
+        }
+        debug!("a file an exe rule names changed; its digest was taken again");
+        if let Err(err) = self.apply_policy() {
+            warn!("{err:#}");
+        }
     }
 
     /// A process the agent knew before it vetted anything (older than the
