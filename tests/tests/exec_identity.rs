@@ -233,7 +233,8 @@ fn when_the_rules_file_changes_copies_of_its_new_bytes_are_blocked() {
     let cgroup = TestCgroup::new("upgrade");
     let listener = Listener::start("127.0.0.9:0");
     let port = listener.addr.port();
-    let agent = Agent::start(AgentSpec {
+    // Dropped first (reverse order): the agent stops before the cgroup goes.
+    let _agent = Agent::start(AgentSpec {
         cgroup: &cgroup,
         endpoints: &format!(
             "providers:\n  - name: openai\n    api: openai\n    hosts: [api.openai.com]\n    ports: [{port}]\n    addresses: [127.0.0.9]\n"
@@ -275,6 +276,4 @@ fn when_the_rules_file_changes_copies_of_its_new_bytes_are_blocked() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    drop(agent);
-    drop(listener);
 }
