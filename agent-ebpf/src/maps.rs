@@ -2,8 +2,8 @@
 //! userspace looks them up by.
 
 use agent_common::{
-    AgentConfig, ArgvBuf, CidrKey, Counter, EndpointKey, EndpointValue, PolicyEntry, Redirect,
-    limits,
+    AgentConfig, ArgvBuf, CidrKey, Counter, EndpointKey, EndpointValue, ExeKey, ExeVerdict,
+    PolicyEntry, Redirect, exe_special, limits,
 };
 use aya_ebpf::{
     macros::map,
@@ -63,6 +63,23 @@ pub static MG_REDIRECT_PORT: LruHashMap<u32, Redirect> =
 /// CLOCK_BOOTTIME ns of the agent's last heartbeat, for `fail_mode: open`.
 #[map]
 pub static MG_HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Verdicts of the executable files the agent has vetted, by (dev, inode):
+/// the exec hook writes the process's entry from here. LRU: a file that
+/// falls out is unvetted until the agent vets it again.
+#[map]
+pub static MG_EXE_POLICY: LruHashMap<ExeKey, ExeVerdict> =
+    LruHashMap::with_max_entries(limits::MAX_EXES, 0);
+
+/// The entries for an unvetted file and for a memfd / deleted file
+/// (`exe_special`). An array: these two must never be evicted.
+#[map]
+pub static MG_EXE_SPECIAL: Array<ExeVerdict> = Array::with_max_entries(exe_special::COUNT, 0);
+
+/// Sizes of the files literal `exe` rules name: an unvetted file of one of
+/// these sizes may be a copy (`exe_flags::ANY_SIZE`).
+#[map]
+pub static MG_EXE_SIZES: HashMap<i64, u32> = HashMap::with_max_entries(limits::MAX_EXE_SIZES, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -19,6 +19,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+mod exec;
 mod status;
 
 use self::status::Facts;
@@ -122,6 +123,17 @@ struct Agent {
     quarantined: HashMap<u32, (Instant, String)>,
     live: Arc<Live>,
     facts: Facts,
+    /// The kernel reads which file a process executes (BTF offsets found).
+    exe_identity: bool,
+    /// Digests of executables, by file version.
+    digests: crate::identity::exe::DigestCache,
+    /// Files whose verdict the exec hook knows.
+    vetted: HashMap<agent_common::ExeKey, exec::Vetted>,
+    /// Sizes of the files the policy's literal `exe` paths name.
+    rule_sizes: std::collections::HashSet<i64>,
+    /// The versions of the files literal `exe` paths name, to notice an
+    /// upgrade.
+    rule_files: HashMap<String, agent_common::ExeFile>,
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -134,6 +146,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     let prices = Prices::load_dir(&settings.policies)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the price table is invalid; fix it (see `modelgate policy check`)")?;
+    let mut digests = crate::identity::exe::DigestCache::default();
+    let mut policy = policy;
+    exec::literal_digests(&mut policy, &mut digests);
     let shared_policy: SharedPolicy = Arc::new(RwLock::new(Arc::new(PolicyState {
         policy: policy.clone(),
         prices,
@@ -269,6 +284,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         quarantined: HashMap::new(),
         live,
         facts,
+        exe_identity: programs.exe_identity,
+        digests,
+        vetted: HashMap::new(),
+        rule_sizes: Default::default(),
+        rule_files: HashMap::new(),
     };
     agent.policy_loaded();
     // Everything is in the maps before the hooks see their first connect.
@@ -442,7 +462,7 @@ impl Agent {
             default_action: self.default_action().to_kernel(),
             has_proc_rules: u8::from(has_proc_rules),
             suffix_labels: self.catalog.suffix_labels(),
-            _pad: 0,
+            exe_rules: u8::from(self.exe_rules_in_kernel()),
             generation: self.generation,
             proxy_port: self.proxy_port,
             fail_open_after_s: match self.settings.fail_mode {
@@ -451,6 +471,7 @@ impl Agent {
             },
             agent_tgid: std::process::id(),
         })?;
+        self.sync_exe_verdicts()?;
         self.refresh_cgroup_entries()?;
         if !has_proc_rules {
             for tgid in self.maps.proc_tgids() {
@@ -462,7 +483,11 @@ impl Agent {
         tgids.extend(self.maps.proc_tgids());
         tgids.sort_unstable();
         tgids.dedup();
+        let exe_rules = self.compiled.policy.has_exe_rules();
         for tgid in tgids {
+            if exe_rules {
+                self.vet_running(tgid);
+            }
             self.refresh_proc_entry(tgid)?;
         }
         Ok(())
@@ -512,6 +537,8 @@ impl Agent {
         let group = self.users.group(info.gid);
         let proc_facts = ProcFacts {
             exe: info.exe.as_deref(),
+            exe_sha256: info.exe_facts.exe_sha256.as_deref(),
+            anonymous_exec: info.exe_facts.anonymous_exec,
             comm: &info.comm,
             uid: info.uid,
             user: user.as_deref(),
@@ -590,6 +617,8 @@ impl Agent {
                 return Err(errors.to_string());
             }
         };
+        let mut policy = policy;
+        exec::literal_digests(&mut policy, &mut self.digests);
         let state = Arc::new(PolicyState {
             policy: policy.clone(),
             prices,
@@ -700,6 +729,7 @@ impl Agent {
         }
         self.expire_quarantines();
         self.save_budgets();
+        self.refresh_rule_files();
         match self.cgroups.rescan() {
             Ok(true) => {
                 if let Err(err) = self.refresh_cgroup_entries() {
@@ -943,10 +973,13 @@ impl Agent {
             gid: ev.gid,
             comm: c_str(&ev.comm),
             exe: (!filename.is_empty()).then_some(filename),
+            exe_facts: Default::default(),
             cmdline,
             cgroup_id: ev.cgroup_id,
             exited: None,
         });
+        let exe_file = ev.exe;
+        self.vet_exec(ev.header.tgid, &exe_file, ev.exe_status, &args);
         self.maps.forget_proc(ev.header.tgid);
         self.ensure_cgroup_known(ev.cgroup_id);
         if let Err(err) = self.refresh_proc_entry(ev.header.tgid) {
@@ -1106,6 +1139,7 @@ impl Agent {
             group: self.users.group(who.gid),
             comm: c_str(who.comm),
             exe: info.exe,
+            exe_facts: info.exe_facts,
             cmdline: info.cmdline,
             parents: self.procs.parents(info.ppid),
             cgroup: cgroup.as_ref().map(|c| c.path.clone()),

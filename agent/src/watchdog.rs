@@ -19,6 +19,8 @@ pub fn facts(id: &Identity) -> (ProcFacts<'_>, CgroupFacts<'_>) {
     (
         ProcFacts {
             exe: id.exe.as_deref(),
+            exe_sha256: id.exe_facts.exe_sha256.as_deref(),
+            anonymous_exec: id.exe_facts.anonymous_exec,
             comm: &id.comm,
             uid: id.uid,
             user: id.user.as_deref(),
@@ -148,6 +150,28 @@ pub fn unreadable_alert(
     alert
         .details
         .insert("destination".into(), json!({"ip": ip, "port": port}));
+    alert.with_id()
+}
+
+/// A governed process runs a memfd or a deleted file: nothing on disk
+/// names what it runs, the classic way to run a binary no path rule knows.
+pub fn anonymous_exec_alert(identity: &Identity) -> Alert {
+    let who = identity.who();
+    let digest = identity
+        .exe_facts
+        .exe_sha256
+        .as_deref()
+        .map_or("unknown".to_string(), |d| d[..16].to_string());
+    let mut alert = Alert::new(
+        "anonymous-exec",
+        Severity::High,
+        format!(
+            "{who} (pid {}) runs from a memfd or a deleted file (sha256 {digest}…); \
+             `anonymous_exec: true` in a rule governs such processes",
+            identity.tgid
+        ),
+    );
+    alert.identity = Some(identity.clone());
     alert.with_id()
 }
 

@@ -17,6 +17,7 @@ mod client;
 mod dns;
 mod dns_client;
 mod dns_responder;
+mod exec;
 mod http_client;
 mod proxy;
 mod soak;
@@ -87,6 +88,10 @@ enum Bench {
     /// Time from exec to READY (programs attached, proxy listening), first
     /// start and restart, against the 1 s target (needs root).
     Startup(startup::StartupArgs),
+    /// The exec window (a static binary that connects at once, under an
+    /// exe rule that blocks it: escapes) and what the exec hook costs a
+    /// fork+exec loop, agent running vs not loaded (needs root).
+    Exec(exec::ExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Dns(args) => dns::run(args),
         Bench::Usage(args) => usage::run(args),
         Bench::Startup(args) => startup::run(args),
+        Bench::Exec(args) => exec::run(args),
     }
 }
 

@@ -25,6 +25,9 @@ pub mod names {
     pub const MAP_DNS_NAMES: &str = "MG_DNS_NAMES";
     pub const MAP_ARGV_SCRATCH: &str = "MG_ARGV_SCRATCH";
     pub const MAP_HEARTBEAT: &str = "MG_HEARTBEAT";
+    pub const MAP_EXE_POLICY: &str = "MG_EXE_POLICY";
+    pub const MAP_EXE_SPECIAL: &str = "MG_EXE_SPECIAL";
+    pub const MAP_EXE_SIZES: &str = "MG_EXE_SIZES";
 
     pub const PROG_CONNECT4: &str = "mg_connect4";
     pub const PROG_CONNECT6: &str = "mg_connect6";
@@ -47,6 +50,10 @@ pub mod names {
     pub const GLOBAL_FORK_PARENT_PID: &str = "MG_FORK_PARENT_PID_OFF";
     pub const GLOBAL_FORK_CHILD_PID: &str = "MG_FORK_CHILD_PID_OFF";
     pub const GLOBAL_EXECVE_ARGV: &str = "MG_EXECVE_ARGV_OFF";
+    /// Kernel structure offsets read from the kernel's BTF
+    /// (`agent_common::ExeOffsets`): how the exec hook finds the file a
+    /// process runs.
+    pub const GLOBAL_EXE_OFFSETS: &str = "MG_EXE_OFFSETS";
 }
 
 /// Map capacities. Userspace checks its inserts against these so a full map
@@ -86,6 +93,11 @@ pub mod limits {
     pub const DNS_ANSWERS: usize = 8;
     /// Ports recorded per catalog name.
     pub const DNS_PORTS: usize = 4;
+    /// Executable files whose verdict the kernel knows at exec (LRU: one
+    /// that falls out is simply vetted again).
+    pub const MAX_EXES: u32 = 16_384;
+    /// Sizes of the files literal `exe` rules name (`MG_EXE_SIZES`).
+    pub const MAX_EXE_SIZES: u32 = 1_024;
 }
 
 /// Verdicts. `ACTION_NONE` in a policy entry means "no opinion, fall through
@@ -165,10 +177,18 @@ pub enum Counter {
     /// segment dropped) because the kernel could not judge them and the
     /// workload's verdict is strict.
     FirstFlightHeld = 15,
+    /// Execs of a file the agent had not vetted (new, changed or evicted)
+    /// while exe rules exist: the conservative `unvetted` entry applied.
+    ExecUnvetted = 16,
+    /// Execs of a memfd or deleted file while exe rules exist.
+    ExecAnonymous = 17,
+    /// Exec-time verdicts that could not be written (MG_PROC_POLICY full)
+    /// or exe identities that could not be read.
+    ExecVerdictLost = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EndpointHits,
         Counter::Allowed,
@@ -186,6 +206,9 @@ impl Counter {
         Counter::FailOpen,
         Counter::ConnectEventsLost,
         Counter::FirstFlightHeld,
+        Counter::ExecUnvetted,
+        Counter::ExecAnonymous,
+        Counter::ExecVerdictLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -206,6 +229,9 @@ impl Counter {
             Counter::FailOpen => "fail_open",
             Counter::ConnectEventsLost => "connect_events_lost",
             Counter::FirstFlightHeld => "first_flight_held",
+            Counter::ExecUnvetted => "exec_unvetted",
+            Counter::ExecAnonymous => "exec_anonymous",
+            Counter::ExecVerdictLost => "exec_verdict_lost",
         }
     }
 }
@@ -273,7 +299,10 @@ pub struct AgentConfig {
     /// Bit `k` set when some catalog `*.suffix` has `k + 1` labels: the
     /// suffix lengths worth looking up (`wildcard::below_suffix`).
     pub suffix_labels: u8,
-    pub _pad: u8,
+    /// 1 when some rule names an executable (`exe`, `exe_sha256`,
+    /// `anonymous_exec`): the exec hook then writes the new program's
+    /// verdict itself (`MG_EXE_POLICY`, `MG_EXE_SPECIAL`).
+    pub exe_rules: u8,
     /// Bumped on every policy load, echoed in events.
     pub generation: u32,
     /// The proxy's port on 127.0.0.1 and ::1 (host order); 0 = no proxy.
@@ -506,8 +535,112 @@ pub struct ExecEvent {
     pub argv_len: u32,
     pub _pad2: u32,
     pub argv: [u8; limits::ARGV_LEN],
+    /// The file the process now runs, as the kernel saw it at exec
+    /// (zero when the exe offsets are unknown): the agent vets this very
+    /// file, not whatever the path names by the time it looks.
+    pub exe: ExeFile,
+    /// What the exec hook did (`exe_status`).
+    pub exe_status: u32,
+    pub _pad3: u32,
 }
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 840);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 888);
+
+/// The identity of an executable file: which inode, and which version of
+/// it (ctime moves on every write, chmod, link or utime; size too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeFile {
+    /// The kernel's `s_dev` (major << 20 | minor), not stat's encoding.
+    pub dev: u32,
+    /// 0: a memfd or a file deleted since (nothing names it any more).
+    pub nlink: u32,
+    pub ino: u64,
+    pub ctime_sec: i64,
+    /// Without the multigrain "queried" flag bit.
+    pub ctime_nsec: u32,
+    pub _pad: u32,
+    pub size: i64,
+}
+const _: () = assert!(core::mem::size_of::<ExeFile>() == 40);
+
+/// Key of `MG_EXE_POLICY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
+
+/// Value of `MG_EXE_POLICY` (by file) and `MG_EXE_SPECIAL` (by
+/// `exe_special`): what the process gets at exec, before it runs an
+/// instruction of the new program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeVerdict {
+    /// `exe_flags`.
+    pub flags: u32,
+    /// ctime nsec of the vetted version (see `ExeFile`).
+    pub ctime_nsec: u32,
+    pub ctime_sec: i64,
+    pub size: i64,
+    pub entry: PolicyEntry,
+}
+const _: () = assert!(core::mem::size_of::<ExeVerdict>() == 216);
+
+pub mod exe_flags {
+    /// `entry` holds a verdict for some provider: write it as the
+    /// process's entry. Without it the process has none of its own.
+    pub const HAS_ENTRY: u32 = 1;
+    /// The agent must look first (a dynamic loader run directly: the
+    /// program is in its argv): the `UNVETTED` entry applies meanwhile.
+    pub const DEFER: u32 = 2;
+    /// On the `UNVETTED` entry: it applies to an unvetted file of any
+    /// size. Without it, only to files whose size is in `MG_EXE_SIZES`
+    /// (a copy of a file a rule names has its size; other new programs
+    /// are left to the cgroup level until vetted).
+    pub const ANY_SIZE: u32 = 4;
+}
+
+/// Slots of `MG_EXE_SPECIAL`.
+pub mod exe_special {
+    /// A file the agent has not vetted (or whose version changed).
+    pub const UNVETTED: u32 = 0;
+    /// A memfd or deleted file.
+    pub const ANONYMOUS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// `ExecEvent::exe_status`: what the exec hook wrote.
+pub mod exe_status {
+    /// No exe rules (or no offsets): the entry was cleared, as before.
+    pub const CLEARED: u32 = 0;
+    /// A vetted file: its verdict (or none) applied.
+    pub const VETTED: u32 = 1;
+    pub const UNVETTED: u32 = 2;
+    pub const ANONYMOUS: u32 = 3;
+    /// A vetted dynamic loader run directly: unvetted until the agent reads argv.
+    pub const DEFERRED: u32 = 4;
+}
+
+/// Byte offsets of the kernel fields the exec hook reads, from the running
+/// kernel's BTF. `task_mm == 0`: unknown, the hook only clears.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOffsets {
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_sb: u32,
+    pub inode_ino: u32,
+    pub inode_nlink: u32,
+    pub inode_size: u32,
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
+    pub sb_dev: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExeOffsets>() == 40);
 
 /// argv copied at sys_enter_execve, kept until the exec succeeds. Twice
 /// `ARGV_LEN` so each string read can be given a full `ARGV_LEN` window
@@ -540,6 +673,9 @@ mod user {
     unsafe impl aya::Pod for AgentConfig {}
     unsafe impl aya::Pod for Redirect {}
     unsafe impl aya::Pod for DnsName {}
+    unsafe impl aya::Pod for ExeKey {}
+    unsafe impl aya::Pod for ExeVerdict {}
+    unsafe impl aya::Pod for ExeOffsets {}
 }
 
 /// IPv4 `a.b.c.d` as the `::ffff:a.b.c.d` bytes used in every key.

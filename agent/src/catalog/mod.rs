@@ -351,7 +351,8 @@ providers:
         assert_eq!(p("api.openai.com"), Some("openai"));
         assert_eq!(p("a.b.openai.azure.com"), Some("azure"), "any depth");
         assert_eq!(catalog.suffix_labels(), 1 << 2, "one 3-label suffix");
-        let deep = "providers:\n  - name: x\n    api: openai\n    hosts: [\"*.a.b.c.d.e.f.g.h.i\"]\n";
+        let deep =
+            "providers:\n  - name: x\n    api: openai\n    hosts: [\"*.a.b.c.d.e.f.g.h.i\"]\n";
         let err = Catalog::parse("e.yaml", deep).unwrap_err();
         assert!(err.0[0].message.contains("at most 8 labels"), "{err}");
     }

@@ -135,6 +135,7 @@ pub fn explain(policy: &Policy, catalog: &Catalog, given: &Given) -> Result<Expl
         user: user.as_deref(),
         gid,
         group: group.as_deref(),
+        ..ProcFacts::default()
     };
     let parsed = given
         .cgroup

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use agent_common::{
-    AgentConfig, CidrKey, Counter, DnsName, EndpointKey, EndpointValue, PolicyEntry, names,
-    port_flags,
+    AgentConfig, CidrKey, Counter, DnsName, EndpointKey, EndpointValue, ExeKey, ExeVerdict,
+    PolicyEntry, names, port_flags,
 };
 use anyhow::{Context, Result};
 use aya::{
@@ -25,6 +25,9 @@ pub struct KernelMaps {
     counters: PerCpuArray<MapData, u64>,
     dns_names: BpfHashMap<MapData, u64, DnsName>,
     heartbeat: Array<MapData, u64>,
+    exe_policy: BpfHashMap<MapData, ExeKey, ExeVerdict>,
+    exe_special: Array<MapData, ExeVerdict>,
+    exe_sizes: BpfHashMap<MapData, i64, u32>,
     installed_dns: HashMap<u64, DnsName>,
     installed: EndpointSet,
     installed_ports: HashMap<u16, u8>,
@@ -55,6 +58,9 @@ impl KernelMaps {
             counters: take(ebpf, names::MAP_COUNTERS)?,
             dns_names: take(ebpf, names::MAP_DNS_NAMES)?,
             heartbeat: take(ebpf, names::MAP_HEARTBEAT)?,
+            exe_policy: take(ebpf, names::MAP_EXE_POLICY)?,
+            exe_special: take(ebpf, names::MAP_EXE_SPECIAL)?,
+            exe_sizes: take(ebpf, names::MAP_EXE_SIZES)?,
             installed_dns: HashMap::new(),
             installed: EndpointSet::default(),
             installed_ports: HashMap::new(),
@@ -265,6 +271,43 @@ impl KernelMaps {
             }
         }
         Ok(())
+    }
+
+    /// What the exec hook gives a process running this file.
+    pub fn set_exe_verdict(&mut self, key: ExeKey, verdict: &ExeVerdict) -> Result<()> {
+        // LRU: a full map evicts the least recently used file, which is
+        // then vetted again at its next exec.
+        self.exe_policy
+            .insert(key, verdict, 0)
+            .context("writing MG_EXE_POLICY")
+    }
+
+    /// Forgets every vetted file (a new policy changes their verdicts).
+    pub fn clear_exe_verdicts(&mut self) {
+        let keys: Vec<ExeKey> = self.exe_policy.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.exe_policy.remove(&key);
+        }
+    }
+
+    /// Makes `MG_EXE_SIZES` hold exactly `sizes`.
+    pub fn set_exe_sizes(&mut self, sizes: &std::collections::HashSet<i64>) -> Result<()> {
+        let old: Vec<i64> = self.exe_sizes.keys().filter_map(Result::ok).collect();
+        for size in old.iter().filter(|s| !sizes.contains(s)) {
+            let _ = self.exe_sizes.remove(size);
+        }
+        for size in sizes {
+            self.exe_sizes
+                .insert(size, 1, 0)
+                .context("writing MG_EXE_SIZES (is it full?)")?;
+        }
+        Ok(())
+    }
+
+    pub fn set_exe_special(&mut self, slot: u32, verdict: ExeVerdict) -> Result<()> {
+        self.exe_special
+            .set(slot, verdict, 0)
+            .context("writing MG_EXE_SPECIAL")
     }
 
     /// The kernel removed this process's entry (exec or exit).

@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs.
 
+pub mod btf;
 pub mod endpoints;
 pub mod events;
 pub mod maps;
@@ -38,6 +39,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub struct Programs {
     pub ebpf: Ebpf,
     execve_argv: bool,
+    /// The kernel reads executables' identity at exec (BTF offsets found).
+    pub exe_identity: bool,
     pub pins: Pins,
 }
 
@@ -58,6 +61,13 @@ pub fn load(pin_dir: &Path) -> Result<Programs> {
     ensure_tracefs()?;
     let pins = Pins::open(pin_dir, OBJECT)?;
     let offsets = tracefmt::read(Path::new(TRACEFS))?;
+    let (exe_offsets, missing) = btf::read_exe_offsets();
+    if let Some(why) = missing {
+        warn!(
+            "{why}: the kernel cannot tell which file a process executes, so exe rules \
+             apply only once the agent has seen the exec (a fast program may connect first)"
+        );
+    }
     let mut loader = EbpfLoader::new();
     pins.configure(&mut loader);
     let ebpf = loader
@@ -74,6 +84,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs> {
         )
         .override_global(names::GLOBAL_FORK_CHILD_PID, &offsets.fork_child_pid, true)
         .override_global(names::GLOBAL_EXECVE_ARGV, &offsets.execve_argv, true)
+        .override_global(names::GLOBAL_EXE_OFFSETS, &exe_offsets, true)
         .load(OBJECT)
         .context(
             "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
@@ -83,6 +94,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs> {
     Ok(Programs {
         ebpf,
         execve_argv: offsets.execve_argv != 0,
+        exe_identity: exe_offsets.task_mm != 0,
         pins,
     })
 }

@@ -29,7 +29,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The maps whose contents the kernel programs need while no agent runs,
 /// or that a restarted agent should find again (counters, the events the
 /// kernel queued while it was down).
-const STATE_MAPS: [&str; 14] = [
+const STATE_MAPS: [&str; 17] = [
     names::MAP_PORTS,
     names::MAP_ENDPOINTS,
     names::MAP_CIDRS,
@@ -44,6 +44,9 @@ const STATE_MAPS: [&str; 14] = [
     names::MAP_DNS_NAMES,
     names::MAP_ARGV_SCRATCH,
     names::MAP_HEARTBEAT,
+    names::MAP_EXE_POLICY,
+    names::MAP_EXE_SPECIAL,
+    names::MAP_EXE_SIZES,
 ];
 
 /// The agent with the default state directory pins at the default place;

@@ -4,12 +4,13 @@
 pub mod cgroup_path;
 pub mod cgroups;
 pub mod cmdline;
+pub mod exe;
 pub mod procs;
 pub mod users;
 
 use serde::Serialize;
 
-use self::cgroup_path::CgroupInfo;
+use self::{cgroup_path::CgroupInfo, exe::ExeFacts};
 
 /// How many ancestors the record carries.
 pub const PARENT_CHAIN: usize = 4;
@@ -36,6 +37,9 @@ pub struct Identity {
     pub comm: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// exe_sha256, anonymous_exec, exe_loader.
+    #[serde(flatten)]
+    pub exe_facts: ExeFacts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

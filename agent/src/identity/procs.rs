@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{PARENT_CHAIN, Parent, cmdline};
+use super::{PARENT_CHAIN, Parent, cmdline, exe::ExeFacts};
 
 /// How long an exited process stays in the cache: events queued behind its
 /// exit still find it.
@@ -25,6 +25,8 @@ pub struct ProcInfo {
     pub gid: u32,
     pub comm: String,
     pub exe: Option<String>,
+    /// What the executable is (digest, memfd, loader), once vetted.
+    pub exe_facts: ExeFacts,
     pub cmdline: Option<String>,
     pub cgroup_id: u64,
     pub exited: Option<Instant>,
@@ -60,17 +62,31 @@ impl ProcCache {
     /// An exec: the kernel's file name is authoritative for what ran even if
     /// /proc is already gone; /proc adds the resolved exe, argv and parent.
     pub fn on_exec(&mut self, mut info: ProcInfo) {
-        if let Some(live) = read_proc(&self.mount, info.tgid) {
+        // Only what the kernel's event lacks: the parent and the resolved
+        // exe (uid, gid, cgroup and argv came with it). An exec storm makes
+        // this the agent's hottest path.
+        if let Some(live) = read_exec_facts(info.tgid) {
             // /proc/PID/exe resolves symlinks and interpreters' scripts.
             info.exe = live.exe.or(info.exe);
             // The kernel's argv is what was exec'd; /proc may already show
             // a rewritten title. /proc fills in when the kernel had none.
-            info.cmdline = info.cmdline.or(live.cmdline);
+            if info.cmdline.is_none() {
+                info.cmdline = read_cmdline(info.tgid);
+            }
             info.ppid = live.ppid.or(info.ppid);
         } else if let Some(previous) = self.by_tgid.get(&info.tgid) {
             info.ppid = info.ppid.or(previous.ppid);
         }
         self.by_tgid.insert(info.tgid, info);
+    }
+
+    /// What vetting found: the program (the loaded one, for a loader run
+    /// directly) and its facts.
+    pub fn set_exe(&mut self, tgid: u32, exe: Option<String>, facts: ExeFacts) {
+        if let Some(info) = self.by_tgid.get_mut(&tgid) {
+            info.exe = exe.or(info.exe.take());
+            info.exe_facts = facts;
+        }
     }
 
     pub fn on_exit(&mut self, tgid: u32) {
@@ -133,17 +149,39 @@ impl ProcCache {
     }
 }
 
+struct ExecFacts {
+    ppid: Option<u32>,
+    exe: Option<String>,
+}
+
+/// The parent (from /proc/PID/stat) and the exe link; None when gone.
+fn read_exec_facts(tgid: u32) -> Option<ExecFacts> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": the comm may hold spaces and ')'.
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok());
+    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    Some(ExecFacts { ppid, exe })
+}
+
+fn read_cmdline(tgid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{tgid}/cmdline")).unwrap_or_default();
+    let args = cmdline::split_raw(&raw);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    (!refs.is_empty()).then(|| cmdline::mask_cmdline(&refs, cmdline::DEFAULT_MAX_LEN))
+}
+
 /// Everything /proc can tell about a live process; None when it is gone.
 pub fn read_proc(mount: &Path, tgid: u32) -> Option<ProcInfo> {
     let process = procfs::process::Process::new(tgid as i32).ok()?;
     let stat = process.stat().ok()?;
     let status = process.status().ok();
     let exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
-    let raw = std::fs::read(format!("/proc/{tgid}/cmdline")).unwrap_or_default();
-    let args = cmdline::split_raw(&raw);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cmdline =
-        (!refs.is_empty()).then(|| cmdline::mask_cmdline(&refs, cmdline::DEFAULT_MAX_LEN));
+    let cmdline = read_cmdline(tgid);
     // The unified hierarchy's line is "0::/path".
     let cgroup_id = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
         .ok()
@@ -159,6 +197,7 @@ pub fn read_proc(mount: &Path, tgid: u32) -> Option<ProcInfo> {
         gid: status.as_ref().map(|s| s.egid).unwrap_or(0),
         comm: stat.comm,
         exe,
+        exe_facts: ExeFacts::default(),
         cmdline,
         cgroup_id: cgroup_id.unwrap_or(0),
         exited: None,

@@ -4,7 +4,7 @@
 use agent_common::{PolicyEntry, RULE_DEFAULT, action, limits::UNNAMED_PROVIDER};
 use thiserror::Error;
 
-use super::{CgroupFacts, Policy, ProcFacts};
+use super::{CgroupFacts, Match, Policy, ProcFacts, Rule};
 use crate::catalog::Catalog;
 
 #[derive(Debug, Error)]
@@ -135,6 +135,122 @@ impl Compiled {
             action::MONITOR
         };
         entry.rules[UNNAMED_PROVIDER] = RULE_DEFAULT;
+    }
+
+    /// What the exec hook writes for a process running the file `exe`
+    /// describes (its path, digest, whether anonymous): per provider, the
+    /// verdict of the first rule that matches whatever the process's
+    /// other facts are. Where an earlier rule depends on facts the hook
+    /// does not know (comm, user, cgroup), or the deciding rule names no
+    /// executable, the provider stays `NONE`: the cgroup level applies
+    /// until the agent has evaluated the process.
+    pub fn exe_entry(&self, exe: &ProcFacts<'_>) -> PolicyEntry {
+        self.walk_exe(|m| Some(m.exe_conditions_hold(exe)), None)
+    }
+
+    /// For a file the agent has not vetted yet: per provider, `BLOCK` when
+    /// some rule naming executables blocks it, else `REDIRECT` when one
+    /// sends it through the proxy (which decides with the full identity
+    /// once the agent has vetted the file), else `NONE`.
+    pub fn unvetted_entry(&self, rule: u16) -> PolicyEntry {
+        let mut entry = PolicyEntry::EMPTY;
+        for (id, name) in &self.providers {
+            let slot = *id as usize;
+            for r in &self.policy.rules {
+                let m = &r.matches;
+                if !m.has_exe_conditions()
+                    || (!m.provider.is_empty() && !m.provider.iter().any(|p| p.0 == *name))
+                {
+                    continue;
+                }
+                let kernel = self.kernel_action(r);
+                if kernel == action::BLOCK {
+                    entry.actions[slot] = action::BLOCK;
+                    entry.rules[slot] = rule;
+                    break;
+                }
+                if kernel == action::REDIRECT || kernel == action::PASSTHROUGH {
+                    entry.actions[slot] = action::REDIRECT;
+                    entry.rules[slot] = rule;
+                }
+            }
+        }
+        self.fold_unnamed(&mut entry);
+        entry
+    }
+
+    /// For a memfd or a deleted file: rules with only `anonymous_exec`
+    /// decide; where a rule matching by path or digest comes first (the
+    /// bytes may be a blocked program's), the unvetted verdict applies.
+    pub fn anonymous_entry(&self, unvetted_rule: u16) -> PolicyEntry {
+        let unvetted = self.unvetted_entry(unvetted_rule);
+        let anonymous = ProcFacts {
+            anonymous_exec: true,
+            ..ProcFacts::default()
+        };
+        self.walk_exe(
+            |m| {
+                if !m.exe.is_empty() || !m.exe_sha256.is_empty() {
+                    None
+                } else {
+                    Some(m.exe_conditions_hold(&anonymous))
+                }
+            },
+            Some(&unvetted),
+        )
+    }
+
+    /// The ordered walk behind `exe_entry` and `anonymous_entry`:
+    /// `holds` says whether a rule's exe conditions hold (None: unknown,
+    /// then `unknown` gives the provider's verdict, or NONE).
+    fn walk_exe(
+        &self,
+        holds: impl Fn(&Match) -> Option<bool>,
+        unknown: Option<&PolicyEntry>,
+    ) -> PolicyEntry {
+        let mut entry = PolicyEntry::EMPTY;
+        for (id, name) in &self.providers {
+            let slot = *id as usize;
+            for (index, rule) in self.policy.rules.iter().enumerate() {
+                let m = &rule.matches;
+                if !m.provider.is_empty() && !m.provider.iter().any(|p| p.0 == *name) {
+                    continue;
+                }
+                let hold = if m.has_exe_conditions() {
+                    holds(m)
+                } else {
+                    Some(true)
+                };
+                match hold {
+                    Some(false) => continue,
+                    None => {
+                        if let Some(unknown) = unknown {
+                            entry.actions[slot] = unknown.actions[slot];
+                            entry.rules[slot] = unknown.rules[slot];
+                        }
+                        break;
+                    }
+                    Some(true) => {}
+                }
+                // It may match: decided here only when nothing else about
+                // the process can change that, and it names executables.
+                if m.has_exe_conditions() && !m.has_non_exe_identity_conditions() {
+                    entry.actions[slot] = self.kernel_action(rule);
+                    entry.rules[slot] = self.rule_ids[index];
+                }
+                break;
+            }
+        }
+        self.fold_unnamed(&mut entry);
+        entry
+    }
+
+    fn kernel_action(&self, rule: &Rule) -> u8 {
+        if rule.needs_proxy() {
+            action::REDIRECT
+        } else {
+            rule.action.to_kernel()
+        }
     }
 
     /// For identities that match no identity condition: kept under cgroup

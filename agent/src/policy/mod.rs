@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     load::data_action,
-    rules::{CgroupFacts, ProcFacts, RequestFacts, Rule},
+    rules::{CgroupFacts, Match, ProcFacts, RequestFacts, Rule},
     version::version,
 };
 use crate::{catalog::Catalog, classify::Classifier, yaml::FileErrors};
@@ -136,6 +136,42 @@ impl Policy {
             .any(|r| r.matches.has_process_conditions())
     }
 
+    /// The files `exe` conditions name literally (no wildcard): their
+    /// digests let a copy of one match too.
+    pub fn literal_exe_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.matches.exe.iter().filter_map(|g| g.literal()))
+            .map(str::to_string)
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// Gives each rule the digests of the files its literal `exe` paths
+    /// name (`digests`: path → hex SHA-256; a path missing there matches
+    /// by path only).
+    pub fn set_exe_digests(&mut self, digests: &std::collections::HashMap<String, String>) {
+        for rule in &mut self.rules {
+            let found: Vec<String> = rule
+                .matches
+                .exe
+                .iter()
+                .filter_map(|g| g.literal())
+                .filter_map(|path| digests.get(path).cloned())
+                .collect();
+            rule.matches.exe_digests = found;
+        }
+    }
+
+    /// True when some rule names executables (exe, exe_sha256,
+    /// anonymous_exec): the kernel then decides at exec.
+    pub fn has_exe_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.matches.has_exe_conditions())
+    }
+
     /// The rule that decides a request, seen by the proxy with everything
     /// known: identity, provider and the request itself.
     pub fn decide_request(
@@ -170,3 +206,5 @@ impl Policy {
 mod tests;
 #[cfg(test)]
 mod tests_decide;
+#[cfg(test)]
+mod tests_exe;

@@ -41,8 +41,20 @@ impl Rule {
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Executable path globs, e.g. `/usr/bin/curl`, `/opt/*/bin/python3*`.
+    /// A literal path also matches any file with the same bytes (a copy,
+    /// a memfd), by its SHA-256; a hard link is the same file.
     #[serde(default)]
     pub exe: Vec<PathGlob>,
+    /// SHA-256 digests (hex) of executables, wherever they run from.
+    #[serde(default)]
+    pub exe_sha256: Vec<Sha256Hex>,
+    /// true: processes running a memfd or a deleted file; false: the others.
+    #[serde(default)]
+    pub anonymous_exec: Option<bool>,
+    /// Digests of the files `exe`'s literal paths name, filled in by the
+    /// agent (`Policy::set_exe_digests`); not part of the policy file.
+    #[serde(skip)]
+    pub exe_digests: Vec<String>,
     /// Exact process names (the kernel's 15-character comm).
     #[serde(default)]
     pub comm: Vec<Comm>,
@@ -93,6 +105,9 @@ pub struct RequestFacts<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct ProcFacts<'a> {
     pub exe: Option<&'a str>,
+    /// Lower-case hex SHA-256 of the executable, when known.
+    pub exe_sha256: Option<&'a str>,
+    pub anonymous_exec: bool,
     pub comm: &'a str,
     pub uid: u32,
     pub user: Option<&'a str>,
@@ -112,10 +127,43 @@ pub struct CgroupFacts<'a> {
 
 impl Match {
     pub fn has_process_conditions(&self) -> bool {
-        !self.exe.is_empty()
+        self.has_exe_conditions()
             || !self.comm.is_empty()
             || !self.user.is_empty()
             || !self.group.is_empty()
+    }
+
+    /// Conditions on what the executable is: the kernel can decide them at
+    /// exec from the agent's verdict for the file.
+    pub fn has_exe_conditions(&self) -> bool {
+        !self.exe.is_empty() || !self.exe_sha256.is_empty() || self.anonymous_exec.is_some()
+    }
+
+    /// Identity conditions the exec hook cannot know: comm, user, group
+    /// and the cgroup's.
+    pub fn has_non_exe_identity_conditions(&self) -> bool {
+        !self.comm.is_empty()
+            || !self.user.is_empty()
+            || !self.group.is_empty()
+            || self.has_cgroup_conditions()
+    }
+
+    /// Whether `exe`, `exe_sha256` and `anonymous_exec` hold. `None` for a
+    /// fact that is unknown (`exe` and `exe_sha256` of a file not hashed).
+    pub fn exe_conditions_hold(&self, proc: &ProcFacts<'_>) -> bool {
+        let exe_ok = self.exe.is_empty()
+            || proc
+                .exe
+                .is_some_and(|exe| self.exe.iter().any(|g| g.is_match(exe)))
+            || proc
+                .exe_sha256
+                .is_some_and(|d| self.exe_digests.iter().any(|x| x == d));
+        let sha_ok = self.exe_sha256.is_empty()
+            || proc
+                .exe_sha256
+                .is_some_and(|d| self.exe_sha256.iter().any(|x| x.0 == d));
+        let anon_ok = self.anonymous_exec.is_none_or(|a| a == proc.anonymous_exec);
+        exe_ok && sha_ok && anon_ok
     }
 
     pub fn has_cgroup_conditions(&self) -> bool {
@@ -171,10 +219,7 @@ impl Match {
         }
         if self.has_process_conditions() {
             let Some(proc) = proc else { return false };
-            let exe_ok = self.exe.is_empty()
-                || proc
-                    .exe
-                    .is_some_and(|exe| self.exe.iter().any(|g| g.is_match(exe)));
+            let exe_ok = self.exe_conditions_hold(proc);
             let comm_ok = self.comm.is_empty() || self.comm.iter().any(|c| c.0 == proc.comm);
             let user_ok = self.user.is_empty()
                 || self.user.iter().any(|u| match u {
@@ -223,6 +268,8 @@ impl Match {
             mine.is_empty() || (!theirs.is_empty() && theirs.iter().all(|t| mine.contains(t)))
         }
         covers(&self.exe, &other.exe)
+            && covers(&self.exe_sha256, &other.exe_sha256)
+            && (self.anonymous_exec.is_none() || self.anonymous_exec == other.anonymous_exec)
             && covers(&self.comm, &other.comm)
             && covers(&self.user, &other.user)
             && covers(&self.unit, &other.unit)
@@ -249,6 +296,27 @@ pub struct PathGlob {
 impl PathGlob {
     pub fn is_match(&self, value: &str) -> bool {
         self.matcher.is_match(value)
+    }
+
+    /// The path itself when the glob has no wildcard: it names one file.
+    pub fn literal(&self) -> Option<&str> {
+        (!self.source.contains(['*', '?', '[', '{', '\\'])).then_some(self.source.as_str())
+    }
+}
+
+/// A SHA-256 digest in hex (64 characters), kept lower-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(pub String);
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?.to_ascii_lowercase();
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "exe_sha256 `{text}` must be 64 hex characters (`sha256sum FILE` prints it)"
+            )));
+        }
+        Ok(Sha256Hex(text))
     }
 }
 
