@@ -78,6 +78,11 @@ pub struct FileConfig {
     /// Where Prometheus scrapes `/metrics` (default 127.0.0.1:9464; port 0
     /// picks a free one).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A file holding a bearer token: `/metrics` then answers only a
+    /// scraper that sends `Authorization: Bearer <token>` (Prometheus:
+    /// `authorization: {credentials_file: ...}`). Without it, any local
+    /// process can read the workload and model names it carries.
+    pub metrics_token_file: Option<PathBuf>,
     /// How long the usage store keeps rows, e.g. 30d (the default), 90d.
     #[serde(with = "crate::policy::controls::humantime_serde_opt")]
     pub usage_retention: Option<std::time::Duration>,

@@ -74,6 +74,8 @@ pub struct Settings {
     pub events: String,
     pub default_action: Option<Action>,
     pub metrics_addr: std::net::SocketAddr,
+    /// The bearer token `/metrics` asks for, if any.
+    pub metrics_token: Option<String>,
     pub usage_retention: Duration,
     pub proxy: ProxySettings,
     pub alerts: alerts::AlertsConfig,
@@ -183,7 +185,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     metrics.watch_alerts(alerts.counters());
     let (usage, usage_writer) = usage::open(&settings.proxy.state_dir, settings.usage_retention)?;
     metrics.watch_queue("usage", usage.dropped.clone());
-    let metrics_addr = crate::metrics::serve(settings.metrics_addr, metrics.clone()).await?;
+    let metrics_addr = crate::metrics::serve(
+        settings.metrics_addr,
+        metrics.clone(),
+        settings.metrics_token.clone(),
+    )
+    .await?;
     let audit_dropped = audit.dropped.clone();
     let audit_health = audit.health.clone();
     let live = Arc::new(Live::default());

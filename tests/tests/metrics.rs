@@ -384,3 +384,85 @@ fn metrics_parse_in_both_formats_with_every_count_a_counter() {
         );
     }
 }
+
+/// `GET /metrics` with an optional bearer token: the status code.
+fn metrics_status(addr: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response}"))
+}
+
+#[test]
+fn a_token_file_closes_metrics_to_other_local_processes_and_state_files_are_not_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    modelgate_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics.token");
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let cgroup = modelgate_tests::TestCgroup::new("metrics-token");
+    let config = format!("metrics_token_file: {}\n", token_file.display());
+    let mut spec = modelgate_tests::AgentSpec::new(
+        &cgroup,
+        "providers:\n  - name: openai\n    api: openai\n    addresses: [127.0.0.192]\n",
+        "default_action: monitor\nrules: []\n",
+    );
+    spec.config = &config;
+    // A state directory anyone may list: the files must not lean on it.
+    let agent = modelgate_tests::Agent::start(spec);
+    std::fs::set_permissions(agent.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = output(
+        std::process::Command::new(modelgate_tests::agent_bin())
+            .args(["status", "--json", "--state-dir"])
+            .arg(agent.state_dir()),
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let addr = status["metrics"].as_str().unwrap().to_string();
+    assert_eq!(metrics_status(&addr, None), 401, "no token");
+    assert_eq!(
+        metrics_status(&addr, Some("0123456789abcdef0123456789abcdee")),
+        401
+    );
+    assert_eq!(metrics_status(&addr, Some(token)), 200);
+
+    // A connect to the endpoint: records and more appear.
+    let _ = output(cgroup.command("python3").args([
+        "-c",
+        "import socket\ntry: socket.create_connection(('127.0.0.192', 443), timeout=1)\nexcept OSError: pass",
+    ]));
+    agent.wait_for_event("the connect", |e| e["destination"]["ip"] == "127.0.0.192");
+    let mut seen = Vec::new();
+    let mut stack = vec![agent.state_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                seen.push(format!("{name} {mode:o}"));
+                if name == "ca.pem" {
+                    assert_eq!(mode, 0o644, "the CA certificate is public");
+                } else {
+                    assert_eq!(mode & 0o007, 0, "{} is {mode:o}", entry.path().display());
+                }
+            }
+        }
+    }
+    assert!(seen.len() >= 3, "{seen:?}");
+    eprintln!("state files: {seen:?}");
+}

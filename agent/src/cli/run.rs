@@ -136,6 +136,11 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
             .metrics_addr
             .or(file.metrics_addr)
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+        metrics_token: file
+            .metrics_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?,
         usage_retention: file
             .usage_retention
             .unwrap_or(crate::usage::DEFAULT_RETENTION),
@@ -153,12 +158,32 @@ pub fn run(args: RunArgs, common: &super::Common) -> Result<ExitCode> {
     // One worker per CPU this process may run on (tokio's default follows
     // the affinity mask): pinned to one core, one worker, and no task
     // bouncing between threads that share it.
+    // State files (audit, usage, events, alerts, spool) carry identities,
+    // models and findings: owner read-write, group read, nothing for
+    // others, whatever the mode of the directory they are created in.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o027) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(daemon::run(settings))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bearer token in `path` (surrounding whitespace trimmed).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading metrics_token_file {}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 16 || token.chars().any(|c| !c.is_ascii_graphic()) {
+        anyhow::bail!(
+            "metrics_token_file {}: the token must be at least 16 printable characters without spaces (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token.to_string())
 }
 
 /// Whole seconds the kernel can count (it keeps them in 16 bits), and more

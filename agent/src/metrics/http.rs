@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::{
     Request, Response,
     body::Bytes,
-    header::{ACCEPT, CONTENT_TYPE, VARY},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE},
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -91,9 +91,15 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` on `addr` (port 0: any free port); returns the
-/// address bound.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+/// Serves `/metrics` on `addr` (port 0: any free port), to scrapers that
+/// send `token` as a bearer token when one is set; returns the address
+/// bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+) -> Result<SocketAddr> {
+    let token: Option<Arc<str>> = token.map(Into::into);
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("binding the metrics listener {addr}; pick another with --metrics-addr")
     })?;
@@ -103,11 +109,17 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
+            let (metrics, token) = (metrics.clone(), token.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &request)) }
+                    let (metrics, token) = (metrics.clone(), token.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(respond(
+                            &metrics,
+                            token.as_deref(),
+                            &request,
+                        ))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -118,8 +130,34 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr
     Ok(bound)
 }
 
-fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> {
-    let response = if request.uri().path() == "/metrics" {
+/// Whether `request` carries `Authorization: Bearer <token>`, compared in
+/// time that does not depend on where a guess goes wrong.
+fn authorized<B>(request: &Request<B>, token: &str) -> bool {
+    let Some(sent) = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (sent, token) = (sent.trim().as_bytes(), token.as_bytes());
+    sent.len() == token.len() && sent.iter().zip(token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+fn respond<B>(
+    metrics: &Metrics,
+    token: Option<&str>,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
+    let response = if token.is_some_and(|token| !authorized(request, token)) {
+        Response::builder()
+            .status(401)
+            .header(WWW_AUTHENTICATE, "Bearer")
+            .body(Full::new(Bytes::from_static(
+                b"send the token of metrics_token_file as `Authorization: Bearer <token>`\n",
+            )))
+    } else if request.uri().path() == "/metrics" {
         let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
         let format = negotiate(accept);
         Response::builder()

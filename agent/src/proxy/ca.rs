@@ -161,6 +161,10 @@ fn create(cert_path: &Path, key_path: &Path) -> Result<()> {
     file.sync_all()?;
     fs::write(cert_path, cert.pem())
         .with_context(|| format!("writing the CA certificate {}", cert_path.display()))?;
+    // Public, unlike the rest of the state directory (the agent's umask
+    // is 027): every runtime that must trust the CA reads it.
+    fs::set_permissions(cert_path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("making {} readable", cert_path.display()))?;
     tracing::info!(cert = %cert_path.display(), "created the local CA");
     Ok(())
 }
