@@ -7,16 +7,19 @@ use agent_common::{
     Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action,
     dns::{NAME, hash_from},
     dns_flags, egress_kind,
+    http::{HTTP_SCAN, HostPass, VALUE_SCAN},
     limits::UNNAMED_PROVIDER,
     sni::{self, Sni},
     v4_mapped,
 };
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-            bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
+            bpf_loop, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
         },
     },
     macros::{cgroup_skb, map},
@@ -58,6 +61,17 @@ static MG_EGRESS_NAME: PerCpuArray<[u8; NAME]> = PerCpuArray::with_max_entries(N
 static MG_EGRESS_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 const NAME_SLOTS: u32 = 4;
+
+/// The first bytes of a cleartext request and the reading of its Host,
+/// per CPU and nesting level like the name (off the 512-byte stack).
+#[map]
+static MG_EGRESS_HTTP: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entries(NAME_SLOTS, 0);
+
+#[repr(C)]
+struct HttpScratch {
+    buf: [u8; HTTP_SCAN],
+    pass: HostPass,
+}
 
 #[cgroup_skb(egress)]
 pub fn mg_first_bytes(ctx: SkBuffContext) -> i32 {
@@ -215,14 +229,22 @@ fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
     *name = [0u8; NAME];
     let mut kind = kind;
     let mut name_len = 0;
-    if kind == egress_kind::CLIENT_HELLO {
-        match sni::read(&Skb(ctx), payload, len, name) {
-            Sni::Name(n) => name_len = n,
-            Sni::Absent => {}
-            Sni::Unreadable => {
-                if first_flight.is_some() {
-                    kind = egress_kind::UNREADABLE;
-                }
+    let read = if kind == egress_kind::CLIENT_HELLO {
+        sni::read(&Skb(ctx), payload, len, name)
+    } else if kind == egress_kind::UNREADABLE && head[0].wrapping_sub(b'A') < 26 {
+        // Capital letters first: perhaps a cleartext request, named by
+        // its Host.
+        kind = egress_kind::HTTP_REQUEST;
+        request_host(ctx, payload, len, level, name)
+    } else {
+        Sni::Unreadable
+    };
+    match read {
+        Sni::Name(n) => name_len = n,
+        Sni::Absent => {}
+        Sni::Unreadable => {
+            if first_flight.is_some() {
+                kind = egress_kind::UNREADABLE;
             }
         }
     }
@@ -232,7 +254,7 @@ fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
             count(Counter::FirstFlightHeld);
             verdict = DROP;
         }
-    } else if kind == egress_kind::CLIENT_HELLO {
+    } else if kind == egress_kind::CLIENT_HELLO || kind == egress_kind::HTTP_REQUEST {
         let named = if name_len > 0 {
             provider_of(name, config.suffix_labels)
         } else {
@@ -256,6 +278,82 @@ fn look(ctx: &SkBuffContext, level: u32) -> Option<i32> {
         report(ctx, payload, len, kind, &key, name, name_len);
     }
     Some(verdict)
+}
+
+/// The Host of the cleartext request at `payload`: `http::HostPass` over
+/// a copy of its first bytes, each pass a `bpf_loop` (verified once per
+/// step, where 1,024 unrolled bytes on every path to here were not).
+#[inline(always)]
+fn request_host(
+    ctx: &SkBuffContext,
+    payload: usize,
+    len: usize,
+    level: u32,
+    name: &mut [u8; NAME],
+) -> Sni {
+    let Some(scratch) = MG_EGRESS_HTTP.get_ptr_mut(level) else {
+        return Sni::Unreadable;
+    };
+    let copy = if len > HTTP_SCAN { HTTP_SCAN } else { len };
+    // A size the verifier can bound, on the register the helper gets.
+    let copy = unsafe { core::ptr::read_volatile(&copy) };
+    if copy == 0
+        || copy > HTTP_SCAN
+        || unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                payload as u32,
+                (*scratch).buf.as_mut_ptr().cast(),
+                copy as u32,
+            )
+        } != 0
+    {
+        return Sni::Unreadable;
+    }
+    let mut steps = HttpLoop { scratch, name };
+    let steps_ptr = (&mut steps as *mut HttpLoop).cast();
+    let scratch = unsafe { &mut *scratch };
+    scratch.pass = HostPass::new(copy);
+    // bpf_loop runs every step unless a step stops it: none does. Bytes
+    // past `copy` are not the request's: the head pass stops there.
+    unsafe { bpf_loop(copy as u32, head_step as *mut _, steps_ptr, 0) };
+    if let Err(why) = scratch.pass.after_head(&scratch.buf) {
+        return why;
+    }
+    unsafe { bpf_loop(VALUE_SCAN as u32, value_step as *mut _, steps_ptr, 0) };
+    if let Err(why) = scratch.pass.after_value() {
+        return why;
+    }
+    unsafe { bpf_loop(NAME as u32, copy_step as *mut _, steps_ptr, 0) };
+    scratch.pass.finish(name)
+}
+
+/// What the `bpf_loop` steps are given: two pointers on the caller's
+/// stack (the helper takes nothing else).
+#[repr(C)]
+struct HttpLoop {
+    scratch: *mut HttpScratch,
+    name: *mut [u8; NAME],
+}
+
+extern "C" fn head_step(i: u64, steps: *mut c_void) -> i64 {
+    let scratch = unsafe { &mut *(*steps.cast::<HttpLoop>()).scratch };
+    let byte = scratch.buf[(i as usize) % HTTP_SCAN];
+    scratch.pass.head(i, byte);
+    0
+}
+
+extern "C" fn value_step(k: u64, steps: *mut c_void) -> i64 {
+    let scratch = unsafe { &mut *(*steps.cast::<HttpLoop>()).scratch };
+    scratch.pass.value(k, &scratch.buf);
+    0
+}
+
+extern "C" fn copy_step(k: u64, steps: *mut c_void) -> i64 {
+    let steps = unsafe { &mut *steps.cast::<HttpLoop>() };
+    let scratch = unsafe { &*steps.scratch };
+    scratch.pass.copy(k, &scratch.buf, unsafe { &mut *steps.name });
+    0
 }
 
 /// The provider whose catalog host the ClientHello's server name (read by

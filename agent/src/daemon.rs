@@ -900,6 +900,13 @@ impl Agent {
                 self.on_unreadable(ev, bytes);
                 return;
             }
+            agent_common::egress_kind::HTTP_REQUEST => (
+                sni::request_host(bytes).or_else(|| {
+                    let len = (ev.name_len as usize).min(ev.name.len());
+                    sni::host_name(&ev.name[..len])
+                }),
+                "unknown-address",
+            ),
             _ => return,
         };
         let Some(host) = host else { return };

@@ -3,14 +3,21 @@
 //! in `agent_common::sni`, the very code the `cgroup_skb` program runs) to
 //! drop hellos for governed hosts: whenever both read a name, it must be
 //! the same name, or a hello could say one thing to the kernel and another
-//! to the server.
+//! to the server. The same holds for the Host of a cleartext request,
+//! read by `agent_common::http` in the kernel and by httparse here.
 #![no_main]
 
-use agent_common::{DnsName, dns::NAME, dns_flags, dotted_hash, limits, sni, wildcard};
+use agent_common::{
+    DnsName,
+    dns::NAME,
+    dns_flags, dotted_hash,
+    http::{self, HTTP_SCAN},
+    limits, sni, wildcard,
+};
 use libfuzzer_sys::fuzz_target;
 use modelgate::catalog::{
     HostPattern,
-    sni::{client_hello_sni, connect_target},
+    sni::{client_hello_sni, connect_target, request_host},
 };
 
 /// The kernel's `*.suffix` walk against the agent's `HostPattern` for the
@@ -45,7 +52,36 @@ fn wildcards_agree(buf: &[u8; NAME], name: &str) {
     }
 }
 
+/// The kernel's Host against the agent's: a name the agent reads must be
+/// the kernel's name or make the kernel give up (never "no Host", never
+/// another name), or a request could pass the kernel under one name and
+/// reach the server under another.
+fn hosts_agree(data: &[u8]) {
+    let mut buf = [0u8; HTTP_SCAN];
+    let len = data.len().min(HTTP_SCAN);
+    buf[..len].copy_from_slice(&data[..len]);
+    let mut name = [0u8; NAME];
+    let kernel = http::request_host(&buf, len, &mut name);
+    if let sni::Sni::Name(n) = kernel {
+        assert!(n > 0 && n < NAME, "length {n}");
+        assert!(name[n..].iter().all(|&b| b == 0), "not NUL-padded");
+    }
+    let Some(agent) = request_host(&data[..len]) else {
+        return;
+    };
+    match kernel {
+        sni::Sni::Name(n) => assert!(
+            name[..n].eq_ignore_ascii_case(agent.as_bytes()),
+            "the kernel read Host {:?}, the agent {agent:?}",
+            String::from_utf8_lossy(&name[..n])
+        ),
+        sni::Sni::Absent => panic!("the agent read Host {agent:?}, the kernel none"),
+        sni::Sni::Unreadable => {}
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    hosts_agree(data);
     let mut buf = [0u8; NAME];
     let kernel = sni::server_name(data, 0, data.len(), &mut buf).map(|n| {
         assert!(n > 0 && n < NAME, "length {n}");

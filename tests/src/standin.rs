@@ -74,6 +74,20 @@ impl ModelServer {
         ModelServer::spawn(cmd, dir, marker, pki, bind, port)
     }
 
+    /// The stand-in without TLS: a server on port 80 (`pki` is not read).
+    pub fn plain(pki: &Pki, bind: &str, port: u16, chunks: u32) -> ModelServer {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/model_server.py");
+        let marker = dir.path().join("last-chunk-sent");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg("--plain")
+            .arg("--marker")
+            .arg(&marker)
+            .args(["--chunks", &chunks.to_string()]);
+        ModelServer::spawn(cmd, dir, marker, pki, bind, port)
+    }
+
     /// The lenient stand-in (tests/standin/lenient_server.py): answers
     /// everything with a 200 and logs what a forgiving upstream would read
     /// (decoded bodies, `seen` texts). Needs the venv python of `cargo xtask

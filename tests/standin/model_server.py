@@ -179,14 +179,16 @@ def main():
     parser.add_argument("--ready", required=True)
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--plain", action="store_true", help="cleartext HTTP (a server on port 80)")
     args = parser.parse_args()
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True
     server.args = args
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.cert, args.key)
-    context.set_alpn_protocols(["http/1.1"])
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if not args.plain:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        context.set_alpn_protocols(["http/1.1"])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     with open(args.ready, "w") as f:
         f.write(str(server.server_address[1]))
     server.serve_forever()

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod sni;
+pub mod http;
 pub mod wildcard;
 
 /// Names of maps and programs, shared so neither side repeats a string.
@@ -368,6 +369,9 @@ pub mod egress_kind {
     /// short, past the parser's bounds, not TLS): dropped where the
     /// workload's verdict is strict (`dropped`), else passed.
     pub const UNREADABLE: u32 = 3;
+    /// A cleartext HTTP request to an unknown address on a catalog port:
+    /// the agent reads its Host as it reads a hello's SNI.
+    pub const HTTP_REQUEST: u32 = 4;
 }
 
 /// Bytes of a ClientHello / CONNECT request copied to the agent.

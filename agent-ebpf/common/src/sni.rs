@@ -100,7 +100,7 @@ fn walk<P: Packet + ?Sized>(
 /// Zeroes a dot at the end of the `len` bytes of `buf`; the new length.
 /// Arithmetic on one bounded index, no branch.
 #[inline(always)]
-fn trim_trailing_dot(buf: &mut [u8; NAME], len: usize) -> usize {
+pub(crate) fn trim_trailing_dot(buf: &mut [u8; NAME], len: usize) -> usize {
     let len = len as u64;
     let last = (len.wrapping_sub(1) as usize) & (NAME - 1);
     // 1 when the last byte is a dot and there is one.

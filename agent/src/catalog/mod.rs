@@ -141,8 +141,10 @@ impl<'de> Deserialize<'de> for AddressSpec {
     }
 }
 
+/// HTTPS, and cleartext HTTP: a call to a model API on port 80 is as
+/// much a call (most answer with a redirect, some serve it).
 fn default_ports() -> Vec<u16> {
-    vec![443]
+    vec![443, 80]
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,7 +328,7 @@ providers:
     fn parses_a_catalog() {
         let catalog = Catalog::parse("e.yaml", GOOD).expect("valid catalog");
         assert_eq!(catalog.providers.len(), 3);
-        assert_eq!(catalog.providers[0].ports, vec![443], "default port");
+        assert_eq!(catalog.providers[0].ports, vec![443, 80], "default ports");
         assert_eq!(catalog.exact_hosts(), vec!["api.openai.com".to_string()]);
         let local = catalog.provider("local").unwrap();
         assert_eq!(local.addresses.len(), 3);

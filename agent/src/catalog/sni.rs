@@ -77,6 +77,27 @@ pub fn connect_target(bytes: &[u8]) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
+/// The host of a cleartext HTTP request's `Host` header (port removed),
+/// when the request's head is complete and names exactly one.
+pub fn request_host(bytes: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    if !request.parse(bytes).ok()?.is_complete() || !request.path?.starts_with(['/', '*']) {
+        return None;
+    }
+    let mut hosts = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let value = hosts.next()?.value;
+    if hosts.next().is_some() {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let host = value.split(':').next()?;
+    host_name(host.as_bytes())
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,

@@ -198,8 +198,9 @@ mod tests {
         });
         let mut ids = Ids::default();
         let set = EndpointSet::build(&catalog, &resolved, &Learned::default(), &mut ids).unwrap();
-        // a: (127.0.0.9 + 192.0.2.1) × 2 ports; b: 2001:db8::1 × 443 (192.0.2.1 is a's).
-        assert_eq!(set.exact.len(), 5, "{:?}", set.exact.keys());
+        // a: (127.0.0.9 + 192.0.2.1) × 2 ports; b (default ports 443, 80):
+        // 2001:db8::1 × 2 and 192.0.2.1:80 (192.0.2.1:443 is a's).
+        assert_eq!(set.exact.len(), 7, "{:?}", set.exact.keys());
         assert_eq!(set.conflicts, 1, "192.0.2.1:443 claimed by both");
         assert_eq!(set.cidrs.len(), 4);
         let v4 = CidrKey {
