@@ -3,6 +3,8 @@
 //! is copied to the agent, which reads the name it asks for. A model API
 //! reached on an address nobody told us about is learned and reported.
 
+use core::ffi::c_void;
+
 use agent_common::{
     Counter, EGRESS_BYTES, EgressEvent, EndpointKey, EventHeader, EventKind, action,
     dns::{NAME, hash_from},
@@ -12,14 +14,12 @@ use agent_common::{
     sni::{self, Sni},
     v4_mapped,
 };
-use core::ffi::c_void;
-
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-            bpf_loop, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_loop,
+            bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
         },
     },
     macros::{cgroup_skb, map},
@@ -352,7 +352,9 @@ extern "C" fn value_step(k: u64, steps: *mut c_void) -> i64 {
 extern "C" fn copy_step(k: u64, steps: *mut c_void) -> i64 {
     let steps = unsafe { &mut *steps.cast::<HttpLoop>() };
     let scratch = unsafe { &*steps.scratch };
-    scratch.pass.copy(k, &scratch.buf, unsafe { &mut *steps.name });
+    scratch
+        .pass
+        .copy(k, &scratch.buf, unsafe { &mut *steps.name });
     0
 }
 

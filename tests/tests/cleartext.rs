@@ -18,7 +18,9 @@ const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content
 
 /// The catalog as shipped says nothing of ports: 443 and 80 by default.
 fn openai_at(ip: &str) -> String {
-    format!("providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n")
+    format!(
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"
+    )
 }
 
 fn curl_http(cgroup: &TestCgroup, ip: &str, path: &str, body: Option<&str>) -> Command {
@@ -64,7 +66,12 @@ fn a_catalog_host_on_port_80_is_recorded_blocked_and_redirected_through_the_plai
     let before = server.requests().len();
     let cgroup = TestCgroup::new("http80-block");
     let mg = agent(&cgroup, ip, "default_action: block\nrules: []\n");
-    let out = output(&mut curl_http(&cgroup, ip, "/v1/chat/completions", Some(CHAT)));
+    let out = output(&mut curl_http(
+        &cgroup,
+        ip,
+        "/v1/chat/completions",
+        Some(CHAT),
+    ));
     assert!(!out.status.success(), "curl must fail under block");
     let event = mg.wait_for_event("the blocked port-80 connect", |e| {
         e["destination"]["port"] == 80 && e["action"] == "block"
@@ -92,7 +99,10 @@ fn a_catalog_host_on_port_80_is_recorded_blocked_and_redirected_through_the_plai
     assert_eq!(record["gen_ai.request.model"], "gpt-4o-mini", "{record:#}");
     assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
     assert_eq!(record["outcome"], "ok", "{record:#}");
-    let last = server.requests().pop().expect("the upstream saw the request");
+    let last = server
+        .requests()
+        .pop()
+        .expect("the upstream saw the request");
     assert_eq!(last["path"], "/v1/chat/completions", "{last:#}");
 }
 
@@ -132,7 +142,11 @@ print(json.dumps(results))
 "#;
 
 fn send_requests(cgroup: &TestCgroup, ip: &str, cases: &Value) -> serde_json::Map<String, Value> {
-    let out = output(cgroup.command("python3").args(["-c", SEND_REQUESTS, ip, &cases.to_string()]));
+    let out = output(
+        cgroup
+            .command("python3")
+            .args(["-c", SEND_REQUESTS, ip, &cases.to_string()]),
+    );
     let results: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}{}",
@@ -190,7 +204,8 @@ fn a_cleartext_request_to_an_unknown_address_is_judged_by_its_host_however_it_is
     let known = "127.0.0.72";
     let ip = "127.0.0.71";
     answer_any_byte(&format!("{ip}:80"));
-    let request = |host_line: &str| format!("GET /v1/models HTTP/1.1\r\n{host_line}\r\nAccept: */*\r\n\r\n");
+    let request =
+        |host_line: &str| format!("GET /v1/models HTTP/1.1\r\n{host_line}\r\nAccept: */*\r\n\r\n");
     let padding = format!("X-Pad: {}\r\n", "p".repeat(300));
     let cookie = format!("Cookie: {}\r\n", "c".repeat(1200));
     let cases = json!({
@@ -260,10 +275,17 @@ fn a_cleartext_request_to_an_unknown_address_is_judged_by_its_host_however_it_is
     // Learned: from now on connect() itself is refused.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let results = send_requests(&cgroup, ip, &json!({"again": cases["another host"].clone()}));
+        let results = send_requests(
+            &cgroup,
+            ip,
+            &json!({"again": cases["another host"].clone()}),
+        );
         if results["again"] == "EPERM" {
             break;
         }
-        assert!(Instant::now() < deadline, "the address was not learned: {results:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the address was not learned: {results:?}"
+        );
     }
 }

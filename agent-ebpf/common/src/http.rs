@@ -149,7 +149,11 @@ impl HostPass {
     #[inline(always)]
     pub fn finish(&self, name: &mut [u8; NAME]) -> Sni {
         let n = trim_trailing_dot(name, self.value_len as usize);
-        if n == 0 { Sni::Unreadable } else { Sni::Name(n) }
+        if n == 0 {
+            Sni::Unreadable
+        } else {
+            Sni::Name(n)
+        }
     }
 }
 

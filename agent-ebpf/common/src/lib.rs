@@ -6,8 +6,8 @@
 #![no_std]
 
 pub mod dns;
-pub mod sni;
 pub mod http;
+pub mod sni;
 pub mod wildcard;
 
 /// Names of maps and programs, shared so neither side repeats a string.
