@@ -372,6 +372,33 @@ impl Agent {
         json_lines(&self.state_dir().join("alerts.jsonl"))
     }
 
+    /// The first alert of `kind` for which `pred` holds, waiting up to
+    /// `timeout`; panics with every alert and the agent's log.
+    pub fn wait_for_alert_where(
+        &self,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(alert) = self
+                .alerts_now()
+                .into_iter()
+                .find(|a| a["type"] == kind && pred(a))
+            {
+                return alert;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{kind}` alert; alerts: {:#?}\nlog:\n{}",
+                self.alerts_now(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn audit_now(&self) -> Vec<Value> {
         json_lines(&self.state_dir().join("audit.jsonl"))
     }
@@ -544,4 +571,74 @@ pub fn curl<'a>(cmd: &'a mut Command, url: &str) -> &'a mut Command {
         "%{http_code}",
         url,
     ])
+}
+
+/// A listener on `bind` that answers a byte to any byte it receives, on
+/// every connection at once: a server that says whether bytes got to it.
+pub fn answer_any_byte(bind: &str) {
+    let listener = std::net::TcpListener::bind(bind).unwrap_or_else(|e| panic!("{bind}: {e}"));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Runs tests/standin/send_parts.py in `cgroup`: each case's parts written
+/// on its own connection to `ip:port`, as separate segments. Label ->
+/// "reached", "timeout" or the connect's errno name.
+pub fn send_parts(
+    cgroup: &TestCgroup,
+    ip: &str,
+    port: u16,
+    cases: &[(String, Vec<Vec<u8>>)],
+) -> serde_json::Map<String, Value> {
+    // One code point per byte: JSON carries them, Python's latin-1 gives
+    // the bytes back.
+    let cases: serde_json::Map<String, Value> = cases
+        .iter()
+        .map(|(label, parts)| {
+            let parts = parts
+                .iter()
+                .map(|p| Value::String(p.iter().map(|&b| b as char).collect()))
+                .collect();
+            (label.clone(), Value::Array(parts))
+        })
+        .collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/send_parts.py");
+    // On stdin: 65 hellos are more than one argument may hold.
+    let mut child = cgroup
+        .command("python3")
+        .arg(script)
+        .args([ip, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tests/standin/send_parts.py");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(Value::Object(cases).to_string().as_bytes())
+            .expect("write the cases to send_parts.py");
+    }
+    let out = child.wait_with_output().expect("wait for send_parts.py");
+    match serde_json::from_slice(&out.stdout) {
+        Ok(Value::Object(results)) => results,
+        _ => panic!(
+            "send_parts.py printed no results: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use modelgate_tests::{
-    Agent, AgentSpec, TestCgroup, output, require_root,
+    Agent, AgentSpec, TestCgroup, answer_any_byte, output, require_root, send_parts,
     standin::{ModelServer, Pki},
 };
 
@@ -156,32 +156,7 @@ fn wildcard_hosts_are_learned_from_dns_and_the_next_connect_is_caught() {
 }
 
 fn wait_for_alert(agent: &Agent, kind: &str, timeout: Duration) -> serde_json::Value {
-    wait_for_alert_where(agent, kind, timeout, |_| true)
-}
-
-fn wait_for_alert_where(
-    agent: &Agent,
-    kind: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(alert) = agent
-            .alerts_now()
-            .into_iter()
-            .find(|a| a["type"] == kind && pred(a))
-        {
-            return alert;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` alert; alerts: {:#?}\nlog:\n{}",
-            agent.alerts_now(),
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_for_alert_where(kind, timeout, |_| true)
 }
 
 const ENDPOINT: &str =
@@ -466,7 +441,7 @@ fn a_name_several_labels_below_a_wildcard_is_dropped_on_its_first_connection() {
             "timeout",
             "the first hello for {name} must be dropped"
         );
-        let alert = wait_for_alert_where(&agent, "unknown-address", Duration::from_secs(10), |a| {
+        let alert = agent.wait_for_alert_where("unknown-address", Duration::from_secs(10), |a| {
             a["host"] == *name
         });
         assert_eq!(alert["destination"]["ip"], ip, "{alert:#}");
@@ -480,89 +455,47 @@ fn a_name_several_labels_below_a_wildcard_is_dropped_on_its_first_connection() {
     );
 }
 
-/// A real ClientHello for argv[3] (from Python's TLS stack), sent to
-/// argv[1]:443 in two writes split at each offset of argv[4] (comma-
-/// separated), all at once; then `GET /` in cleartext on one more
-/// connection. Prints, per try, whether the server reacted within 6 s.
-const SPLIT_HELLO: &str = r#"
-import errno, json, socket, ssl, sys, threading, time
-ip, name, offsets = sys.argv[1], sys.argv[2], [int(o) for o in sys.argv[3].split(",")]
+/// A real ClientHello for argv[1] from Python's TLS stack, in hex.
+const CLIENT_HELLO: &str = r#"
+import ssl, sys
 ctx = ssl.create_default_context()
 out = ssl.MemoryBIO()
-obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=sys.argv[1])
 try:
     obj.do_handshake()
 except ssl.SSLWantReadError:
     pass
-hello = out.read()
-results = {}
-def attempt(label, parts):
-    try:
-        s = socket.create_connection((ip, 443), timeout=5)
-    except OSError as e:
-        # EPERM once the address is learned from a hello read whole.
-        results[label] = errno.errorcode.get(e.errno, str(e))
-        return
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for i, part in enumerate(parts):
-        if i:
-            time.sleep(0.05)
-        s.sendall(part)
-    s.settimeout(6)
-    # An answer, a close or a reset: the server read what was sent.
-    try:
-        s.recv(1)
-        results[label] = "reached"
-    except socket.timeout:
-        results[label] = "timeout"
-    except OSError:
-        results[label] = "reached"
-    s.close()
-threads = [threading.Thread(target=attempt, args=(str(k), [hello[:k], hello[k:]])) for k in offsets]
-threads.append(threading.Thread(target=attempt, args=("cleartext", [b"GET / HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n"])))
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(json.dumps({"hello": len(hello), "results": results}))
+print(out.read().hex())
 "#;
 
-/// A listener on `bind` that answers a byte to any byte it receives, on
-/// every connection at once: the server a split hello must never reach.
-fn answer_any_byte(bind: &str) {
-    let listener = std::net::TcpListener::bind(bind).unwrap_or_else(|e| panic!("{bind}: {e}"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(b"x").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-fn split_hellos(cgroup: &TestCgroup, ip: &str, offsets: &[usize]) -> serde_json::Value {
-    let offsets: Vec<String> = offsets.iter().map(usize::to_string).collect();
-    let out = output(cgroup.command("python3").args([
-        "-c",
-        SPLIT_HELLO,
-        ip,
-        "api.openai.com",
-        &offsets.join(","),
-    ]));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+/// A hello for api.openai.com sent to `ip`:443 in two writes split at each
+/// of `offsets`, all at once; then `GET /` for it in cleartext on one more
+/// connection. Per try: whether the server read it within 6 s.
+fn split_hellos(
+    cgroup: &TestCgroup,
+    ip: &str,
+    offsets: &[usize],
+) -> serde_json::Map<String, serde_json::Value> {
+    let out = output(Command::new("python3").args(["-c", CLIENT_HELLO, "api.openai.com"]));
+    let hex = String::from_utf8_lossy(&out.stdout);
+    let hello: Vec<u8> = (0..hex.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("a hex hello"))
+        .collect();
+    assert!(hello.len() > 64, "a ClientHello: {hex}");
+    let mut cases: Vec<(String, Vec<Vec<u8>>)> = offsets
+        .iter()
+        .map(|&k| {
+            (
+                k.to_string(),
+                vec![hello[..k].to_vec(), hello[k..].to_vec()],
+            )
+        })
+        .collect();
+    cases.push((
+        "cleartext".into(),
+        vec![b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n".to_vec()],
+    ));
+    send_parts(cgroup, ip, 443, &cases)
 }
 
 #[test]
@@ -581,8 +514,8 @@ fn a_client_hello_split_across_writes_is_held_back_under_block_and_reported() {
         "default_action: monitor\nrules: []\n",
     ));
     let seen = split_hellos(&cgroup, "127.0.0.84", &[3, 40]);
-    for (label, result) in seen["results"].as_object().unwrap() {
-        assert_eq!(result, "reached", "{label}: {seen}");
+    for (label, result) in &seen {
+        assert_eq!(result, "reached", "{label}: {seen:?}");
     }
     drop(agent);
 
@@ -592,13 +525,12 @@ fn a_client_hello_split_across_writes_is_held_back_under_block_and_reported() {
         OPENAI_AT_9,
         "default_action: block\nrules: []\n",
     ));
-    let seen = split_hellos(&cgroup, "127.0.0.84", &offsets);
-    let results = seen["results"].as_object().unwrap();
-    assert_eq!(results.len(), offsets.len() + 1, "{seen}");
-    for (label, result) in results {
+    let results = split_hellos(&cgroup, "127.0.0.84", &offsets);
+    assert_eq!(results.len(), offsets.len() + 1, "{results:?}");
+    for (label, result) in &results {
         assert!(
             result == "timeout" || result == "EPERM",
-            "split at {label} must not reach the server: {seen}"
+            "split at {label} must not reach the server: {results:?}"
         );
     }
     // TCP sends the start again joined to the rest: then the whole hello

@@ -9,7 +9,7 @@ use std::{
 };
 
 use modelgate_tests::{
-    Agent, AgentSpec, TestCgroup, output, require_root,
+    Agent, AgentSpec, TestCgroup, answer_any_byte, output, require_root, send_parts,
     standin::{HOST, ModelServer, Pki, by_pid, run_checked},
 };
 use serde_json::{Value, json};
@@ -106,94 +106,22 @@ fn a_catalog_host_on_port_80_is_recorded_blocked_and_redirected_through_the_plai
     assert_eq!(last["path"], "/v1/chat/completions", "{last:#}");
 }
 
-/// Sends each request of `argv[2]` (JSON: label → list of parts, sent 50
-/// ms apart) on its own connection to `argv[1]`:80, and says whether the
-/// server read it ("reached") or the bytes never got there ("timeout").
-const SEND_REQUESTS: &str = r#"
-import errno, json, socket, sys, threading, time
-ip, cases = sys.argv[1], json.loads(sys.argv[2])
-results = {}
-def attempt(label, parts):
-    try:
-        s = socket.create_connection((ip, 80), timeout=5)
-    except OSError as e:
-        results[label] = errno.errorcode.get(e.errno, str(e))
-        return
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for i, part in enumerate(parts):
-        if i:
-            time.sleep(0.05)
-        s.sendall(part.encode("latin-1"))
-    s.settimeout(6)
-    try:
-        s.recv(1)
-        results[label] = "reached"
-    except socket.timeout:
-        results[label] = "timeout"
-    except OSError:
-        results[label] = "reached"
-    s.close()
-threads = [threading.Thread(target=attempt, args=(label, parts)) for label, parts in cases.items()]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(json.dumps(results))
-"#;
-
+/// Each case's parts on its own connection to `ip`:80.
 fn send_requests(cgroup: &TestCgroup, ip: &str, cases: &Value) -> serde_json::Map<String, Value> {
-    let out = output(
-        cgroup
-            .command("python3")
-            .args(["-c", SEND_REQUESTS, ip, &cases.to_string()]),
-    );
-    let results: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    results.as_object().expect("an object of results").clone()
-}
-
-/// A listener on `bind` that answers a byte to any byte it receives.
-fn answer_any_byte(bind: &str) {
-    let listener = std::net::TcpListener::bind(bind).unwrap_or_else(|e| panic!("{bind}: {e}"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(b"x").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-fn wait_for_alert(agent: &Agent, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(alert) = agent
-            .alerts_now()
-            .into_iter()
-            .find(|a| a["type"] == kind && pred(a))
-        {
-            return alert;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` alert; alerts: {:#?}\nlog:\n{}",
-            agent.alerts_now(),
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let cases: Vec<(String, Vec<Vec<u8>>)> = cases
+        .as_object()
+        .expect("cases by label")
+        .iter()
+        .map(|(label, parts)| {
+            let parts = parts.as_array().expect("a list of parts");
+            let parts = parts
+                .iter()
+                .map(|p| p.as_str().expect("a part").as_bytes().to_vec())
+                .collect();
+            (label.clone(), parts)
+        })
+        .collect();
+    send_parts(cgroup, ip, 80, &cases)
 }
 
 #[test]
@@ -232,7 +160,9 @@ fn a_cleartext_request_to_an_unknown_address_is_judged_by_its_host_however_it_is
     let mg = agent(&cgroup, known, "default_action: monitor\nrules: []\n");
     let results = send_requests(&cgroup, ip, &json!({"plain": cases["plain"].clone()}));
     assert_eq!(results["plain"], "reached", "{results:?}");
-    let alert = wait_for_alert(&mg, "unknown-address", |a| a["destination"]["ip"] == ip);
+    let alert = mg.wait_for_alert_where("unknown-address", Duration::from_secs(10), |a| {
+        a["destination"]["ip"] == ip
+    });
     assert_eq!(alert["host"], HOST, "{alert:#}");
     assert_eq!(alert["destination"]["port"], 80, "{alert:#}");
     drop(mg);
@@ -263,7 +193,9 @@ fn a_cleartext_request_to_an_unknown_address_is_judged_by_its_host_however_it_is
             "{label} must not reach the server: {results:?}"
         );
     }
-    let alert = wait_for_alert(&mg, "unknown-address", |a| a["destination"]["ip"] == ip);
+    let alert = mg.wait_for_alert_where("unknown-address", Duration::from_secs(10), |a| {
+        a["destination"]["ip"] == ip
+    });
     assert_eq!(alert["host"], HOST, "{alert:#}");
     assert!(
         alert["identity"]["exe"]

@@ -198,7 +198,11 @@ fn a_program_run_from_a_memfd_is_blocked_and_alerted() {
     cmd.args(["-c", PY_MEMFD]);
     let event = assert_blocked(&fx, cmd, "curl run from a memfd");
     assert_eq!(event["identity"]["anonymous_exec"], true, "{event:#}");
-    let alert = wait_for_alert(&fx.agent, "anonymous-exec");
+    let alert =
+        fx.agent
+            .wait_for_alert_where("anonymous-exec", std::time::Duration::from_secs(10), |_| {
+                true
+            });
     assert!(
         alert["identity"]["exe"]
             .as_str()
@@ -206,21 +210,6 @@ fn a_program_run_from_a_memfd_is_blocked_and_alerted() {
             .starts_with("/memfd:"),
         "{alert:#}"
     );
-}
-
-fn wait_for_alert(agent: &Agent, kind: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(alert) = agent.alerts_now().into_iter().find(|a| a["type"] == kind) {
-            return alert;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {kind} alert; alerts: {:#?}",
-            agent.alerts_now()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 #[test]
