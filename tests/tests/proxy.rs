@@ -8,8 +8,8 @@ use std::{
 };
 
 use modelgate_tests::{
-    output,
-    standin::{HOST, by_pid, run_checked, setup},
+    Agent, AgentSpec, TestCgroup, output, require_root,
+    standin::{HOST, ModelServer, Pki, by_pid, run_checked, setup},
 };
 use serde_json::Value;
 
@@ -514,4 +514,62 @@ fn metrics_are_scraped_and_match_the_audit_trail() {
         "{scraped}"
     );
     assert!(scraped.contains("workload=/usr/bin/curl"), "{scraped}");
+}
+
+#[test]
+fn each_request_goes_to_its_own_connections_original_destination() {
+    // Two addresses of one host, each with its own stand-in: whatever is
+    // pooled for the host, a connection made to one address is forwarded
+    // to that address and no other.
+    require_root();
+    let cgroup = TestCgroup::new("two-addresses");
+    let pki = Pki::new(&[HOST]);
+    let first = ModelServer::start(&pki, "127.0.0.101", 443, 1, 0.0);
+    let second = ModelServer::start(&pki, "127.0.0.102", 443, 1, 0.0);
+    let endpoints = format!(
+        "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [127.0.0.101, 127.0.0.102]\n"
+    );
+    let upstream_ca = pki.ca.display().to_string();
+    let args = ["--proxy-port", "0", "--upstream-ca", upstream_ca.as_str()];
+    let mut spec = AgentSpec::new(&cgroup, &endpoints, "default_action: redirect\nrules: []\n");
+    spec.extra_args = &args;
+    let agent = Agent::start(spec);
+    let ca = agent.ca();
+    let send = |ip: &str, round: usize| {
+        let mut cmd = cgroup.command("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("{HOST}:443:{ip}")])
+            .arg(format!("https://{HOST}/v1/chat/completions"))
+            .args(["-H", "authorization: Bearer sk-test-not-a-real-key-0000"])
+            .args(["-H", &format!("x-sent-to: {ip} {round}")])
+            .args(["-H", "content-type: application/json", "--data", CHAT]);
+        run_checked(&mut cmd, &format!("curl to {ip}")).0
+    };
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for ip in ["127.0.0.101", "127.0.0.102"] {
+            sent.push((ip, send(ip, round)));
+        }
+    }
+    for (ip, pid) in &sent {
+        let record = agent.wait_for_audit("each request", by_pid(*pid));
+        assert_eq!(record["decision"], "redirect", "{record:#}");
+        assert_eq!(record["destination"]["ip"], *ip, "{record:#}");
+        assert_eq!(record["outcome"], "ok", "{record:#}");
+    }
+    for (server, ip) in [(&first, "127.0.0.101"), (&second, "127.0.0.102")] {
+        let seen: Vec<String> = server
+            .requests()
+            .iter()
+            .map(|r| {
+                r["headers"]["x-sent-to"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        let expected: Vec<String> = (0..3).map(|round| format!("{ip} {round}")).collect();
+        assert_eq!(seen, expected, "what {ip}'s stand-in was sent");
+    }
 }

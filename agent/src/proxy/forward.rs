@@ -285,7 +285,6 @@ async fn handle(
     } else {
         format!("{host}:{port}")
     };
-    shared.pins.set(&host, port, conn.destination.ip());
     let uri: Uri = match format!("{scheme}://{authority}{path_and_query}").parse() {
         Ok(uri) => uri,
         Err(err) => {
@@ -309,7 +308,7 @@ async fn handle(
 
     let waited = tokio::time::timeout(
         shared.upstream_timeouts.response,
-        shared.client.request(upstream),
+        shared.upstreams.to(conn.destination).request(upstream),
     )
     .await;
     let response = match waited {

@@ -38,7 +38,7 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-use self::{ca::Ca, forward::Conn, upstream::Pins};
+use self::{ca::Ca, forward::Conn, upstream::Upstreams};
 pub use self::{
     limits::{ClientLimits, UpstreamTimeouts},
     origin::Origins,
@@ -117,8 +117,7 @@ pub(crate) struct Shared {
     origins: Origins,
     ca: Ca,
     server_configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
-    client: upstream::UpstreamClient,
-    pins: Arc<Pins>,
+    upstreams: Upstreams,
     audit: AuditLog,
     usage: crate::usage::UsageLog,
     metrics: Arc<crate::metrics::Metrics>,
@@ -157,7 +156,6 @@ impl Proxy {
         links: ProxyLinks,
     ) -> Result<Proxy> {
         let ca = Ca::load_or_create(&settings.state_dir)?;
-        let pins = Arc::new(Pins::default());
         let tls = upstream::client_config(settings.upstream_ca.as_deref())?;
         let (port, listeners) = bind_loopback(settings.port).await?;
         Ok(Proxy {
@@ -167,8 +165,7 @@ impl Proxy {
                 origins: Origins::new(redirect_map),
                 ca,
                 server_configs: Mutex::new(HashMap::new()),
-                client: upstream::client(tls, pins.clone()),
-                pins,
+                upstreams: Upstreams::new(tls),
                 audit: links.audit,
                 usage: links.usage,
                 metrics: links.metrics,

@@ -1,17 +1,17 @@
 //! The proxy's side towards the model API: connections to the original
 //! destination (never a fresh DNS answer), TLS with the system's roots,
-//! HTTP/2 where the server offers it, pooled per host.
+//! HTTP/2 where the server offers it, pooled per destination address.
 
 use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::Path,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -33,33 +33,51 @@ use tokio::{
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept; a destination's client
+/// unused for longer holds none and may be dropped.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Destinations kept before idle ones are swept.
+const SWEEP_ABOVE: usize = 256;
 
 pub type UpstreamClient = Client<Connector, Full<Bytes>>;
 
-/// Where each upstream host:port really is: the original destination the
-/// kernel recorded, not what DNS says now.
-#[derive(Debug, Default)]
-pub struct Pins {
-    by_authority: Mutex<HashMap<(String, u16), IpAddr>>,
+/// One pooled client per original destination. hyper pools by host, and
+/// one host has many addresses: a connection the kernel recorded to one of
+/// them must be forwarded there, never over a pooled connection to
+/// another (the audit names the address, and the address is what the
+/// policy judged).
+pub struct Upstreams {
+    tls: Arc<ClientConfig>,
+    by_destination: Mutex<HashMap<SocketAddr, (UpstreamClient, Instant)>>,
 }
 
-impl Pins {
-    pub fn set(&self, host: &str, port: u16, ip: IpAddr) {
-        let mut pins = self.by_authority.lock().expect("pins poisoned");
-        if pins.get(&(host.to_string(), port)) != Some(&ip) {
-            pins.insert((host.to_string(), port), ip);
+impl Upstreams {
+    pub fn new(tls: Arc<ClientConfig>) -> Upstreams {
+        Upstreams {
+            tls,
+            by_destination: Mutex::new(HashMap::new()),
         }
     }
 
-    fn get(&self, host: &str, port: u16) -> Option<IpAddr> {
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
-            return Some(ip);
+    /// The client whose every connection goes to `destination`.
+    pub fn to(&self, destination: SocketAddr) -> UpstreamClient {
+        let now = Instant::now();
+        let mut clients = self.by_destination.lock().expect("upstreams poisoned");
+        if clients.len() >= SWEEP_ABOVE && !clients.contains_key(&destination) {
+            clients.retain(|_, (_, used)| now.duration_since(*used) < POOL_IDLE);
         }
-        self.by_authority
-            .lock()
-            .expect("pins poisoned")
-            .get(&(host.to_string(), port))
-            .copied()
+        let (client, used) = clients.entry(destination).or_insert_with(|| {
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(256)
+                .build(Connector {
+                    tls: self.tls.clone(),
+                    destination,
+                });
+            (client, now)
+        });
+        *used = now;
+        client.clone()
     }
 }
 
@@ -69,17 +87,12 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
     crate::trust::client_config(extra_ca, "upstream", &[b"h2", b"http/1.1"])
 }
 
-pub fn client(tls: Arc<ClientConfig>, pins: Arc<Pins>) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(Connector { tls, pins })
-}
-
+/// Connects to one address whatever the URI's host resolves to now; the
+/// host is the TLS server name and the Host header.
 #[derive(Clone)]
 pub struct Connector {
     tls: Arc<ClientConfig>,
-    pins: Arc<Pins>,
+    destination: SocketAddr,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -103,24 +116,17 @@ impl Connector {
             .host()
             .ok_or_else(|| io::Error::other("upstream URI without host"))?
             .to_string();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let ip = self.pins.get(&host, port).ok_or_else(|| {
-            io::Error::other(format!("no original destination known for {host}:{port}"))
-        })?;
-        let tcp = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect(SocketAddr::new(ip, port)),
-        )
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {ip}:{port} timed out"),
-            )
-        })??;
+        let destination = self.destination;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {destination} timed out"),
+                )
+            })??;
         tcp.set_nodelay(true)?;
-        if !https {
+        if uri.scheme_str() != Some("https") {
             return Ok(Upstream {
                 io: TokioIo::new(MaybeTls::Plain(tcp)),
                 h2: false,
