@@ -62,29 +62,43 @@ pub struct ModelServer {
 
 impl ModelServer {
     pub fn start(pki: &Pki, bind: &str, port: u16, chunks: u32, chunk_delay: f64) -> ModelServer {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/model_server.py");
-        let marker = dir.path().join("last-chunk-sent");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .arg("--marker")
-            .arg(&marker)
-            .args(["--chunks", &chunks.to_string()])
-            .args(["--chunk-delay", &chunk_delay.to_string()]);
-        ModelServer::spawn(cmd, dir, marker, pki, bind, port)
+        ModelServer::with_args(
+            pki,
+            bind,
+            port,
+            &[
+                "--chunks",
+                &chunks.to_string(),
+                "--chunk-delay",
+                &chunk_delay.to_string(),
+            ],
+        )
     }
 
     /// The stand-in without TLS: a server on port 80 (`pki` is not read).
     pub fn plain(pki: &Pki, bind: &str, port: u16, chunks: u32) -> ModelServer {
+        ModelServer::with_args(
+            pki,
+            bind,
+            port,
+            &["--plain", "--chunks", &chunks.to_string()],
+        )
+    }
+
+    /// The stand-in refusing with a 403, as AWS does, every POST whose
+    /// SigV4 signature (made with `secret`) does not verify over the body
+    /// it received.
+    pub fn signed(pki: &Pki, bind: &str, port: u16, secret: &str) -> ModelServer {
+        ModelServer::with_args(pki, bind, port, &["--sigv4-secret", secret])
+    }
+
+    /// tests/standin/model_server.py with `args`.
+    fn with_args(pki: &Pki, bind: &str, port: u16, args: &[&str]) -> ModelServer {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/model_server.py");
         let marker = dir.path().join("last-chunk-sent");
         let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .arg("--plain")
-            .arg("--marker")
-            .arg(&marker)
-            .args(["--chunks", &chunks.to_string()]);
+        cmd.arg(script).arg("--marker").arg(&marker).args(args);
         ModelServer::spawn(cmd, dir, marker, pki, bind, port)
     }
 

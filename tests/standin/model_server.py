@@ -1,5 +1,6 @@
-"""A stand-in model API for the integration tests: OpenAI, Anthropic and
-Gemini shapes, plain and streamed, over TLS with a test CA.
+"""A stand-in model API for the integration tests: OpenAI, Anthropic,
+Gemini and Bedrock Converse shapes, plain and streamed, over TLS with a test
+CA; with --sigv4-secret it checks SigV4 signatures over the body as AWS does.
 
 Every request it receives is appended to --log as one JSON line (path,
 headers, body), so a test can check exactly what reached "upstream".
@@ -8,11 +9,15 @@ it saw the first chunk before the upstream finished.
 """
 
 import argparse
+import hashlib
+import hmac
 import json
+import re
 import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
 LOCK = threading.Lock()
 
@@ -108,10 +113,56 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
 
+    def _sigv4_mismatch(self, body):
+        """What AWS would say of the request's SigV4 signature, checked
+        against --sigv4-secret over the body as received; None when valid."""
+        auth = self.headers.get("authorization", "")
+        m = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=[^/]+/(\d{8})/([^/]+)/([^/]+)/aws4_request,"
+                         r" ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})", auth)
+        if not m:
+            return "MissingAuthenticationTokenException"
+        date, region, service, signed, signature = m.groups()
+        payload = hashlib.sha256(body).hexdigest()
+        declared = self.headers.get("x-amz-content-sha256")
+        if declared not in (None, payload):
+            return "XAmzContentSHA256Mismatch"
+        path, _, query = self.path.partition("?")
+        pairs = sorted(
+            (quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~"))
+            for k, _, v in (p.partition("=") for p in query.split("&") if p)
+        )
+        headers = "".join(
+            f"{name}:{' '.join(self.headers.get(name, '').split())}\n" for name in signed.split(";")
+        )
+        canonical = "\n".join([
+            self.command, quote(path, safe="/~"), "&".join(f"{k}={v}" for k, v in pairs),
+            headers, signed, payload,
+        ])
+        scope = f"{date}/{region}/{service}/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", self.headers.get("x-amz-date", ""), scope,
+                             hashlib.sha256(canonical.encode()).hexdigest()])
+        key = ("AWS4" + self.server.args.sigv4_secret).encode()
+        for part in (date, region, service, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return None if hmac.compare_digest(expected, signature) else "InvalidSignatureException"
+
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
         self._record(body)
+        if self.server.args.sigv4_secret:
+            mismatch = self._sigv4_mismatch(body)
+            if mismatch:
+                data = json.dumps({"message": "The request signature we calculated does not match "
+                                              "the signature you provided."}).encode()
+                self.send_response(403)
+                self.send_header("content-type", "application/json")
+                self.send_header("x-amzn-errortype", mismatch)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
         try:
             req = json.loads(body or b"{}")
         except ValueError:
@@ -119,6 +170,14 @@ class Handler(BaseHTTPRequestHandler):
         model = req.get("model", "unknown")
         chunks = self.server.args.chunks
         path = self.path.split("?")[0]
+        if path.startswith("/model/") and path.endswith("/converse"):
+            self._json(200, {
+                "output": {"message": {"role": "assistant", "content": [{"text": "Hello from Bedrock."}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 9, "outputTokens": 4, "totalTokens": 13},
+                "metrics": {"latencyMs": 1},
+            })
+            return
         if model.startswith("fail-"):
             self._fail(model)
             return
@@ -180,6 +239,7 @@ def main():
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--plain", action="store_true", help="cleartext HTTP (a server on port 80)")
+    parser.add_argument("--sigv4-secret", help="refuse POSTs whose AWS SigV4 signature does not verify")
     args = parser.parse_args()
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True

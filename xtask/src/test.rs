@@ -76,6 +76,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     // `Content-Encoding: br` and `zstd` bodies.
     "brotli>=1,<2",
     "zstandard>=0.22,<1",
+    // The signed-request test signs Bedrock calls with AWS's own signer.
+    "botocore>=1.34,<2",
 ];
 
 /// A python with the official `openai` SDK: the proxy tests drive it as a

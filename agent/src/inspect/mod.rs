@@ -14,11 +14,15 @@ pub mod encoding;
 pub mod multipart;
 pub mod path;
 mod scan;
+mod signature;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use self::scan::{Found, Place, scan};
+pub use self::{
+    scan::{Found, Place, scan},
+    signature::body_signature,
+};
 
 /// A request body as the upstream will read it.
 #[derive(Debug, Clone)]

@@ -188,7 +188,10 @@ pub fn decide<'p>(
     // Replacing in place works inside the strings of a JSON or text body;
     // a finding to redact anywhere else (a header, the query, a part, or
     // split across strings) makes the request one that cannot leave.
-    let rewritable = matches!(content.body.form, Form::Json(_) | Form::Text);
+    // A body a client signature covers cannot be rewritten at all: the
+    // upstream would refuse it, or take what the client never signed.
+    let signed = inspect::body_signature(content.headers, content.query);
+    let rewritable = signed.is_none() && matches!(content.body.form, Form::Json(_) | Form::Text);
     let mut unredactable = Vec::new();
     for found in inspect::scan(classifier, content.body, content.query, content.headers) {
         let name = classifier.classes()[found.class].name.clone();
@@ -227,14 +230,21 @@ pub fn decide<'p>(
     } else if !blocked.is_empty() {
         decision.refuse = Some((RefuseKind::DataBlocked, refusal(&blocked)));
     } else if !unredactable.is_empty() {
-        decision.refuse = Some((
-            RefuseKind::DataBlocked,
-            format!(
+        let message = match signed {
+            Some(scheme) => format!(
+                "modelgate: the request carries {} that policy rule `{rule_name}` redacts, but \
+                 its body is signed ({scheme}) and a redacted body would not match the \
+                 signature, so it was not sent (block or alert on these classes for signed \
+                 providers)",
+                unredactable.join(", ")
+            ),
+            None => format!(
                 "modelgate: the request carries {} where policy rule `{rule_name}` cannot \
                  redact it, so it was not sent",
                 unredactable.join(", ")
             ),
-        ));
+        };
+        decision.refuse = Some((RefuseKind::DataBlocked, message));
     }
     decision
 }

@@ -235,6 +235,29 @@ fn check_rule(
             );
         }
     }
+    // Bedrock's SDKs sign the body (SigV4); rewriting it breaks the
+    // signature, so a rule for it alone can only block or alert.
+    let apis: Vec<_> = rule
+        .matches
+        .provider
+        .iter()
+        .filter_map(|p| catalog.provider(&p.0))
+        .map(|p| p.api)
+        .collect();
+    let signed_only = !apis.is_empty() && apis.iter().all(|a| *a == crate::catalog::Api::Bedrock);
+    if signed_only {
+        for (key, action) in &rule.controls.data {
+            if *action == super::controls::DataAction::Redact {
+                error(
+                    format!(".controls.data.{key}"),
+                    "Bedrock requests are signed (SigV4) over their body, and a redacted body \
+                     no longer matches the signature; use block or alert (a rule that also \
+                     covers other providers redacts theirs and refuses a signed request instead)"
+                        .into(),
+                );
+            }
+        }
+    }
     if let Some(credential) = &rule.controls.credential {
         let sources = [
             credential.env.is_some(),

@@ -226,3 +226,34 @@ fn shipped_policy_is_valid_and_monitors() {
     assert_eq!(policy.default_action, Action::Monitor);
     assert!(policy.rules.is_empty(), "the default blocks nothing");
 }
+
+#[test]
+fn rules_for_signed_providers_alone_cannot_redact() {
+    let catalog = Catalog::parse(
+        "endpoints.yaml",
+        &format!(
+            "{CATALOG}  - name: bedrock\n    api: bedrock\n    hosts: [bedrock-runtime.us-east-1.amazonaws.com]\n"
+        ),
+    )
+    .unwrap();
+    let load = |providers: &str, action: &str| {
+        let text = format!(
+            "default_action: redirect\nrules:\n  - name: protect\n    match:\n      provider: [{providers}]\n    action: redirect\n    controls:\n      data: {{pii: {action}}}\n"
+        );
+        Policy::parse("policy.yaml", &text, &catalog)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = load("bedrock", "redact").unwrap_err();
+    assert!(
+        err.contains(".controls.data.pii") && err.contains("signed (SigV4)"),
+        "{err}"
+    );
+    assert!(err.contains("use block or alert"), "says what to do: {err}");
+    load("bedrock", "block").unwrap();
+    load("bedrock", "alert").unwrap();
+    // With other providers the rule redacts theirs; a signed request is
+    // refused at the proxy instead.
+    load("bedrock, openai", "redact").unwrap();
+    load("openai", "redact").unwrap();
+}

@@ -233,3 +233,35 @@ fn findings_name_their_places_and_unredactable_ones_refuse() {
     assert_eq!(refused(&d), Some(RefuseKind::DataBlocked));
     assert_eq!(d.findings[0].places, ["query"]);
 }
+
+#[test]
+fn a_signed_body_is_refused_rather_than_redacted() {
+    let p = policy(PROTECT);
+    let body = chat("mail jane@example.com");
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261205/us-east-1/bedrock/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=abc";
+    let mut r = Request::new("/v1/chat/completions", body.as_bytes());
+    r.headers
+        .insert("authorization", HeaderValue::from_static(sigv4));
+    let d = r.decide(&p);
+    assert_eq!(refused(&d), Some(RefuseKind::DataBlocked), "{d:?}");
+    let (_, why) = d.refuse.as_ref().unwrap();
+    assert!(why.contains("signed (AWS SigV4)"), "says why: {why}");
+    assert!(why.contains("block or alert"), "says what to do: {why}");
+
+    // The same body signed with an unsigned payload may be rewritten.
+    r.headers.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    let d = r.decide(&p);
+    assert_eq!(refused(&d), None);
+    assert!(d.redact);
+
+    // Nothing to redact: a signed request goes as it is.
+    let clean = chat("hello");
+    let mut r = Request::new("/v1/chat/completions", clean.as_bytes());
+    r.headers
+        .insert("authorization", HeaderValue::from_static(sigv4));
+    assert_eq!(refused(&r.decide(&p)), None);
+}
