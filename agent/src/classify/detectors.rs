@@ -19,8 +19,9 @@
 //! glued on the left are found through [`window_gates`] instead.
 //!
 //! Every pattern except `private-key`'s is single-line in a strong sense:
-//! none can match any of the bytes in [`DELIMITERS`]. `scan` relies on that
-//! to confine the work behind each first-pass hit to a window.
+//! none can match any of the bytes in [`DELIMITERS`], nor `. ` (see
+//! [`ends_window`]). `scan` relies on that to confine the work behind each
+//! first-pass hit to a window.
 
 use super::{
     Category, numbers,
@@ -302,4 +303,31 @@ static IS_DELIMITER: [bool; 256] = {
 
 pub(super) fn is_delimiter(b: u8) -> bool {
     IS_DELIMITER[usize::from(b)]
+}
+
+/// Whether a window may end right after `bytes[i]`: a delimiter, or the
+/// `.` of `. ` — no single-line pattern holds a period followed by a
+/// space (separators are single characters; an e-mail or token has no
+/// space; a JWT may end in `.`, which stays in the window). Prose has one
+/// every sentence, delimiters often only every paragraph, and the work
+/// behind each first-pass hit is its window's length.
+pub(super) fn ends_window(bytes: &[u8], i: usize) -> bool {
+    is_delimiter(bytes[i]) || (bytes[i] == b'.' && bytes.get(i + 1) == Some(&b' '))
+}
+
+/// The end of the window that holds `bytes[from..]`'s first byte: just
+/// after the next byte a window may end after, or the end of `bytes`.
+pub(super) fn window_end(bytes: &[u8], from: usize) -> usize {
+    (from..bytes.len())
+        .find(|&i| ends_window(bytes, i))
+        .map_or(bytes.len(), |i| i + 1)
+}
+
+/// The start of the window that holds `bytes[..to]`'s last byte, no
+/// earlier than `floor`.
+pub(super) fn window_start(bytes: &[u8], floor: usize, to: usize) -> usize {
+    (floor..to)
+        .rev()
+        .find(|&i| ends_window(bytes, i))
+        .map_or(floor, |i| i + 1)
 }

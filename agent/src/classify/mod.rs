@@ -14,8 +14,9 @@
 //!    that pass is the whole cost.
 //! 2. Each hit is widened to a window that ends at the next delimiter, a
 //!    byte no built-in finding can contain (newline, `;`, `{`, … see
-//!    `detectors::DELIMITERS`). One `RegexSet` of the same gates, run over
-//!    the window only, says which classes occur there.
+//!    `detectors::DELIMITERS`), or the next `. ` (`detectors::ends_window`).
+//!    One `RegexSet` of the same gates, run over the window only, says which
+//!    classes occur there.
 //! 3. Only those classes' own regexes run, over that window, for positions;
 //!    a check then validates each match (Luhn, mod-97, ranges, entropy, …).
 //! 4. Overlaps are resolved: the longer finding wins, a tie goes to the
@@ -274,18 +275,12 @@ impl Classifier {
                 // a delimiter, so those behind this hit lie between its start
                 // and the next delimiter.
                 let from = m.start().max(covered);
-                let to = bytes
-                    .get(m.end()..)
-                    .and_then(|rest| rest.iter().position(|&b| detectors::is_delimiter(b)))
-                    .map_or(bytes.len(), |p| m.end() + p + 1);
+                let to = detectors::window_end(bytes, m.end());
                 // The class regexes search from the segment start, as a
                 // search over the whole text would: a rejected match that
                 // began before the hit could otherwise be cut short and
                 // reveal a "finding" the whole-text search never reports.
-                let segment = bytes
-                    .get(covered..from)
-                    .and_then(|before| before.iter().rposition(|&b| detectors::is_delimiter(b)))
-                    .map_or(covered, |p| covered + p + 1);
+                let segment = detectors::window_start(bytes, covered, from);
                 covered = to;
                 let Some(hay) = text.get(..to) else { continue };
                 // Gates may start on the byte before a finding, which can be

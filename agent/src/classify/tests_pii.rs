@@ -317,6 +317,9 @@ pub(super) const PIECES: &[&str] = &[
     "\n",
     ";",
     "!",
+    // Windows also end after the `.` of `. `.
+    ". ",
+    ".  ",
     " ",
     " ",
     " ",
