@@ -183,12 +183,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path.endswith("/chat/completions"):
             if req.get("stream"):
+                # As OpenAI does: asked for usage, every chunk carries a
+                # null one and an extra last chunk has it.
+                include_usage = (req.get("stream_options") or {}).get("include_usage")
                 events = [
                     (None, {"id": "c1", "object": "chat.completion.chunk", "model": model,
-                            "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]})
+                            "choices": [{"index": 0, "delta": {"content": f"w{i} "}}],
+                            **({"usage": None} if include_usage else {})})
                     for i in range(chunks)
                 ]
-                if (req.get("stream_options") or {}).get("include_usage"):
+                if include_usage:
                     events.append((None, {"id": "c1", "object": "chat.completion.chunk", "model": model,
                                           "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": chunks,
                                                                    "total_tokens": 11 + chunks}}))

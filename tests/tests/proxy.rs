@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::Stdio,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -157,6 +157,14 @@ for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"rol
     if chunk.usage:
         print("USAGE", chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
 print("STREAM", "".join(parts).strip())
+# The SDK's defaults: no stream_options, so no usage chunk for the app.
+parts, usage = [], []
+for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True):
+    usage.append(chunk.usage)
+    if chunk.choices:
+        parts.append(chunk.choices[0].delta.content or "")
+print("DEFAULT", "".join(parts).strip(), "usage seen:", any(u is not None for u in usage))
 "#;
     // The SDK resolves api.openai.com itself: give it a private /etc/hosts.
     let hosts = s.pki.dir.path().join("client-hosts");
@@ -172,6 +180,10 @@ print("STREAM", "".join(parts).strip())
     assert!(out.contains("PLAIN Hello from the stand-in. 11 7"), "{out}");
     assert!(out.contains("USAGE 11 4"), "{out}");
     assert!(out.contains("STREAM w0 w1 w2 w3"), "{out}");
+    assert!(
+        out.contains("DEFAULT w0 w1 w2 w3 usage seen: False"),
+        "{out}"
+    );
     let records: Vec<Value> = loop {
         let records: Vec<Value> = s
             .agent
@@ -179,7 +191,7 @@ print("STREAM", "".join(parts).strip())
             .into_iter()
             .filter(by_pid(pid))
             .collect();
-        if records.len() >= 2 {
+        if records.len() >= 3 {
             break records;
         }
         s.agent.wait_for_audit("the SDK's calls", by_pid(pid));
@@ -191,11 +203,12 @@ print("STREAM", "".join(parts).strip())
         let exe = record["identity"]["exe"].as_str().unwrap_or("");
         assert!(exe.contains("python"), "the SDK's process: {record:#}");
     }
-    assert!(
-        records
-            .iter()
-            .any(|r| r["stream"] == true && r["gen_ai.usage.output_tokens"] == 4)
-    );
+    // Both streams counted: the one that asked and the default one.
+    let streams: Vec<&Value> = records.iter().filter(|r| r["stream"] == true).collect();
+    assert_eq!(streams.len(), 2, "{records:#?}");
+    for record in streams {
+        assert_eq!(record["gen_ai.usage.output_tokens"], 4, "{record:#}");
+    }
     assert!(
         records
             .iter()
@@ -571,5 +584,61 @@ fn each_request_goes_to_its_own_connections_original_destination() {
             .collect();
         let expected: Vec<String> = (0..3).map(|round| format!("{ip} {round}")).collect();
         assert_eq!(seen, expected, "what {ip}'s stand-in was sent");
+    }
+}
+
+#[test]
+fn a_stream_that_did_not_ask_for_usage_is_counted_and_reaches_the_client_unchanged() {
+    let s = setup(
+        "stream-usage",
+        "127.0.0.104",
+        "default_action: redirect\nrules: []\n",
+        3,
+        0.0,
+        false,
+    );
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Straight to the stand-in, from outside the governed cgroup: what the
+    // client would get without modelgate.
+    let direct = output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&s.pki.ca)
+            .args(["--resolve", &format!("{HOST}:443:{}", s.ip)])
+            .arg(format!("https://{HOST}/v1/chat/completions"))
+            .args(["-H", "content-type: application/json", "--data", body]),
+    );
+    assert!(direct.status.success(), "{direct:?}");
+    let ca = s.agent.ca();
+    for http in ["--http1.1", "--http2"] {
+        let mut cmd = s.curl(&ca, "/v1/chat/completions", Some(body));
+        cmd.arg(http);
+        let (pid, proxied) = run_checked(&mut cmd, "a default stream");
+        assert_eq!(
+            proxied,
+            String::from_utf8_lossy(&direct.stdout),
+            "{http}: the client's stream is what the stand-in sends a client that did not ask"
+        );
+        let record = s.agent.wait_for_audit("the default stream", by_pid(pid));
+        assert_eq!(record["stream"], true, "{record:#}");
+        assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
+        assert_eq!(record["gen_ai.usage.output_tokens"], 3, "{record:#}");
+        assert_eq!(record["outcome"], "ok", "{record:#}");
+    }
+    // The upstream was asked for the usage the proxy then hid.
+    let seen = s.server.requests();
+    let asked: Vec<Value> = seen
+        .iter()
+        .skip(1)
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(asked.len(), 2, "{seen:#?}");
+    for request in asked {
+        assert_eq!(
+            request["stream_options"]["include_usage"], true,
+            "{request}"
+        );
+        assert_eq!(request["messages"][0]["content"], "hi", "{request}");
     }
 }

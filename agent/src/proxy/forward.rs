@@ -26,9 +26,11 @@ use super::{
     govern::{self, Verdict},
     in_flight,
     providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
+    stream_usage,
 };
 use crate::{
     audit::{AuditFinding, AuditRecord, Destination, StorePrompts, Tokens},
+    catalog::Api,
     inspect,
     policy::decide::DataFinding,
 };
@@ -258,12 +260,30 @@ async fn handle(
     audit.rule = forward.rule.clone();
     audit.redacted = forward.redacted.iter().cloned().collect();
     audit.findings = audit_findings(&forward.findings);
+    let decoded = forward.body.is_some() || read.codings.is_empty();
     let body = match forward.body {
         // The rewritten body is the decoded one: it leaves uncompressed.
         Some(replaced) => {
             headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::CONTENT_ENCODING);
             replaced
+        }
+        None => body,
+    };
+    let asks_usage = conn.info.api == Some(Api::Openai) && path.ends_with("/chat/completions");
+    let mut hide_usage = None;
+    let body = match read.json().filter(|_| asks_usage) {
+        Some(json) => {
+            let text = if decoded { &body[..] } else { &read.bytes[..] };
+            match stream_usage::ask(json, text) {
+                Some(asked) => {
+                    headers.remove(header::CONTENT_LENGTH);
+                    headers.remove(header::CONTENT_ENCODING);
+                    hide_usage = Some(stream_usage::Hider::default());
+                    asked
+                }
+                None => body,
+            }
         }
         None => body,
     };
@@ -371,6 +391,7 @@ async fn handle(
         bytes: 0,
         first_byte: None,
         event_stream,
+        hide_usage: hide_usage.filter(|_| event_stream),
     };
     Response::from_parts(parts, observed.boxed())
 }
@@ -590,6 +611,8 @@ struct ObservedBody {
     bytes: u64,
     first_byte: Option<Instant>,
     event_stream: bool,
+    /// Set when the proxy asked for usage the client did not ask for.
+    hide_usage: Option<stream_usage::Hider>,
 }
 
 impl ObservedBody {
@@ -685,43 +708,43 @@ impl Body for ObservedBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
-                if let Some(data) = frame.data_ref() {
-                    this.first_byte.get_or_insert_with(Instant::now);
-                    this.bytes += data.len() as u64;
-                    this.observer.feed(data);
-                }
-                // With a known length the server stops polling once the last
-                // byte is out, and drops the body without seeing its end.
-                if this.inner.is_end_stream() {
-                    this.close("ok", None);
-                }
-                Poll::Ready(Some(Ok(frame)))
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(err))) => return this.broke(err),
+                Poll::Ready(None) => return this.ended(),
+                Poll::Pending => return this.wait(cx),
+            };
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.timer.as_mut().reset(deadline);
+            if let Some(data) = frame.data_ref() {
+                this.first_byte.get_or_insert_with(Instant::now);
+                this.bytes += data.len() as u64;
+                this.observer.feed(data);
             }
-            Poll::Ready(Some(Err(err))) => {
-                let message = format!(
-                    "modelgate: the upstream response broke off: {}",
-                    error_chain(&err)
-                );
-                this.break_off("upstream_error", message, Box::new(err))
-            }
-            Poll::Ready(None) => {
+            // With a known length the server stops polling once the last
+            // byte is out, and drops the body without seeing its end.
+            let ended = this.inner.is_end_stream();
+            if ended {
                 this.close("ok", None);
-                Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let message = format!(
-                        "modelgate: the upstream response stopped: nothing for {}s",
-                        this.idle.as_secs()
-                    );
-                    this.break_off("upstream_timeout", message.clone(), message.into())
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            let Some(hider) = this.hide_usage.as_mut() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let mut out = hider.filter(&data);
+            if ended {
+                out = [out, hider.finish()].concat().into();
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+            if ended {
+                this.done = true;
+                return Poll::Ready(None);
+            }
         }
     }
 
@@ -731,6 +754,42 @@ impl Body for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl ObservedBody {
+    fn broke(&mut self, err: hyper::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let message = format!(
+            "modelgate: the upstream response broke off: {}",
+            error_chain(&err)
+        );
+        self.break_off("upstream_error", message, Box::new(err))
+    }
+
+    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.close("ok", None);
+        let rest = self.hide_usage.as_mut().map(stream_usage::Hider::finish);
+        match rest.filter(|rest| !rest.is_empty()) {
+            Some(rest) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(rest))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// Nothing from upstream yet: waits, up to the idle limit.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let message = format!(
+                    "modelgate: the upstream response stopped: nothing for {}s",
+                    self.idle.as_secs()
+                );
+                self.break_off("upstream_timeout", message.clone(), message.into())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod origin;
 mod passthrough;
 pub mod providers;
 pub mod sse;
+mod stream_usage;
 mod upstream;
 
 use std::{
