@@ -207,6 +207,28 @@ fn a_budget_lets_n_requests_through_also_across_a_restart() {
     );
 }
 
+#[test]
+fn a_token_budget_counts_streams_that_did_not_ask_for_usage() {
+    // Each default stream (no `stream_options`, as the SDKs send it) costs
+    // 11 + 2 tokens; the proxy must learn that to stop the fourth.
+    let policy = "default_action: redirect\nrules:\n  - name: thirty-tokens\n    action: redirect\n    controls:\n      budget:\n        per: exe\n        tokens_per_day: 30\n";
+    let s = setup("token-budget", "127.0.1.59", policy, 2, 0.0, false);
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    for n in 1..=3 {
+        let (pid, status, body) = call(&s, stream, &[]);
+        assert_eq!(status, 200, "stream {n}: {body}");
+        assert!(!body.contains("usage"), "the client did not ask: {body}");
+        let record = s.agent.wait_for_audit("a default stream", by_pid(pid));
+        assert_eq!(record["gen_ai.usage.output_tokens"], 2, "{record:#}");
+    }
+    let (pid, status, body) = call(&s, stream, &[]);
+    assert_eq!(status, 429, "39 tokens used of 30: {body}");
+    assert!(body.contains("tokens_per_day"), "{body}");
+    let record = s.agent.wait_for_audit("the refused stream", by_pid(pid));
+    assert_eq!(record["outcome"], "budget_exceeded", "{record:#}");
+}
+
 const RELOAD_CLIENTS: &str = r#"
 import http.client, json, ssl, sys, threading, time
 ca, ip, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
