@@ -260,7 +260,7 @@ async fn handle(
     audit.rule = forward.rule.clone();
     audit.redacted = forward.redacted.iter().cloned().collect();
     audit.findings = audit_findings(&forward.findings);
-    let decoded = forward.body.is_some() || read.codings.is_empty();
+    let replaced = forward.body.is_some();
     let body = match forward.body {
         // The rewritten body is the decoded one: it leaves uncompressed.
         Some(replaced) => {
@@ -274,7 +274,9 @@ async fn handle(
     let mut hide_usage = None;
     let body = match read.json().filter(|_| asks_usage) {
         Some(json) => {
-            let text = if decoded { &body[..] } else { &read.bytes[..] };
+            // The JSON text: the redacted body, or the body as read
+            // (codings undone, no byte-order mark).
+            let text = if replaced { &body[..] } else { &read.bytes[..] };
             match stream_usage::ask(json, text) {
                 Some(asked) => {
                     headers.remove(header::CONTENT_LENGTH);
@@ -731,8 +733,9 @@ impl Body for ObservedBody {
             let Some(hider) = this.hide_usage.as_mut() else {
                 return Poll::Ready(Some(Ok(frame)));
             };
-            let Ok(data) = frame.into_data() else {
-                continue;
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
             };
             let mut out = hider.filter(&data);
             if ended {
