@@ -103,15 +103,12 @@ fn push_event(event: &[u8], out: &mut BytesMut) {
         out.extend_from_slice(event);
         return;
     };
-    if is_usage_chunk(event) {
-        return;
-    }
-    match null_member(event, at) {
-        Some((from, to)) => {
-            out.extend_from_slice(&event[..from]);
-            out.extend_from_slice(&event[to..]);
-        }
-        None => out.extend_from_slice(event),
+    // Every chunk but the last has a null usage: cut it without parsing.
+    if let Some((from, to)) = null_member(event, at) {
+        out.extend_from_slice(&event[..from]);
+        out.extend_from_slice(&event[to..]);
+    } else if !is_usage_chunk(event) {
+        out.extend_from_slice(event);
     }
 }
 
