@@ -8,6 +8,7 @@ mod forward;
 mod govern;
 mod in_flight;
 mod limits;
+mod observed;
 mod origin;
 mod passthrough;
 pub mod providers;

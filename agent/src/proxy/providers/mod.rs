@@ -4,6 +4,7 @@
 //! deciding only the error shape of our own responses.
 
 mod extract;
+pub mod realtime;
 #[cfg(test)]
 mod tests;
 
