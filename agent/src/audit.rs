@@ -75,6 +75,19 @@ pub struct AuditFinding {
     pub places: Vec<String>,
 }
 
+/// How a realtime (WebSocket) session went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub protocol: &'static str,
+    /// Messages relayed each way (pings and pongs are answered per hop).
+    pub client_messages: u64,
+    pub upstream_messages: u64,
+    /// `client`, `upstream` or `modelgate`.
+    pub closed_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     pub time: String,
@@ -145,6 +158,8 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
@@ -199,6 +214,7 @@ impl AuditRecord {
             request_bytes: 0,
             response_bytes: 0,
             stream_events: None,
+            session: None,
             prompt_sha256: None,
             output_sha256: None,
             prompt: None,

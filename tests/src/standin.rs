@@ -115,6 +115,19 @@ impl ModelServer {
         ModelServer::spawn(cmd, dir, marker, pki, bind, port)
     }
 
+    /// The Realtime stand-in (tests/standin/realtime_server.py): a
+    /// WebSocket server speaking the OpenAI Realtime API, logging the
+    /// opening request, every message and the close. Needs the venv python
+    /// of `cargo xtask test` for `websockets`.
+    pub fn realtime(pki: &Pki, bind: &str, port: u16) -> ModelServer {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("standin/realtime_server.py");
+        let mut cmd = Command::new(test_python("websockets"));
+        cmd.arg(script);
+        let marker = dir.path().join("unused");
+        ModelServer::spawn(cmd, dir, marker, pki, bind, port)
+    }
+
     fn spawn(
         mut cmd: Command,
         dir: tempfile::TempDir,
@@ -200,6 +213,8 @@ enum Upstream {
     Model { chunks: u32, delay: f64 },
     /// lenient_server.py.
     Lenient,
+    /// realtime_server.py.
+    Realtime,
 }
 
 /// One redirect setup: a stand-in for HOST on `ip`:443 and an agent whose
@@ -266,6 +281,12 @@ pub fn setup_lenient(name: &str, ip: &'static str, policy: &str) -> Setup {
     setup_inner(name, ip, policy, Upstream::Lenient, false, "", None)
 }
 
+/// [`setup`] with the Realtime stand-in ([`ModelServer::realtime`]) as
+/// the upstream.
+pub fn setup_realtime(name: &str, ip: &'static str, policy: &str) -> Setup {
+    setup_inner(name, ip, policy, Upstream::Realtime, false, "", None)
+}
+
 fn setup_inner(
     name: &str,
     ip: &'static str,
@@ -281,6 +302,7 @@ fn setup_inner(
     let server = match upstream {
         Upstream::Model { chunks, delay } => ModelServer::start(&pki, ip, 443, chunks, delay),
         Upstream::Lenient => ModelServer::lenient(&pki, ip, 443),
+        Upstream::Realtime => ModelServer::realtime(&pki, ip, 443),
     };
     let endpoints = format!(
         "providers:\n  - name: openai\n    api: openai\n    hosts: [{HOST}]\n    addresses: [{ip}]\n"

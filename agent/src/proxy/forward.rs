@@ -19,7 +19,7 @@ use super::{
     in_flight,
     observed::{ObservedBody, Pending},
     providers::{self, Family, Refusal, RequestInfo},
-    stream_usage,
+    stream_usage, websocket,
 };
 use crate::{
     audit::{AuditFinding, AuditRecord, Destination},
@@ -32,7 +32,7 @@ use crate::{
 pub const MAX_REQUEST_BODY: usize = 32 << 20;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// One redirected client connection.
 pub struct Conn {
@@ -84,7 +84,7 @@ pub async fn serve<I>(
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout);
-    if let Err(err) = builder.serve_connection(io, service).await {
+    if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {
         debug!(error = %err, "client connection ended with an error");
     }
 }
@@ -122,6 +122,18 @@ async fn handle(
             StatusCode::SERVICE_UNAVAILABLE,
             message,
         );
+    }
+    if websocket::is_upgrade(&parts) {
+        let opening = websocket::Opening {
+            shared,
+            conn,
+            scheme,
+            host,
+            family,
+            path,
+            started,
+        };
+        return websocket::open(opening, parts, audit).await;
     }
     // Smuggling needs two parsers that disagree on where a request ends.
     // hyper frames each request once (Transfer-Encoding over Content-Length,
@@ -180,23 +192,11 @@ async fn handle(
             );
         }
     };
-    let asked = requested_host(&parts);
-    let host = match admitted_host(&conn.info, scheme, &host, asked.as_deref()) {
-        Ok(host) => host,
-        Err(message) => {
-            shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
-            audit.decision = "refused";
-            audit.outcome = "host_mismatch";
-            audit.status = Some(421);
-            audit.error = Some(message.clone());
-            finish(&shared, audit, started, None);
-            return error_response(
-                family,
-                Refusal::Policy,
-                StatusCode::MISDIRECTED_REQUEST,
-                &message,
-            );
-        }
+    let (host, mut audit) = match admit(
+        &shared, &conn, scheme, &host, &parts, audit, started, family,
+    ) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
     };
     audit.host = Some(host.to_string());
     let read = inspect::read_body(
@@ -231,23 +231,7 @@ async fn handle(
     let forward = match verdict {
         Verdict::Forward(forward) => forward,
         Verdict::Refuse(refuse) => {
-            audit.decision = "refused";
-            audit.findings = audit_findings(&refuse.findings);
-            audit.rule = refuse.rule;
-            audit.outcome = refuse.outcome;
-            audit.status = Some(refuse.status.as_u16());
-            audit.error = Some(refuse.message.clone());
-            let store = shared.store_prompts;
-            audit.store_text(store, &info.prompt_text, "");
-            finish(&shared, audit, started, None);
-            let mut response =
-                error_response(family, refuse.refusal, refuse.status, &refuse.message);
-            if let Some(seconds) = refuse.retry_after
-                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-            {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return response;
+            return refused(&shared, audit, started, family, refuse, &info.prompt_text);
         }
     };
     audit.rule = forward.rule.clone();
@@ -284,22 +268,8 @@ async fn handle(
     };
     // A Gemini key in the query string is the app's: a managed credential
     // replaces it in the headers, so the query must not carry it on.
-    let path_and_query = if forward.strip_query_key {
-        credentials::strip_query_key(&path, query)
-    } else {
-        match query {
-            Some(query) => format!("{path}?{query}"),
-            None => path.clone(),
-        }
-    };
-
-    let port = conn.destination.port();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let authority = if port == default_port {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    };
+    let path_and_query = upstream_target(&path, query, forward.strip_query_key);
+    let authority = upstream_authority(&conn, scheme, &host);
     let uri: Uri = match format!("{scheme}://{authority}{path_and_query}").parse() {
         Ok(uri) => uri,
         Err(err) => {
@@ -377,6 +347,97 @@ async fn handle(
     };
     let observed = ObservedBody::new(family, idle, body, event_stream, hide_usage, pending);
     Response::from_parts(parts, observed.boxed())
+}
+
+/// The request's host, checked against its connection's (see
+/// [`admitted_host`]); a mismatch is alerted, recorded and answered 421.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request's context, shared by both request paths"
+)]
+pub(super) fn admit(
+    shared: &Shared,
+    conn: &Conn,
+    scheme: &str,
+    host: &Arc<str>,
+    parts: &http::request::Parts,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+) -> Result<(Arc<str>, AuditRecord), Box<Response<ProxyBody>>> {
+    let asked = requested_host(parts);
+    match admitted_host(&conn.info, scheme, host, asked.as_deref()) {
+        Ok(host) => {
+            audit.host = Some(host.to_string());
+            Ok((host, audit))
+        }
+        Err(message) => {
+            shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
+            audit.decision = "refused";
+            audit.outcome = "host_mismatch";
+            audit.status = Some(421);
+            audit.error = Some(message.clone());
+            finish(shared, audit, started, None);
+            Err(Box::new(error_response(
+                family,
+                Refusal::Policy,
+                StatusCode::MISDIRECTED_REQUEST,
+                &message,
+            )))
+        }
+    }
+}
+
+/// A policy refusal: recorded with its rule and findings, answered in the
+/// provider's error shape.
+pub(super) fn refused(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+    refuse: govern::Refuse,
+    prompt: &str,
+) -> Response<ProxyBody> {
+    audit.decision = "refused";
+    audit.findings = audit_findings(&refuse.findings);
+    audit.rule = refuse.rule;
+    audit.outcome = refuse.outcome;
+    audit.status = Some(refuse.status.as_u16());
+    audit.error = Some(refuse.message.clone());
+    audit.store_text(shared.store_prompts, prompt, "");
+    finish(shared, audit, started, None);
+    let mut response = error_response(family, refuse.refusal, refuse.status, &refuse.message);
+    if let Some(seconds) = refuse.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The request target upstream: the normalised path and the query — less
+/// an app's `key=` where a managed credential replaces it.
+pub(super) fn upstream_target(path: &str, query: Option<&str>, strip_query_key: bool) -> String {
+    // A Gemini key in the query string is the app's: a managed credential
+    // replaces it in the headers, so the query must not carry it on.
+    if strip_query_key {
+        return credentials::strip_query_key(path, query);
+    }
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    }
+}
+
+/// `host[:port]` of the original destination, as the Host header names it.
+pub(super) fn upstream_authority(conn: &Conn, scheme: &str, host: &str) -> String {
+    let port = conn.destination.port();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if port == default_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The host a request may go to: the one its connection was admitted for
@@ -477,7 +538,12 @@ impl Conn {
     }
 }
 
-pub(super) fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
+pub(super) fn finish(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    first_byte: Option<Instant>,
+) {
     audit.latency_ms = ms(started.elapsed());
     audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
     shared.record(audit);

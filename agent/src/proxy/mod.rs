@@ -15,6 +15,7 @@ pub mod providers;
 pub mod sse;
 mod stream_usage;
 mod upstream;
+mod websocket;
 
 use std::{
     collections::HashMap,

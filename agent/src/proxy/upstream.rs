@@ -48,13 +48,19 @@ pub type UpstreamClient = Client<Connector, Full<Bytes>>;
 /// policy judged).
 pub struct Upstreams {
     tls: Arc<ClientConfig>,
+    /// The same trust, offering only HTTP/1.1: a WebSocket upgrade is an
+    /// HTTP/1.1 exchange.
+    tls_http1: Arc<ClientConfig>,
     by_destination: Mutex<HashMap<SocketAddr, (UpstreamClient, Instant)>>,
 }
 
 impl Upstreams {
     pub fn new(tls: Arc<ClientConfig>) -> Upstreams {
+        let mut http1 = (*tls).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Upstreams {
             tls,
+            tls_http1: Arc::new(http1),
             by_destination: Mutex::new(HashMap::new()),
         }
     }
@@ -78,6 +84,17 @@ impl Upstreams {
         });
         *used = now;
         client.clone()
+    }
+
+    /// A fresh HTTP/1.1 connection of its own to `destination`, for a
+    /// session that will outlive any request (a WebSocket upgrade).
+    pub async fn open_http1(&self, destination: SocketAddr, uri: Uri) -> io::Result<Upstream> {
+        Connector {
+            tls: self.tls_http1.clone(),
+            destination,
+        }
+        .connect(uri)
+        .await
     }
 }
 

@@ -7,20 +7,42 @@ use serde_json::Value;
 use super::{RequestInfo, TextCollector, Usage, percent_decode};
 
 /// The session as its opening request names it: the model from the query
-/// (`?model=` for OpenAI, `?deployment=` for Azure); Gemini Live names it
-/// only in its first message.
-pub fn session_info(query: Option<&str>) -> RequestInfo {
-    let param = |name: &str| {
-        query?
+/// (`?model=` for OpenAI, `?deployment=` for Azure, whose `model` must then
+/// be allowed too); Gemini Live names it only in its first message. A query
+/// naming two models, in any spelling of the key, is a conflict: which one
+/// a server reads is its own business, so the policy cannot know.
+pub fn session_info(query: Option<&str>, azure: bool) -> RequestInfo {
+    let values = |name: &str| -> Vec<String> {
+        let mut found: Vec<String> = query
+            .unwrap_or("")
             .split('&')
             .filter_map(|pair| pair.split_once('='))
-            .find(|(key, _)| *key == name)
+            .filter(|(key, _)| percent_decode(&key.replace('+', " ")) == name)
             .map(|(_, value)| percent_decode(&value.replace('+', " ")))
             .filter(|value| !value.is_empty())
+            .collect();
+        found.dedup();
+        found
     };
+    let (models, deployments) = (values("model"), values("deployment"));
+    let (primary, other) = if azure {
+        (&deployments, &models)
+    } else {
+        (&models, &deployments)
+    };
+    let model_conflict = (primary.len() > 1 || other.len() > 1).then(|| {
+        format!(
+            "the session's URL names more than one model ({}); name one",
+            [primary.as_slice(), other.as_slice()].concat().join(", ")
+        )
+    });
+    let model = primary.first().or(other.first()).cloned();
+    let also_model = other.first().filter(|_| !primary.is_empty()).cloned();
     RequestInfo {
         operation: "realtime",
-        model: param("deployment").or_else(|| param("model")),
+        model,
+        also_model: also_model.filter(|also| Some(also) != primary.first()),
+        model_conflict,
         ..RequestInfo::default()
     }
 }
@@ -195,14 +217,10 @@ fn add(total: &mut Usage, more: Usage) {
     };
     total.input_tokens = sum(total.input_tokens, more.input_tokens);
     total.output_tokens = sum(total.output_tokens, more.output_tokens);
-    total.cache_read_input_tokens = sum(
-        total.cache_read_input_tokens,
-        more.cache_read_input_tokens,
-    );
-    total.reasoning_output_tokens = sum(
-        total.reasoning_output_tokens,
-        more.reasoning_output_tokens,
-    );
+    total.cache_read_input_tokens =
+        sum(total.cache_read_input_tokens, more.cache_read_input_tokens);
+    total.reasoning_output_tokens =
+        sum(total.reasoning_output_tokens, more.reasoning_output_tokens);
 }
 
 #[cfg(test)]
@@ -211,13 +229,35 @@ mod tests {
 
     #[test]
     fn the_model_comes_from_the_query_and_azure_names_a_deployment() {
-        let info = session_info(Some("model=gpt-realtime%2Dmini&x=1"));
+        let info = session_info(Some("model=gpt-realtime%2Dmini&x=1"), false);
         assert_eq!(info.operation, "realtime");
         assert_eq!(info.model.as_deref(), Some("gpt-realtime-mini"));
-        let azure = session_info(Some("api-version=2025-04-01&deployment=rt-prod&model=x"));
+        assert_eq!(info.model_conflict, None);
+        let azure = session_info(
+            Some("api-version=2025-04-01&deployment=rt-prod&model=x"),
+            true,
+        );
         assert_eq!(azure.model.as_deref(), Some("rt-prod"));
-        assert_eq!(session_info(Some("model=")).model, None);
-        assert_eq!(session_info(None).model, None);
+        assert_eq!(azure.also_model.as_deref(), Some("x"));
+        assert_eq!(session_info(Some("model="), false).model, None);
+        assert_eq!(session_info(None, false).model, None);
+    }
+
+    #[test]
+    fn a_query_cannot_name_one_model_for_the_policy_and_another_for_the_server() {
+        // Two `model`s, one spelled with an escaped key: a conflict.
+        let two = session_info(Some("model=gpt-realtime&mod%65l=gpt-4o-realtime"), false);
+        assert!(two.model_conflict.is_some(), "{two:?}");
+        // A `deployment` beside OpenAI's `model`: both must be allowed.
+        let both = session_info(Some("deployment=gpt-realtime&model=gpt-4o-realtime"), false);
+        assert_eq!(both.model.as_deref(), Some("gpt-4o-realtime"));
+        assert_eq!(both.also_model.as_deref(), Some("gpt-realtime"));
+        // The same model twice is one model.
+        let same = session_info(Some("model=a&model=a"), false);
+        assert_eq!(
+            (same.model.as_deref(), same.model_conflict),
+            (Some("a"), None)
+        );
     }
 
     #[test]
@@ -267,7 +307,10 @@ mod tests {
             r#"{"serverContent":{"modelTurn":{"parts":[{"text":"not much"}]},"turnComplete":true},"usageMetadata":{"promptTokenCount":9,"responseTokenCount":3,"totalTokenCount":12}}"#,
         );
         let (usage, _, output) = seen.finish();
-        assert_eq!((usage.input_tokens, usage.output_tokens), (Some(9), Some(3)));
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens),
+            (Some(9), Some(3))
+        );
         assert_eq!(output, "not much");
     }
 }
