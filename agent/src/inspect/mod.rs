@@ -14,6 +14,7 @@ pub mod encoding;
 pub mod multipart;
 pub mod path;
 mod scan;
+pub mod stream;
 mod signature;
 
 use bytes::Bytes;

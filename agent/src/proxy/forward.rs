@@ -1,19 +1,11 @@
 //! Serving one client connection: each request is read, understood,
 //! forwarded upstream and streamed back while its audit record is built.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
@@ -25,20 +17,19 @@ use super::{
     ConnInfo, Shared, credentials,
     govern::{self, Verdict},
     in_flight,
-    providers::{self, Family, Refusal, RequestInfo, ResponseObserver},
-    stream_usage,
+    providers::{self, Family, Refusal, RequestInfo},
+    head::{admitted_host, forwardable, header_text, requested_host},
+    observed::{ObservedBody, Pending},
+    stream_usage, upload,
 };
 use crate::{
-    audit::{AuditFinding, AuditRecord, Destination, StorePrompts, Tokens},
+    audit::{AuditFinding, AuditRecord, Destination},
     catalog::Api,
     inspect,
     policy::decide::DataFinding,
 };
 
-/// Largest request body the proxy reads (it must see the whole prompt).
-pub const MAX_REQUEST_BODY: usize = 32 << 20;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// One redirected client connection.
@@ -133,19 +124,45 @@ async fn handle(
     // Smuggling needs two parsers that disagree on where a request ends.
     // hyper frames each request once (Transfer-Encoding over Content-Length,
     // conflicting lengths refused), and what goes upstream is re-framed from
-    // the collected body, never relayed bytes: upstream sees exactly the
-    // requests the policy saw.
+    // the body as read, never relayed bytes: upstream sees exactly the
+    // requests the policy saw. A large upload streams on (`upload`), each
+    // piece checked before it goes.
+    let content_type = header_text(&parts.headers, header::CONTENT_TYPE);
+    let is_upload = upload::is_upload(&parts.method, &path, content_type.as_deref());
+    let limits = shared.limits;
+    let cap = if is_upload {
+        limits.upload_buffer()
+    } else {
+        limits.max_buffered_body
+    };
     let read = tokio::time::timeout(
-        shared.limits.body_timeout,
-        Limited::new(body, MAX_REQUEST_BODY).collect(),
+        limits.body_timeout,
+        upload::read_up_to(body, cap, is_upload),
     )
     .await;
-    let body = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let (body, streamed) = match read {
+        Ok(Ok(upload::Read::Whole(body))) => (body, None),
+        Ok(Ok(upload::Read::Over { head, rest })) if is_upload => (head, Some(rest)),
+        Ok(Ok(upload::Read::Over { .. })) => {
+            let message = format!(
+                "modelgate: request bodies over {cap} bytes are refused: the proxy reads a JSON \
+                 request whole to apply policy (client_limits.max_buffered_body in agent.yaml)"
+            );
+            audit.outcome = "too_large";
+            audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(
+                family,
+                Refusal::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+            );
+        }
         Err(_) => {
             let message = format!(
                 "modelgate: the request body did not arrive within {}s",
-                shared.limits.body_timeout.as_secs()
+                limits.body_timeout.as_secs()
             );
             return refuse(
                 &shared,
@@ -158,23 +175,6 @@ async fn handle(
             );
         }
         Ok(Err(err)) => {
-            let too_large = err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            if too_large {
-                let message =
-                    format!("modelgate: request bodies over {MAX_REQUEST_BODY} bytes are refused");
-                audit.outcome = "too_large";
-                audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
-                audit.error = Some(message.clone());
-                finish(&shared, audit, started, None);
-                return error_response(
-                    family,
-                    Refusal::TooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &message,
-                );
-            }
             let message = format!("modelgate: reading the request failed: {err}");
             return refuse(
                 &shared,
@@ -206,13 +206,18 @@ async fn handle(
         }
     };
     audit.host = Some(host.to_string());
-    let read = inspect::read_body(
-        &body,
-        header_text(&parts.headers, header::CONTENT_TYPE).as_deref(),
-        header_text(&parts.headers, header::CONTENT_ENCODING).as_deref(),
-        providers::reads_json(&path),
-    );
-    let info = providers::parse_request_json(&path, read.json());
+    let content_encoding = header_text(&parts.headers, header::CONTENT_ENCODING);
+    let read = match streamed {
+        None => inspect::read_body(
+            &body,
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            providers::reads_json(&path),
+        ),
+        Some(_) => upload::head_body(&body, content_type.as_deref(), content_encoding.as_deref()),
+    };
+    let mut info = providers::parse_request_json(&path, read.json());
+    upload::form_fields(&mut info, &read, &mut audit);
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
     shared
@@ -318,10 +323,31 @@ async fn handle(
             return error_response(family, Refusal::Upstream, StatusCode::BAD_REQUEST, &message);
         }
     };
+    let (body, upload) = match streamed {
+        None => (Full::new(body).map_err(|never| match never {}).boxed(), None),
+        Some(rest) => {
+            let state = Arc::new(upload::UploadState::default());
+            let scanning = forward.data.map(|rules| upload::Scanning {
+                rules,
+                shared: shared.clone(),
+                conn: conn.clone(),
+            });
+            let boundary = content_type.as_deref().and_then(inspect::multipart::boundary);
+            let body = upload::UploadBody::new(
+                body,
+                rest,
+                boundary.as_deref(),
+                scanning,
+                state.clone(),
+                limits.body_timeout,
+            );
+            (body.boxed(), Some(state))
+        }
+    };
     let mut upstream = Request::builder()
         .method(parts.method)
         .uri(uri)
-        .body(Full::new(body))
+        .body(body)
         .expect("method and URI are valid");
     *upstream.headers_mut() = headers;
     if let Ok(value) = HeaderValue::from_str(&authority) {
@@ -352,6 +378,9 @@ async fn handle(
                 &message,
             );
         }
+        Ok(Err(_)) if let Some(stopped) = upload.as_ref().and_then(|u| u.stopped()) => {
+            return upload_stopped(&shared, audit, started, family, &upload, stopped);
+        }
         Ok(Err(err)) => {
             let message = format!(
                 "modelgate could not reach {authority} ({}): {}",
@@ -373,84 +402,47 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers = forwardable(&parts.headers);
-    let idle = shared.upstream_timeouts.idle;
-    let observed = ObservedBody {
-        family,
-        idle,
-        timer: Box::pin(tokio::time::sleep(idle)),
-        ending: None,
-        done: false,
-        inner: body,
-        observer: ResponseObserver::new(event_stream),
-        pending: Some(Pending {
-            shared,
-            audit,
-            prompt: info.prompt_text,
-            started,
-            store_prompts: forward.store_prompts,
-            budget: forward.budget,
-        }),
-        bytes: 0,
-        first_byte: None,
-        event_stream,
-        hide_usage: hide_usage.filter(|_| event_stream),
+    let pending = Pending {
+        shared: shared.clone(),
+        audit,
+        prompt: info.prompt_text,
+        started,
+        store_prompts: forward.store_prompts,
+        budget: forward.budget,
+        upload,
     };
+    let idle = shared.upstream_timeouts.idle;
+    let observed = ObservedBody::new(family, idle, body, event_stream, pending, hide_usage);
     Response::from_parts(parts, observed.boxed())
 }
 
-/// The host a request may go to: the one its connection was admitted for
-/// (over TLS, the SNI), so one connection cannot front for another host.
-/// Plain HTTP has no SNI: there the Host itself must be one the provider
-/// allows (any name, for address-only self-hosted providers).
-fn admitted_host(
-    info: &ConnInfo,
-    scheme: &str,
-    connection_host: &Arc<str>,
-    asked: Option<&str>,
-) -> Result<Arc<str>, String> {
-    let Some(asked) = asked else {
-        return Ok(connection_host.clone());
-    };
-    if asked.eq_ignore_ascii_case(connection_host) {
-        return Ok(connection_host.clone());
+/// A streamed upload stopped before its end: by policy (the upstream got
+/// an incomplete body and no more), or by its client.
+fn upload_stopped(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+    upload: &Option<Arc<upload::UploadState>>,
+    stopped: upload::Stopped,
+) -> Response<ProxyBody> {
+    if let Some(upload) = upload {
+        upload.settle(&mut audit);
     }
-    if scheme == "http" && (info.hosts.is_empty() || info.hosts.iter().any(|h| h.matches(asked))) {
-        return Ok(asked.to_ascii_lowercase().into());
+    if !stopped.policy {
+        let status = if stopped.outcome == "client_timeout" {
+            StatusCode::REQUEST_TIMEOUT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return refuse(shared, audit, started, family, status, stopped.outcome, &stopped.message);
     }
-    Err(format!(
-        "modelgate: this connection was admitted for `{connection_host}` (rule `{}`); a request for `{asked}` on it is refused",
-        info.rule
-    ))
-}
-
-/// The host a request names, without a port.
-fn requested_host(parts: &http::request::Parts) -> Option<String> {
-    let raw = parts
-        .uri
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.parse::<http::uri::Authority>()
-                        .map(|a| a.host().to_string())
-                        .unwrap_or_else(|_| v.to_string())
-                })
-        })?;
-    Some(raw.trim_matches(['[', ']']).to_string())
-}
-
-/// Every line of a header joined with `,` (RFC 9110 §5.3), or `None`.
-fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    let lines: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    (!lines.is_empty()).then(|| lines.join(","))
+    audit.decision = "refused";
+    audit.outcome = stopped.outcome;
+    audit.status = Some(StatusCode::FORBIDDEN.as_u16());
+    audit.error = Some(stopped.message.clone());
+    finish(shared, audit, started, None);
+    error_response(family, Refusal::Policy, StatusCode::FORBIDDEN, &stopped.message)
 }
 
 fn audit_findings(findings: &[DataFinding]) -> Vec<AuditFinding> {
@@ -496,17 +488,17 @@ impl Conn {
     }
 }
 
-fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
+pub(super) fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
     audit.latency_ms = ms(started.elapsed());
     audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
     shared.record(audit);
 }
 
-fn ms(d: std::time::Duration) -> f64 {
+pub(super) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -515,36 +507,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Headers minus the hop-by-hop ones, which describe one connection and
-/// must not be passed on (RFC 9110 §7.6.1).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    ] {
-        out.remove(name);
-    }
-    for name in listed {
-        out.remove(name.as_str());
-    }
-    out
 }
 
 /// Answers a request the client got wrong, records why, and closes the
@@ -583,224 +545,4 @@ fn error_response(
         .header("x-modelgate-error", "1")
         .body(Full::new(body).map_err(|never| match never {}).boxed())
         .expect("static response parts are valid")
-}
-
-struct Pending {
-    shared: Arc<Shared>,
-    audit: AuditRecord,
-    prompt: String,
-    started: Instant,
-    /// The deciding rule's storage choice, over the agent's.
-    store_prompts: Option<StorePrompts>,
-    /// (rule, key) whose budget pays for the tokens.
-    budget: Option<(String, String)>,
-}
-
-/// The upstream body on its way to the client, chunk by chunk, observed as
-/// it passes. Its end — or its drop, when the client goes away — closes the
-/// audit record; dropping the upstream body cancels the upstream request.
-struct ObservedBody {
-    family: Family,
-    /// Longest wait for the next piece of the body.
-    idle: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// The provider-shaped error event a broken stream ends with.
-    ending: Option<Bytes>,
-    done: bool,
-    inner: Incoming,
-    observer: ResponseObserver,
-    pending: Option<Pending>,
-    bytes: u64,
-    first_byte: Option<Instant>,
-    event_stream: bool,
-    /// Set when the proxy asked for usage the client did not ask for.
-    hide_usage: Option<stream_usage::Hider>,
-}
-
-impl ObservedBody {
-    /// The upstream body failed: recorded; a stream then ends with an error
-    /// event the client's SDK understands, anything else is cut off (its
-    /// status is already sent, so breaking the body is the only honest
-    /// signal left).
-    fn break_off(
-        &mut self,
-        outcome: &'static str,
-        message: String,
-        err: BoxError,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.close(outcome, Some(message.clone()));
-        self.done = true;
-        if self.event_stream {
-            let event = providers::stream_error(self.family, &message);
-            return Poll::Ready(Some(Ok(Frame::data(event))));
-        }
-        Poll::Ready(Some(Err(err)))
-    }
-
-    fn close(&mut self, outcome: &'static str, error: Option<String>) {
-        let Some(mut pending) = self.pending.take() else {
-            return;
-        };
-        let (usage, output) = self.observer.finish();
-        pending.audit.outcome = outcome;
-        pending.audit.error = error;
-        pending.audit.response_bytes = self.bytes;
-        pending.audit.tokens = Tokens {
-            input: usage.input_tokens,
-            output: usage.output_tokens,
-            cache_read: usage.cache_read_input_tokens,
-            reasoning: usage.reasoning_output_tokens,
-        };
-        if self.event_stream {
-            pending.audit.stream_events = Some(self.observer.events);
-            let chunks = self.observer.take_chunks();
-            pending.audit.time_to_first_chunk_ms = chunks
-                .first
-                .map(|at| ms(at.duration_since(pending.started)));
-            pending.audit.chunk_gaps_s = chunks.gaps;
-        }
-        let shared = &pending.shared;
-        let tokens = usage.input_tokens.unwrap_or(0) + usage.output_tokens.unwrap_or(0);
-        let cost = pending.audit.model.as_deref().and_then(|model| {
-            let state = shared.policy.read().expect("policy lock poisoned").clone();
-            state.prices.cost(
-                &pending.audit.provider,
-                model,
-                usage.input_tokens.unwrap_or(0),
-                usage.output_tokens.unwrap_or(0),
-            )
-        });
-        pending.audit.cost_usd = cost;
-        if let Some((rule, key)) = &pending.budget {
-            shared
-                .budgets
-                .lock()
-                .expect("budget lock poisoned")
-                .record_usage(
-                    rule,
-                    key,
-                    tokens,
-                    cost.unwrap_or(0.0),
-                    std::time::SystemTime::now(),
-                );
-        }
-        let store = pending.store_prompts.unwrap_or(shared.store_prompts);
-        pending.audit.store_text(store, &pending.prompt, &output);
-        finish(
-            &pending.shared,
-            pending.audit,
-            pending.started,
-            self.first_byte,
-        );
-    }
-}
-
-impl Body for ObservedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(event) = this.ending.take() {
-            return Poll::Ready(Some(Ok(Frame::data(event))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => frame,
-                Poll::Ready(Some(Err(err))) => return this.broke(err),
-                Poll::Ready(None) => return this.ended(),
-                Poll::Pending => return this.wait(cx),
-            };
-            let deadline = tokio::time::Instant::now() + this.idle;
-            this.timer.as_mut().reset(deadline);
-            if let Some(data) = frame.data_ref() {
-                this.first_byte.get_or_insert_with(Instant::now);
-                this.bytes += data.len() as u64;
-                this.observer.feed(data);
-            }
-            // With a known length the server stops polling once the last
-            // byte is out, and drops the body without seeing its end.
-            let ended = this.inner.is_end_stream();
-            if ended {
-                this.close("ok", None);
-            }
-            let Some(hider) = this.hide_usage.as_mut() else {
-                return Poll::Ready(Some(Ok(frame)));
-            };
-            let data = match frame.into_data() {
-                Ok(data) => data,
-                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-            };
-            let mut out = hider.filter(&data);
-            if ended {
-                out = [out, hider.finish()].concat().into();
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out))));
-            }
-            if ended {
-                this.done = true;
-                return Poll::Ready(None);
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ending.is_none() && (self.done || self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl ObservedBody {
-    fn broke(&mut self, err: hyper::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let message = format!(
-            "modelgate: the upstream response broke off: {}",
-            error_chain(&err)
-        );
-        self.break_off("upstream_error", message, Box::new(err))
-    }
-
-    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.close("ok", None);
-        let rest = self.hide_usage.as_mut().map(stream_usage::Hider::finish);
-        match rest.filter(|rest| !rest.is_empty()) {
-            Some(rest) => {
-                self.done = true;
-                Poll::Ready(Some(Ok(Frame::data(rest))))
-            }
-            None => Poll::Ready(None),
-        }
-    }
-
-    /// Nothing from upstream yet: waits, up to the idle limit.
-    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                let message = format!(
-                    "modelgate: the upstream response stopped: nothing for {}s",
-                    self.idle.as_secs()
-                );
-                self.break_off("upstream_timeout", message.clone(), message.into())
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        if self.pending.is_some() {
-            let message = "the client went away before the response ended; the upstream request was cancelled";
-            self.close("client_disconnected", Some(message.to_string()));
-        }
-    }
 }

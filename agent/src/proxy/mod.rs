@@ -6,13 +6,16 @@ pub mod ca;
 mod credentials;
 mod forward;
 mod govern;
+mod head;
 mod in_flight;
 mod limits;
+mod observed;
 mod origin;
 mod passthrough;
 pub mod providers;
 pub mod sse;
 mod stream_usage;
+mod upload;
 mod upstream;
 
 use std::{

@@ -1,0 +1,272 @@
+//! The upstream's answer on its way back to the client, observed as it
+//! passes: usage, stream events, timing; its end closes the audit record.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::{
+    Shared,
+    forward::{BoxError, error_chain, finish, ms},
+    providers::{self, Family, ResponseObserver},
+    stream_usage,
+    upload::UploadState,
+};
+use crate::audit::{AuditRecord, StorePrompts, Tokens};
+
+pub(super) struct Pending {
+    pub shared: Arc<Shared>,
+    pub audit: AuditRecord,
+    pub prompt: String,
+    pub started: Instant,
+    /// The deciding rule's storage choice, over the agent's.
+    pub store_prompts: Option<StorePrompts>,
+    /// (rule, key) whose budget pays for the tokens.
+    pub budget: Option<(String, String)>,
+    /// A streamed request body: what it forwarded and found is known only
+    /// once it has gone.
+    pub upload: Option<Arc<UploadState>>,
+}
+
+/// The upstream body on its way to the client, chunk by chunk, observed as
+/// it passes. Its end — or its drop, when the client goes away — closes the
+/// audit record; dropping the upstream body cancels the upstream request.
+pub(super) struct ObservedBody {
+    family: Family,
+    /// Longest wait for the next piece of the body.
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The provider-shaped error event a broken stream ends with.
+    ending: Option<Bytes>,
+    done: bool,
+    inner: Incoming,
+    observer: ResponseObserver,
+    pending: Option<Pending>,
+    bytes: u64,
+    first_byte: Option<Instant>,
+    event_stream: bool,
+    /// Set when the proxy asked for usage the client did not ask for.
+    hide_usage: Option<stream_usage::Hider>,
+}
+
+impl ObservedBody {
+    pub fn new(
+        family: Family,
+        idle: std::time::Duration,
+        inner: Incoming,
+        event_stream: bool,
+        pending: Pending,
+        hide_usage: Option<stream_usage::Hider>,
+    ) -> ObservedBody {
+        ObservedBody {
+            family,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            ending: None,
+            done: false,
+            inner,
+            observer: ResponseObserver::new(event_stream),
+            pending: Some(pending),
+            bytes: 0,
+            first_byte: None,
+            event_stream,
+            hide_usage: hide_usage.filter(|_| event_stream),
+        }
+    }
+
+    /// The upstream body failed: recorded; a stream then ends with an error
+    /// event the client's SDK understands, anything else is cut off (its
+    /// status is already sent, so breaking the body is the only honest
+    /// signal left).
+    fn break_off(
+        &mut self,
+        outcome: &'static str,
+        message: String,
+        err: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.close(outcome, Some(message.clone()));
+        self.done = true;
+        if self.event_stream {
+            let event = providers::stream_error(self.family, &message);
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        Poll::Ready(Some(Err(err)))
+    }
+
+    fn close(&mut self, outcome: &'static str, error: Option<String>) {
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        let (usage, output) = self.observer.finish();
+        pending.audit.outcome = outcome;
+        pending.audit.error = error;
+        pending.audit.response_bytes = self.bytes;
+        if let Some(upload) = &pending.upload {
+            upload.settle(&mut pending.audit);
+        }
+        pending.audit.tokens = Tokens {
+            input: usage.input_tokens,
+            output: usage.output_tokens,
+            cache_read: usage.cache_read_input_tokens,
+            reasoning: usage.reasoning_output_tokens,
+        };
+        if self.event_stream {
+            pending.audit.stream_events = Some(self.observer.events);
+            let chunks = self.observer.take_chunks();
+            pending.audit.time_to_first_chunk_ms = chunks
+                .first
+                .map(|at| ms(at.duration_since(pending.started)));
+            pending.audit.chunk_gaps_s = chunks.gaps;
+        }
+        let shared = &pending.shared;
+        let tokens = usage.input_tokens.unwrap_or(0) + usage.output_tokens.unwrap_or(0);
+        let cost = pending.audit.model.as_deref().and_then(|model| {
+            let state = shared.policy.read().expect("policy lock poisoned").clone();
+            state.prices.cost(
+                &pending.audit.provider,
+                model,
+                usage.input_tokens.unwrap_or(0),
+                usage.output_tokens.unwrap_or(0),
+            )
+        });
+        pending.audit.cost_usd = cost;
+        if let Some((rule, key)) = &pending.budget {
+            shared
+                .budgets
+                .lock()
+                .expect("budget lock poisoned")
+                .record_usage(
+                    rule,
+                    key,
+                    tokens,
+                    cost.unwrap_or(0.0),
+                    std::time::SystemTime::now(),
+                );
+        }
+        let store = pending.store_prompts.unwrap_or(shared.store_prompts);
+        pending.audit.store_text(store, &pending.prompt, &output);
+        finish(
+            &pending.shared,
+            pending.audit,
+            pending.started,
+            self.first_byte,
+        );
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(event) = this.ending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(err))) => return this.broke(err),
+                Poll::Ready(None) => return this.ended(),
+                Poll::Pending => return this.wait(cx),
+            };
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.timer.as_mut().reset(deadline);
+            if let Some(data) = frame.data_ref() {
+                this.first_byte.get_or_insert_with(Instant::now);
+                this.bytes += data.len() as u64;
+                this.observer.feed(data);
+            }
+            // With a known length the server stops polling once the last
+            // byte is out, and drops the body without seeing its end.
+            let ended = this.inner.is_end_stream();
+            if ended {
+                this.close("ok", None);
+            }
+            let Some(hider) = this.hide_usage.as_mut() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+            };
+            let mut out = hider.filter(&data);
+            if ended {
+                out = [out, hider.finish()].concat().into();
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+            if ended {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ending.is_none() && (self.done || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl ObservedBody {
+    fn broke(&mut self, err: hyper::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let message = format!(
+            "modelgate: the upstream response broke off: {}",
+            error_chain(&err)
+        );
+        self.break_off("upstream_error", message, Box::new(err))
+    }
+
+    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.close("ok", None);
+        let rest = self.hide_usage.as_mut().map(stream_usage::Hider::finish);
+        match rest.filter(|rest| !rest.is_empty()) {
+            Some(rest) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(rest))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// Nothing from upstream yet: waits, up to the idle limit.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let message = format!(
+                    "modelgate: the upstream response stopped: nothing for {}s",
+                    self.idle.as_secs()
+                );
+                self.break_off("upstream_timeout", message.clone(), message.into())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            let message = "the client went away before the response ended; the upstream request was cancelled";
+            self.close("client_disconnected", Some(message.to_string()));
+        }
+    }
+}
