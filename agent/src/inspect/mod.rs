@@ -14,8 +14,8 @@ pub mod encoding;
 pub mod multipart;
 pub mod path;
 mod scan;
-pub mod stream;
 mod signature;
+pub mod stream;
 
 use bytes::Bytes;
 use serde_json::Value;

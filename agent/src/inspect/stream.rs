@@ -132,9 +132,7 @@ impl StreamScan {
                              decoded as it streams"
                         ));
                     }
-                    "content-transfer-encoding"
-                        if !matches!(value, "7bit" | "8bit" | "binary") =>
-                    {
+                    "content-transfer-encoding" if !matches!(value, "7bit" | "8bit" | "binary") => {
                         return Some(format!(
                             "a streamed part has Content-Transfer-Encoding `{value}`, which is \
                              not decoded as it streams"
@@ -273,7 +271,10 @@ mod tests {
             let s = scan.scan(&c, false);
             assert!(s.found.is_empty());
             released += s.release.len();
-            assert!(scan.held() <= CARRY, "only the carry is held between pieces");
+            assert!(
+                scan.held() <= CARRY,
+                "only the carry is held between pieces"
+            );
         }
         released += scan.scan(&c, true).release.len();
         assert_eq!(released, 20 * STEP);
@@ -309,7 +310,9 @@ mod tests {
             );
         }
         let mut scan = StreamScan::new(Some("XyZ"));
-        scan.push(b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nplain\r\n--XyZ--");
+        scan.push(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nplain\r\n--XyZ--",
+        );
         assert_eq!(scan.scan(&c, true).unreadable, None);
     }
 }

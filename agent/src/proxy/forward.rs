@@ -16,10 +16,10 @@ use tracing::debug;
 use super::{
     ConnInfo, Shared, credentials,
     govern::{self, Verdict},
-    in_flight,
-    providers::{self, Family, Refusal, RequestInfo},
     head::{admitted_host, forwardable, header_text, requested_host},
+    in_flight,
     observed::{ObservedBody, Pending},
+    providers::{self, Family, Refusal, RequestInfo},
     stream_usage, upload,
 };
 use crate::{
@@ -143,7 +143,8 @@ async fn handle(
     let (body, streamed) = match read {
         Ok(Ok(upload::Read::Whole(body))) => (body, None),
         Ok(Ok(upload::Read::Over { head, rest })) if is_upload => (head, Some(rest)),
-        Ok(Ok(upload::Read::Over { .. })) => {
+        Ok(Ok(upload::Read::Over { rest, .. })) => {
+            upload::drain(rest, limits.body_timeout);
             let message = format!(
                 "modelgate: request bodies over {cap} bytes are refused: the proxy reads a JSON \
                  request whole to apply policy (client_limits.max_buffered_body in agent.yaml)"
@@ -324,7 +325,10 @@ async fn handle(
         }
     };
     let (body, upload) = match streamed {
-        None => (Full::new(body).map_err(|never| match never {}).boxed(), None),
+        None => (
+            Full::new(body).map_err(|never| match never {}).boxed(),
+            None,
+        ),
         Some(rest) => {
             let state = Arc::new(upload::UploadState::default());
             let scanning = forward.data.map(|rules| upload::Scanning {
@@ -332,7 +336,9 @@ async fn handle(
                 shared: shared.clone(),
                 conn: conn.clone(),
             });
-            let boundary = content_type.as_deref().and_then(inspect::multipart::boundary);
+            let boundary = content_type
+                .as_deref()
+                .and_then(inspect::multipart::boundary);
             let body = upload::UploadBody::new(
                 body,
                 rest,
@@ -435,14 +441,27 @@ fn upload_stopped(
         } else {
             StatusCode::BAD_REQUEST
         };
-        return refuse(shared, audit, started, family, status, stopped.outcome, &stopped.message);
+        return refuse(
+            shared,
+            audit,
+            started,
+            family,
+            status,
+            stopped.outcome,
+            &stopped.message,
+        );
     }
     audit.decision = "refused";
     audit.outcome = stopped.outcome;
     audit.status = Some(StatusCode::FORBIDDEN.as_u16());
     audit.error = Some(stopped.message.clone());
     finish(shared, audit, started, None);
-    error_response(family, Refusal::Policy, StatusCode::FORBIDDEN, &stopped.message)
+    error_response(
+        family,
+        Refusal::Policy,
+        StatusCode::FORBIDDEN,
+        &stopped.message,
+    )
 }
 
 fn audit_findings(findings: &[DataFinding]) -> Vec<AuditFinding> {
@@ -488,7 +507,12 @@ impl Conn {
     }
 }
 
-pub(super) fn finish(shared: &Shared, mut audit: AuditRecord, started: Instant, first_byte: Option<Instant>) {
+pub(super) fn finish(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    first_byte: Option<Instant>,
+) {
     audit.latency_ms = ms(started.elapsed());
     audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(started)));
     shared.record(audit);

@@ -62,7 +62,10 @@ pub fn is_upload(method: &Method, path: &str, content_type: Option<&str>) -> boo
 pub enum Read {
     Whole(Bytes),
     /// Past the limit: what was read, and the rest to come.
-    Over { head: Bytes, rest: Incoming },
+    Over {
+        head: Bytes,
+        rest: Incoming,
+    },
 }
 
 /// Reads `body` whole, or until it passes `cap`. A body whose declared
@@ -94,7 +97,11 @@ pub async fn read_up_to(mut body: Incoming, cap: usize, want_head: bool) -> Resu
 /// The head of a streamed upload as policy reads it: the form fields before
 /// the first file part. Content the proxy cannot scan as it streams is
 /// `Unreadable`, which a rule with content controls refuses.
-pub fn head_body(head: &Bytes, content_type: Option<&str>, content_encoding: Option<&str>) -> inspect::Body {
+pub fn head_body(
+    head: &Bytes,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> inspect::Body {
     let mut body = inspect::Body {
         bytes: Bytes::new(),
         codings: Vec::new(),
@@ -129,6 +136,33 @@ pub fn form_fields(info: &mut RequestInfo, body: &inspect::Body, audit: &mut Aud
     audit.purpose = multipart::field(parts, "purpose").map(str::to_string);
 }
 
+/// Most of a refused body read and thrown away so its client sees the
+/// answer; past it the stream is reset (HTTP/2) or the connection closed.
+const DRAIN_MAX: u64 = 256 << 20;
+
+/// Reads and discards what a client still sends of a body the proxy has
+/// refused. A client that is still sending may not read the answer until
+/// its upload is done: curl over HTTP/2 treats a stream closed under its
+/// upload as a framing error and never shows the 413. RFC 9113 §8.1 lets
+/// a server answer early and read (or reset) the rest; reading it, within
+/// bounds, is what lets every client see why it was refused.
+pub fn drain(mut body: Incoming, idle: Duration) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut read = 0u64;
+        while read < DRAIN_MAX {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    });
+}
+
 /// Why a streamed upload was stopped.
 #[derive(Debug, Clone)]
 pub struct Stopped {
@@ -156,7 +190,11 @@ struct Seen {
 
 impl UploadState {
     pub fn stopped(&self) -> Option<Stopped> {
-        self.inner.lock().expect("upload state poisoned").stopped.clone()
+        self.inner
+            .lock()
+            .expect("upload state poisoned")
+            .stopped
+            .clone()
     }
 
     /// Writes what the body forwarded and found into `audit`.
@@ -200,7 +238,8 @@ pub struct Scanning {
 /// The rest of an upload on its way upstream.
 pub struct UploadBody {
     head: Option<Bytes>,
-    rest: Incoming,
+    /// Taken to be drained when the upload is stopped by policy.
+    rest: Option<Incoming>,
     length: Option<u64>,
     scan: Option<(StreamScan, Scanning)>,
     out: Option<Bytes>,
@@ -224,7 +263,7 @@ impl UploadBody {
         let length = rest.size_hint().exact().map(|n| n + head.len() as u64);
         UploadBody {
             head: Some(head),
-            rest,
+            rest: Some(rest),
             length,
             scan: scanning.map(|s| (StreamScan::new(boundary), s)),
             out: None,
@@ -388,9 +427,12 @@ impl Body for UploadBody {
             if this.done {
                 return Poll::Ready(None);
             }
+            let Some(rest) = this.rest.as_mut() else {
+                return Poll::Ready(None);
+            };
             let data = match this.head.take() {
                 Some(head) => Some(head),
-                None => match Pin::new(&mut this.rest).poll_frame(cx) {
+                None => match Pin::new(rest).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         let deadline = tokio::time::Instant::now() + this.idle;
                         this.timer.as_mut().reset(deadline);
@@ -430,6 +472,9 @@ impl Body for UploadBody {
             if let Err(err) = this.feed(data) {
                 this.done = true;
                 this.out = None;
+                if let Some(rest) = this.rest.take() {
+                    drain(rest, this.idle);
+                }
                 return Poll::Ready(Some(Err(err)));
             }
         }
