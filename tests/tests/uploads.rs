@@ -255,7 +255,7 @@ fn attacks() -> Vec<Attack> {
         pieces: vec![
             text(&head),
             fill(3 * MIB),
-            text(&(end()[..end().len() - 4].to_string() + "\r\n")),
+            text("\r\n"),
             text(&field("note", KEY)),
             text(&format!("--{BOUNDARY}--\r\n")),
         ],
