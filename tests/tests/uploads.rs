@@ -396,32 +396,18 @@ fn uploads_name_their_model_and_purpose() {
     assert_eq!(record["gen_ai.request.model"], "denied-y", "{record:#}");
 }
 
-#[test]
-fn a_body_over_the_buffer_limit_gets_a_413_over_http2_and_http1() {
-    let config = "client_limits:\n  max_buffered_body: 65536\n";
-    let s = setup_with_config(
-        "up-413",
-        "127.0.14.55",
-        "default_action: redirect\nrules: []\n",
-        1,
-        0.0,
-        false,
-        config,
-    );
+/// curl, over `http`, sends `size` bytes of JSON, chunked or not; it must
+/// show the 413 with the provider's JSON error naming the setting.
+fn expect_413(s: &Setup, size: usize, runs: &[(&str, bool)]) {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.json");
-    let prompt = "x".repeat(4 * MIB);
+    let prompt = "x".repeat(size);
     std::fs::write(
         &big,
         format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{prompt}"}}]}}"#),
     )
     .unwrap();
-    for (http, chunked) in [
-        ("--http2", false),
-        ("--http2", true),
-        ("--http1.1", false),
-        ("--http1.1", true),
-    ] {
+    for &(http, chunked) in runs {
         let ca = s.agent.ca();
         let mut cmd = s.curl(&ca, "/v1/chat/completions", None);
         cmd.args([http, "-H", "content-type: application/json"])
@@ -443,4 +429,42 @@ fn a_body_over_the_buffer_limit_gets_a_413_over_http2_and_http1() {
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("max_buffered_body"), "{body}");
     }
+}
+
+#[test]
+fn a_body_over_the_default_limit_gets_a_413_over_http2() {
+    let s = setup_with_config(
+        "up-413d",
+        "127.0.14.56",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+        "",
+    );
+    expect_413(&s, 33 * MIB, &[("--http2", false), ("--http1.1", false)]);
+}
+
+#[test]
+fn a_body_over_the_configured_limit_gets_a_413_over_http2_and_http1() {
+    let config = "client_limits:\n  max_buffered_body: 65536\n";
+    let s = setup_with_config(
+        "up-413",
+        "127.0.14.55",
+        "default_action: redirect\nrules: []\n",
+        1,
+        0.0,
+        false,
+        config,
+    );
+    expect_413(
+        &s,
+        4 * MIB,
+        &[
+            ("--http2", false),
+            ("--http2", true),
+            ("--http1.1", false),
+            ("--http1.1", true),
+        ],
+    );
 }
