@@ -380,6 +380,27 @@ fn uploads_name_their_model_and_purpose() {
     assert_eq!(sent.answer["status"], 403, "{}", sent.answer);
     let record = s.agent.wait_for_audit("a denied model", by_pid(sent.pid));
     assert_eq!(record["outcome"], "model_refused", "{record:#}");
+    // With no data rule a large upload streams unscanned; the model still
+    // comes from its head.
+    let big = [
+        text(&field("model", "whisper-1")),
+        text(&file_head("a.wav")),
+        fill(4 * MIB),
+        text(&end()),
+    ];
+    let sent = upload(&s, "/v1/audio/transcriptions", &big, false, 0.0);
+    assert_eq!(sent.answer["status"], 200, "{}", sent.answer);
+    let record = s
+        .agent
+        .wait_for_audit("a streamed transcription", by_pid(sent.pid));
+    assert_eq!(record["request_streamed"], true, "{record:#}");
+    assert_eq!(record["gen_ai.request.model"], "whisper-1", "{record:#}");
+    let last = upload_entries(&s).pop().unwrap();
+    assert_eq!(last["upload"]["complete"], true, "{last:#}");
+    assert_eq!(
+        record["request_bytes"], last["upload"]["bytes"],
+        "{record:#}"
+    );
     // And to a streamed one, from its head.
     let big = [
         text(&field("model", "denied-y")),

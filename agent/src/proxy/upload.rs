@@ -492,3 +492,48 @@ impl Body for UploadBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_are_told_from_json_requests() {
+        let multipart = Some("multipart/form-data; boundary=x");
+        for path in [
+            "/v1/files",
+            "/v1/uploads/upload_abc/parts",
+            "/v1/audio/transcriptions",
+            "/openai/deployments/d/audio/translations",
+            "/upload/v1beta/files",
+        ] {
+            assert!(is_upload(&Method::POST, path, multipart), "{path}");
+        }
+        assert!(is_upload(&Method::POST, "/v1/files", None));
+        assert!(!is_upload(
+            &Method::POST,
+            "/v1/files",
+            Some("application/json")
+        ));
+        assert!(!is_upload(&Method::GET, "/v1/files", multipart));
+        assert!(!is_upload(&Method::POST, "/v1/chat/completions", multipart));
+        assert!(!is_upload(&Method::POST, "/v1/batches", Some("text/plain")));
+    }
+
+    #[test]
+    fn a_compressed_head_is_unreadable_and_fields_are_read() {
+        let gz = Bytes::from_static(&[0x1f, 0x8b, 8, 0, 1, 2]);
+        assert!(head_body(&gz, None, None).unreadable().is_some());
+        let plain = Bytes::from_static(b"data");
+        assert!(head_body(&plain, None, Some("br")).unreadable().is_some());
+        let form = Bytes::from_static(
+            b"--x\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--x\r\n\
+              Content-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nRIFF",
+        );
+        let body = head_body(&form, Some("multipart/form-data; boundary=x"), None);
+        let Form::Multipart(parts) = &body.form else {
+            panic!("{body:?}")
+        };
+        assert_eq!(multipart::field(parts, "model"), Some("whisper-1"));
+    }
+}
