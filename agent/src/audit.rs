@@ -153,7 +153,16 @@ pub struct AuditRecord {
     /// What the deciding rule's data controls found, and where.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<AuditFinding>,
+    /// Bytes of the request body sent upstream.
     pub request_bytes: u64,
+    /// The request body was streamed upstream as it arrived (an upload
+    /// over `client_limits.stream_uploads_over`), not read whole first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub request_streamed: bool,
+    /// An upload's `purpose` form field (OpenAI files: `fine-tune`,
+    /// `batch`, `assistants`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     pub response_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_events: Option<u64>,
@@ -212,6 +221,8 @@ impl AuditRecord {
             redacted: Default::default(),
             findings: Vec::new(),
             request_bytes: 0,
+            request_streamed: false,
+            purpose: None,
             response_bytes: 0,
             stream_events: None,
             session: None,

@@ -15,6 +15,7 @@ pub mod multipart;
 pub mod path;
 mod scan;
 mod signature;
+pub mod stream;
 
 use bytes::Bytes;
 use serde_json::Value;

@@ -74,6 +74,50 @@ pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
     }
 }
 
+/// The form fields at the start of a body of which only `head` has
+/// arrived (a streamed upload): the whole parts before the first file part
+/// (one with a file name) or before the end of `head`.
+pub fn head_fields(head: &[u8], boundary: &str) -> Vec<Part> {
+    let delimiter = format!("--{boundary}");
+    let finder = memmem::Finder::new(delimiter.as_bytes());
+    let mut fields = Vec::new();
+    let Some(mut at) = finder.find(head) else {
+        return fields;
+    };
+    while fields.len() < MAX_PARTS {
+        let rest = &head[at + delimiter.len()..];
+        let Some(line_end) = memchr::memchr(b'\n', rest) else {
+            break;
+        };
+        let start = at + delimiter.len() + line_end + 1;
+        let Some(next) = finder.find(&head[start..]).map(|p| start + p) else {
+            break;
+        };
+        let end = head[start..next]
+            .strip_suffix(b"\n")
+            .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
+            .map_or(next, |s| start + s.len());
+        match part(&head[start..end]) {
+            Ok(part) if part.filename.is_none() => fields.push(part),
+            _ => break,
+        }
+        at = next;
+    }
+    fields
+}
+
+/// A form field's value as text, trimmed, when it is short UTF-8 (a
+/// model name, a purpose).
+pub fn field<'a>(parts: &'a [Part], name: &str) -> Option<&'a str> {
+    let part = parts
+        .iter()
+        .find(|p| p.name == name && p.filename.is_none())?;
+    std::str::from_utf8(&part.data)
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+}
+
 fn part(raw: &[u8]) -> Result<Part, String> {
     let mut slots = [httparse::EMPTY_HEADER; 32];
     let (consumed, parsed) = match httparse::parse_headers(raw, &mut slots) {
@@ -238,6 +282,25 @@ mod tests {
         assert_eq!(parts[0].data, b"hidden text");
         assert_eq!(parts[1].data, b"hidden");
         assert_eq!(parts[2].data, b"hi=there!");
+    }
+
+    #[test]
+    fn the_fields_before_the_file_are_read_from_the_head() {
+        let b = body(&[
+            "Content-Disposition: form-data; name=\"model\"\r\n\r\n whisper-1 ",
+            "Content-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune",
+            "Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....",
+            "Content-Disposition: form-data; name=\"late\"\r\n\r\nafter the file",
+        ]);
+        let fields = head_fields(&b, "XyZ");
+        assert_eq!(fields.len(), 2, "{fields:?}");
+        assert_eq!(field(&fields, "model"), Some("whisper-1"));
+        assert_eq!(field(&fields, "purpose"), Some("fine-tune"));
+        // Cut inside the second field: only the first is whole.
+        let cut = b.len() - 160;
+        let fields = head_fields(&b[..cut.min(90)], "XyZ");
+        assert_eq!(fields.len(), 1, "{fields:?}");
+        assert!(head_fields(b"no delimiter", "XyZ").is_empty());
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
@@ -14,12 +14,13 @@ use hyper_util::{
 use tracing::debug;
 
 use super::{
-    ConnInfo, Shared, credentials,
+    ConnInfo, Shared,
     govern::{self, Verdict},
+    head::{admit, forwardable, header_text, upstream_authority, upstream_target},
     in_flight,
     observed::{ObservedBody, Pending},
     providers::{self, Family, Refusal, RequestInfo},
-    stream_usage, websocket,
+    stream_usage, upload, websocket,
 };
 use crate::{
     audit::{AuditFinding, AuditRecord, Destination},
@@ -27,9 +28,6 @@ use crate::{
     inspect,
     policy::decide::DataFinding,
 };
-
-/// Largest request body the proxy reads (it must see the whole prompt).
-pub const MAX_REQUEST_BODY: usize = 32 << 20;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -138,19 +136,46 @@ async fn handle(
     // Smuggling needs two parsers that disagree on where a request ends.
     // hyper frames each request once (Transfer-Encoding over Content-Length,
     // conflicting lengths refused), and what goes upstream is re-framed from
-    // the collected body, never relayed bytes: upstream sees exactly the
-    // requests the policy saw.
+    // the body as read, never relayed bytes: upstream sees exactly the
+    // requests the policy saw. A large upload streams on (`upload`), each
+    // piece checked before it goes.
+    let content_type = header_text(&parts.headers, header::CONTENT_TYPE);
+    let is_upload = upload::is_upload(&parts.method, &path, content_type.as_deref());
+    let limits = shared.limits;
+    let cap = if is_upload {
+        limits.upload_buffer()
+    } else {
+        limits.max_buffered_body
+    };
     let read = tokio::time::timeout(
-        shared.limits.body_timeout,
-        Limited::new(body, MAX_REQUEST_BODY).collect(),
+        limits.body_timeout,
+        upload::read_up_to(body, cap, is_upload),
     )
     .await;
-    let body = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let (body, streamed) = match read {
+        Ok(Ok(upload::Read::Whole(body))) => (body, None),
+        Ok(Ok(upload::Read::Over { head, rest })) if is_upload => (head, Some(rest)),
+        Ok(Ok(upload::Read::Over { rest, .. })) => {
+            upload::drain(rest, limits.body_timeout);
+            let message = format!(
+                "modelgate: request bodies over {cap} bytes are refused: the proxy reads a JSON \
+                 request whole to apply policy (client_limits.max_buffered_body in agent.yaml)"
+            );
+            audit.outcome = "too_large";
+            audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
+            audit.error = Some(message.clone());
+            finish(&shared, audit, started, None);
+            return error_response(
+                family,
+                Refusal::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+            );
+        }
         Err(_) => {
             let message = format!(
                 "modelgate: the request body did not arrive within {}s",
-                shared.limits.body_timeout.as_secs()
+                limits.body_timeout.as_secs()
             );
             return refuse(
                 &shared,
@@ -163,23 +188,6 @@ async fn handle(
             );
         }
         Ok(Err(err)) => {
-            let too_large = err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            if too_large {
-                let message =
-                    format!("modelgate: request bodies over {MAX_REQUEST_BODY} bytes are refused");
-                audit.outcome = "too_large";
-                audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
-                audit.error = Some(message.clone());
-                finish(&shared, audit, started, None);
-                return error_response(
-                    family,
-                    Refusal::TooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &message,
-                );
-            }
             let message = format!("modelgate: reading the request failed: {err}");
             return refuse(
                 &shared,
@@ -198,14 +206,18 @@ async fn handle(
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    audit.host = Some(host.to_string());
-    let read = inspect::read_body(
-        &body,
-        header_text(&parts.headers, header::CONTENT_TYPE).as_deref(),
-        header_text(&parts.headers, header::CONTENT_ENCODING).as_deref(),
-        providers::reads_json(&path),
-    );
-    let info = providers::parse_request_json(&path, read.json());
+    let content_encoding = header_text(&parts.headers, header::CONTENT_ENCODING);
+    let read = match streamed {
+        None => inspect::read_body(
+            &body,
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            providers::reads_json(&path),
+        ),
+        Some(_) => upload::head_body(&body, content_type.as_deref(), content_encoding.as_deref()),
+    };
+    let mut info = providers::parse_request_json(&path, read.json());
+    upload::form_fields(&mut info, &read, &mut audit);
     audit.request_bytes = body.len() as u64;
     apply_request_info(&mut audit, &info);
     shared
@@ -266,8 +278,6 @@ async fn handle(
         }
         None => body,
     };
-    // A Gemini key in the query string is the app's: a managed credential
-    // replaces it in the headers, so the query must not carry it on.
     let path_and_query = upstream_target(&path, query, forward.strip_query_key);
     let authority = upstream_authority(&conn, scheme, &host);
     let uri: Uri = match format!("{scheme}://{authority}{path_and_query}").parse() {
@@ -281,10 +291,36 @@ async fn handle(
             return error_response(family, Refusal::Upstream, StatusCode::BAD_REQUEST, &message);
         }
     };
+    let (body, upload) = match streamed {
+        None => (
+            Full::new(body).map_err(|never| match never {}).boxed(),
+            None,
+        ),
+        Some(rest) => {
+            let state = Arc::new(upload::UploadState::default());
+            let scanning = forward.data.map(|rules| upload::Scanning {
+                rules,
+                shared: shared.clone(),
+                conn: conn.clone(),
+            });
+            let boundary = content_type
+                .as_deref()
+                .and_then(inspect::multipart::boundary);
+            let body = upload::UploadBody::new(
+                body,
+                rest,
+                boundary.as_deref(),
+                scanning,
+                state.clone(),
+                limits.body_timeout,
+            );
+            (body.boxed(), Some(state))
+        }
+    };
     let mut upstream = Request::builder()
         .method(parts.method)
         .uri(uri)
-        .body(Full::new(body))
+        .body(body)
         .expect("method and URI are valid");
     *upstream.headers_mut() = headers;
     if let Ok(value) = HeaderValue::from_str(&authority) {
@@ -315,6 +351,9 @@ async fn handle(
                 &message,
             );
         }
+        Ok(Err(_)) if let Some(stopped) = upload.as_ref().and_then(|u| u.stopped()) => {
+            return upload_stopped(&shared, audit, started, family, &upload, stopped);
+        }
         Ok(Err(err)) => {
             let message = format!(
                 "modelgate could not reach {authority} ({}): {}",
@@ -336,163 +375,60 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers = forwardable(&parts.headers);
-    let idle = shared.upstream_timeouts.idle;
     let pending = Pending {
-        shared,
+        shared: shared.clone(),
         audit,
         prompt: info.prompt_text,
         started,
         store_prompts: forward.store_prompts,
         budget: forward.budget,
+        upload,
     };
+    let idle = shared.upstream_timeouts.idle;
     let observed = ObservedBody::new(family, idle, body, event_stream, hide_usage, pending);
     Response::from_parts(parts, observed.boxed())
 }
 
-/// The request's host, checked against its connection's (see
-/// [`admitted_host`]); a mismatch is alerted, recorded and answered 421.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the request's context, shared by both request paths"
-)]
-pub(super) fn admit(
-    shared: &Shared,
-    conn: &Conn,
-    scheme: &str,
-    host: &Arc<str>,
-    parts: &http::request::Parts,
-    mut audit: AuditRecord,
-    started: Instant,
-    family: Family,
-) -> Result<(Arc<str>, AuditRecord), Box<Response<ProxyBody>>> {
-    let asked = requested_host(parts);
-    match admitted_host(&conn.info, scheme, host, asked.as_deref()) {
-        Ok(host) => {
-            audit.host = Some(host.to_string());
-            Ok((host, audit))
-        }
-        Err(message) => {
-            shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
-            audit.decision = "refused";
-            audit.outcome = "host_mismatch";
-            audit.status = Some(421);
-            audit.error = Some(message.clone());
-            finish(shared, audit, started, None);
-            Err(Box::new(error_response(
-                family,
-                Refusal::Policy,
-                StatusCode::MISDIRECTED_REQUEST,
-                &message,
-            )))
-        }
-    }
-}
-
-/// A policy refusal: recorded with its rule and findings, answered in the
-/// provider's error shape.
-pub(super) fn refused(
+/// A streamed upload stopped before its end: by policy (the upstream got
+/// an incomplete body and no more), or by its client.
+fn upload_stopped(
     shared: &Shared,
     mut audit: AuditRecord,
     started: Instant,
     family: Family,
-    refuse: govern::Refuse,
-    prompt: &str,
+    upload: &Option<Arc<upload::UploadState>>,
+    stopped: upload::Stopped,
 ) -> Response<ProxyBody> {
+    if let Some(upload) = upload {
+        upload.settle(&mut audit);
+    }
+    if !stopped.policy {
+        let status = if stopped.outcome == "client_timeout" {
+            StatusCode::REQUEST_TIMEOUT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return refuse(
+            shared,
+            audit,
+            started,
+            family,
+            status,
+            stopped.outcome,
+            &stopped.message,
+        );
+    }
     audit.decision = "refused";
-    audit.findings = audit_findings(&refuse.findings);
-    audit.rule = refuse.rule;
-    audit.outcome = refuse.outcome;
-    audit.status = Some(refuse.status.as_u16());
-    audit.error = Some(refuse.message.clone());
-    audit.store_text(shared.store_prompts, prompt, "");
+    audit.outcome = stopped.outcome;
+    audit.status = Some(StatusCode::FORBIDDEN.as_u16());
+    audit.error = Some(stopped.message.clone());
     finish(shared, audit, started, None);
-    let mut response = error_response(family, refuse.refusal, refuse.status, &refuse.message);
-    if let Some(seconds) = refuse.retry_after
-        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
-}
-
-/// The request target upstream: the normalised path and the query — less
-/// an app's `key=` where a managed credential replaces it.
-pub(super) fn upstream_target(path: &str, query: Option<&str>, strip_query_key: bool) -> String {
-    // A Gemini key in the query string is the app's: a managed credential
-    // replaces it in the headers, so the query must not carry it on.
-    if strip_query_key {
-        return credentials::strip_query_key(path, query);
-    }
-    match query {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    }
-}
-
-/// `host[:port]` of the original destination, as the Host header names it.
-pub(super) fn upstream_authority(conn: &Conn, scheme: &str, host: &str) -> String {
-    let port = conn.destination.port();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    if port == default_port {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The host a request may go to: the one its connection was admitted for
-/// (over TLS, the SNI), so one connection cannot front for another host.
-/// Plain HTTP has no SNI: there the Host itself must be one the provider
-/// allows (any name, for address-only self-hosted providers).
-pub(super) fn admitted_host(
-    info: &ConnInfo,
-    scheme: &str,
-    connection_host: &Arc<str>,
-    asked: Option<&str>,
-) -> Result<Arc<str>, String> {
-    let Some(asked) = asked else {
-        return Ok(connection_host.clone());
-    };
-    if asked.eq_ignore_ascii_case(connection_host) {
-        return Ok(connection_host.clone());
-    }
-    if scheme == "http" && (info.hosts.is_empty() || info.hosts.iter().any(|h| h.matches(asked))) {
-        return Ok(asked.to_ascii_lowercase().into());
-    }
-    Err(format!(
-        "modelgate: this connection was admitted for `{connection_host}` (rule `{}`); a request for `{asked}` on it is refused",
-        info.rule
-    ))
-}
-
-/// The host a request names, without a port.
-pub(super) fn requested_host(parts: &http::request::Parts) -> Option<String> {
-    let raw = parts
-        .uri
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.parse::<http::uri::Authority>()
-                        .map(|a| a.host().to_string())
-                        .unwrap_or_else(|_| v.to_string())
-                })
-        })?;
-    Some(raw.trim_matches(['[', ']']).to_string())
-}
-
-/// Every line of a header joined with `,` (RFC 9110 §5.3), or `None`.
-pub(super) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    let lines: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    (!lines.is_empty()).then(|| lines.join(","))
+    error_response(
+        family,
+        Refusal::Policy,
+        StatusCode::FORBIDDEN,
+        &stopped.message,
+    )
 }
 
 pub(super) fn audit_findings(findings: &[DataFinding]) -> Vec<AuditFinding> {
@@ -514,7 +450,7 @@ fn apply_request_info(audit: &mut AuditRecord, info: &RequestInfo) {
     audit.prompt_bytes = info.prompt_bytes;
 }
 
-pub(super) fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
+fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
     let mut record = conn.audit_record("redirect", scheme);
     record.host = Some(host.to_string());
     record
@@ -564,36 +500,6 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Headers minus the hop-by-hop ones, which describe one connection and
-/// must not be passed on (RFC 9110 §7.6.1).
-pub(super) fn forwardable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    ] {
-        out.remove(name);
-    }
-    for name in listed {
-        out.remove(name.as_str());
-    }
-    out
-}
-
 /// Answers a request the client got wrong, records why, and closes the
 /// connection: after a malformed or half-read request, the next bytes on it
 /// cannot be trusted to start a request.
@@ -614,6 +520,33 @@ fn refuse(
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A policy refusal: recorded with its rule and findings, answered in the
+/// provider's error shape.
+pub(super) fn refused(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+    refuse: govern::Refuse,
+    prompt: &str,
+) -> Response<ProxyBody> {
+    audit.decision = "refused";
+    audit.findings = audit_findings(&refuse.findings);
+    audit.rule = refuse.rule;
+    audit.outcome = refuse.outcome;
+    audit.status = Some(refuse.status.as_u16());
+    audit.error = Some(refuse.message.clone());
+    audit.store_text(shared.store_prompts, prompt, "");
+    finish(shared, audit, started, None);
+    let mut response = error_response(family, refuse.refusal, refuse.status, &refuse.message);
+    if let Some(seconds) = refuse.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 

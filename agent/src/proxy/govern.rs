@@ -1,7 +1,10 @@
 //! Request-time policy: the rule that decides this request, and what its
 //! controls do — models, prompt size, data rules, credentials, budgets.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -19,8 +22,8 @@ use crate::{
     catalog::Api,
     inspect::{self, Form},
     policy::{
-        RequestFacts,
-        controls::DataAction,
+        PolicyState, RequestFacts,
+        controls::{DataAction, Unparseable},
         data_action,
         decide::{self, Content, DataFinding, RefuseKind},
     },
@@ -48,6 +51,20 @@ pub struct Forward {
     pub redacted: Vec<(String, usize)>,
     /// A managed credential replaced the app's: drop a `key=` query too.
     pub strip_query_key: bool,
+    /// The rule's data controls, for a body scanned as it streams.
+    pub data: Option<DataRules>,
+}
+
+/// What a rule's data controls do with each class: a streamed body is
+/// scanned piece by piece after the decision.
+pub struct DataRules {
+    pub rule: String,
+    pub state: Arc<PolicyState>,
+    /// Per class of `state.policy.classifier`.
+    pub actions: Vec<Option<DataAction>>,
+    pub quarantine_for: Duration,
+    /// `unparseable: block`: content the scan cannot read stops the body.
+    pub unreadable_blocks: bool,
 }
 
 pub struct Refuse {
@@ -136,6 +153,7 @@ pub async fn decide(
             budget: None,
             redacted: Vec::new(),
             strip_query_key: false,
+            data: None,
         });
     };
     let controls = &rule.controls;
@@ -147,7 +165,20 @@ pub async fn decide(
         budget: None,
         redacted: Vec::new(),
         strip_query_key: controls.credential.is_some(),
+        data: None,
     };
+    if !controls.data.is_empty() {
+        let classifier = &state.policy.classifier;
+        forward.data = Some(DataRules {
+            rule: rule_name.clone(),
+            actions: (0..classifier.classes().len())
+                .map(|class| data_action(rule, classifier, class))
+                .collect(),
+            quarantine_for: controls.quarantine_for.unwrap_or(DEFAULT_QUARANTINE),
+            unreadable_blocks: controls.unparseable == Unparseable::Block,
+            state: state.clone(),
+        });
+    }
     if decision.redact {
         let classifier = &state.policy.classifier;
         let redact =
@@ -254,7 +285,7 @@ pub async fn decide(
 
 /// Findings the rule acts on (or asks to hear about) are security's
 /// business: one alert per request, naming the classes.
-fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFinding]) {
+pub(super) fn report_findings(shared: &Shared, conn: &Conn, rule: &str, findings: &[DataFinding]) {
     let flagged: Vec<&DataFinding> = findings
         .iter()
         .filter(|f| matches!(f.action, Some("alert" | "redact" | "block" | "quarantine")))
@@ -310,7 +341,7 @@ fn budget_key(per: BudgetKey, conn: &Conn, rule: &str) -> String {
     }
 }
 
-fn quarantine(shared: &Shared, conn: &Conn, rule: &str, duration: Duration) {
+pub(super) fn quarantine(shared: &Shared, conn: &Conn, rule: &str, duration: Duration) {
     let mut alert = Alert::new(
         "quarantine",
         Severity::Critical,

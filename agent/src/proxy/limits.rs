@@ -24,6 +24,16 @@ pub struct ClientLimits {
     pub max_connections: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams: u32,
+    /// Largest request body read whole before it is forwarded: a JSON API
+    /// request must be, since policy reads the whole document. Past this a
+    /// body is refused with a 413, unless it is an upload (see
+    /// `stream_uploads_over`). One such body per request in flight is
+    /// held in memory.
+    pub max_buffered_body: usize,
+    /// An upload (a file, audio, a multipart form to an upload endpoint)
+    /// larger than this is streamed upstream piece by piece, each piece
+    /// scanned before it leaves, instead of being read whole first.
+    pub stream_uploads_over: usize,
 }
 
 impl Default for ClientLimits {
@@ -34,6 +44,8 @@ impl Default for ClientLimits {
             max_header_bytes: 64 << 10,
             max_connections: 8192,
             max_streams: 100,
+            max_buffered_body: 32 << 20,
+            stream_uploads_over: 1 << 20,
         }
     }
 }
@@ -50,9 +62,25 @@ impl ClientLimits {
         if self.max_connections == 0 || self.max_streams == 0 {
             return Err("client_limits.max_connections and max_streams must be above 0".into());
         }
+        if self.max_buffered_body < MIN_BUFFERED || self.stream_uploads_over < MIN_BUFFERED {
+            return Err(format!(
+                "client_limits.max_buffered_body ({}) and stream_uploads_over ({}) must be at \
+                 least {MIN_BUFFERED} bytes: a request's form fields must fit",
+                self.max_buffered_body, self.stream_uploads_over
+            ));
+        }
         Ok(())
     }
+
+    /// What an upload is read whole up to: past it, it streams.
+    pub fn upload_buffer(&self) -> usize {
+        self.stream_uploads_over.min(self.max_buffered_body)
+    }
 }
+
+/// Smallest `max_buffered_body` and `stream_uploads_over`: the head of an
+/// upload (its form fields) is read within it.
+const MIN_BUFFERED: usize = 64 << 10;
 
 /// `upstream_timeouts:` in agent.yaml: how long the proxy waits on a model
 /// server before it gives the client a clean error instead of a hang.

@@ -6,6 +6,7 @@ pub mod ca;
 mod credentials;
 mod forward;
 mod govern;
+mod head;
 mod in_flight;
 mod limits;
 mod observed;
@@ -14,6 +15,7 @@ mod passthrough;
 pub mod providers;
 pub mod sse;
 mod stream_usage;
+mod upload;
 mod upstream;
 mod websocket;
 

@@ -17,6 +17,7 @@ use super::{
     forward::{BoxError, error_chain, finish, ms},
     providers::{self, Family, ResponseObserver, Usage},
     stream_usage,
+    upload::UploadState,
 };
 use crate::audit::{AuditRecord, StorePrompts, Tokens};
 
@@ -29,6 +30,9 @@ pub struct Pending {
     pub store_prompts: Option<StorePrompts>,
     /// (rule, key) whose budget pays for the tokens.
     pub budget: Option<(String, String)>,
+    /// A streamed request body: what it forwarded and found is known only
+    /// once it has gone.
+    pub upload: Option<Arc<UploadState>>,
 }
 
 impl Pending {
@@ -145,6 +149,9 @@ impl ObservedBody {
         pending.audit.outcome = outcome;
         pending.audit.error = error;
         pending.audit.response_bytes = self.bytes;
+        if let Some(upload) = &pending.upload {
+            upload.settle(&mut pending.audit);
+        }
         if self.event_stream {
             pending.audit.stream_events = Some(self.observer.events);
             let chunks = self.observer.take_chunks();

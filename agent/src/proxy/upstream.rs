@@ -17,7 +17,7 @@ use std::{
 use anyhow::Result;
 use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
 use hyper_util::{
     client::legacy::{
         Client,
@@ -39,7 +39,11 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Destinations kept before idle ones are swept.
 const SWEEP_ABOVE: usize = 256;
 
-pub type UpstreamClient = Client<Connector, Full<Bytes>>;
+/// Request bodies going upstream: whole (read and decided on) or streamed
+/// (an upload, scanned piece by piece; an error aborts the request).
+pub type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
 /// One pooled client per original destination. hyper pools by host, and
 /// one host has many addresses: a connection the kernel recorded to one of

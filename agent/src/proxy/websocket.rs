@@ -26,10 +26,10 @@ use tracing::debug;
 use super::{
     Shared,
     forward::{
-        self, BoxError, Conn, ProxyBody, audit_findings, error_chain, error_response, forwardable,
-        refused, upstream_authority, upstream_target,
+        self, BoxError, Conn, ProxyBody, audit_findings, error_chain, error_response, refused,
     },
     govern::{self, Verdict},
+    head::{self, forwardable, upstream_authority, upstream_target},
     observed::Pending,
     providers::{Family, Refusal, RequestInfo, realtime, realtime::SessionObserver},
 };
@@ -82,7 +82,7 @@ pub async fn open(
         path,
         started,
     } = o;
-    let (host, mut audit) = match forward::admit(
+    let (host, mut audit) = match head::admit(
         &shared, &conn, scheme, &host, &parts, audit, started, family,
     ) {
         Ok(admitted) => admitted,
@@ -203,6 +203,7 @@ pub async fn open(
             started,
             store_prompts: admitted.store_prompts,
             budget: admitted.budget,
+            upload: None,
         },
         conn,
         family,
