@@ -78,6 +78,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "zstandard>=0.22,<1",
     // The signed-request test signs Bedrock calls with AWS's own signer.
     "botocore>=1.34,<2",
+    // Realtime sessions: the openai SDK's WebSocket client, and the stand-in.
+    "websockets>=13,<16",
 ];
 
 /// A python with the official `openai` SDK: the proxy tests drive it as a
