@@ -65,6 +65,16 @@ pub struct Tokens {
     pub reasoning: Option<u64>,
 }
 
+/// Token figures the proxy counted itself because the provider did not
+/// report them (see `proxy/token_estimate.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TokensEstimated {
+    /// The tiktoken encoding counted with.
+    pub by: &'static str,
+    pub input: bool,
+    pub output: bool,
+}
+
 /// One data class a request carried: how often, and in which places
 /// (`body`, `body-key`, `joined`, `query`, `header:<name>`, `part:<field>`).
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +154,9 @@ pub struct AuditRecord {
     pub chunk_gaps_s: Vec<f32>,
     #[serde(flatten)]
     pub tokens: Tokens,
+    /// Set when a token figure is the proxy's estimate, not the provider's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_estimated: Option<TokensEstimated>,
     /// Estimated from the price table, when the model is in it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
@@ -217,6 +230,7 @@ impl AuditRecord {
             time_to_first_chunk_ms: None,
             chunk_gaps_s: Vec::new(),
             tokens: Tokens::default(),
+            tokens_estimated: None,
             cost_usd: None,
             redacted: Default::default(),
             findings: Vec::new(),

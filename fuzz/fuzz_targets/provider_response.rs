@@ -6,13 +6,13 @@ use libfuzzer_sys::fuzz_target;
 use modelgate::proxy::providers::{ResponseObserver, TEXT_CAP, Usage};
 use modelgate_fuzz::chunked;
 
-fn observe(payload: &[u8], chunk: usize, event_stream: bool) -> (Usage, String, u64) {
+fn observe(payload: &[u8], chunk: usize, event_stream: bool) -> (Usage, String, usize, u64) {
     let mut observer = ResponseObserver::new(event_stream);
     for piece in payload.chunks(chunk) {
         observer.feed(piece);
     }
-    let (usage, text) = observer.finish();
-    (usage, text, observer.events)
+    let (usage, text, bytes) = observer.finish();
+    (usage, text, bytes, observer.events)
 }
 
 fuzz_target!(|data: &[u8]| {

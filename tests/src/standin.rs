@@ -92,6 +92,17 @@ impl ModelServer {
         ModelServer::with_args(pki, bind, port, &["--sigv4-secret", secret])
     }
 
+    /// The stand-in as an OpenAI-compatible server that reports no usage,
+    /// even to a stream that asks for it.
+    pub fn no_usage(pki: &Pki, bind: &str, port: u16, chunks: u32) -> ModelServer {
+        ModelServer::with_args(
+            pki,
+            bind,
+            port,
+            &["--no-usage", "--chunks", &chunks.to_string()],
+        )
+    }
+
     /// tests/standin/model_server.py with `args`.
     fn with_args(pki: &Pki, bind: &str, port: u16, args: &[&str]) -> ModelServer {
         let dir = tempfile::tempdir().unwrap();
@@ -211,6 +222,8 @@ pub fn test_python(what: &str) -> PathBuf {
 enum Upstream {
     /// model_server.py: `chunks` stream chunks `delay` seconds apart.
     Model { chunks: u32, delay: f64 },
+    /// model_server.py reporting no usage.
+    NoUsage { chunks: u32 },
     /// lenient_server.py.
     Lenient,
     /// realtime_server.py.
@@ -275,6 +288,20 @@ pub fn setup_with_config(
     )
 }
 
+/// [`setup`] with a stand-in that reports no usage
+/// ([`ModelServer::no_usage`]).
+pub fn setup_no_usage(name: &str, ip: &'static str, policy: &str, chunks: u32) -> Setup {
+    setup_inner(
+        name,
+        ip,
+        policy,
+        Upstream::NoUsage { chunks },
+        false,
+        "",
+        None,
+    )
+}
+
 /// [`setup`] with the lenient stand-in ([`ModelServer::lenient`]) as the
 /// upstream.
 pub fn setup_lenient(name: &str, ip: &'static str, policy: &str) -> Setup {
@@ -301,6 +328,7 @@ fn setup_inner(
     let pki = Pki::new(&[HOST]);
     let server = match upstream {
         Upstream::Model { chunks, delay } => ModelServer::start(&pki, ip, 443, chunks, delay),
+        Upstream::NoUsage { chunks } => ModelServer::no_usage(&pki, ip, 443, chunks),
         Upstream::Lenient => ModelServer::lenient(&pki, ip, 443),
         Upstream::Realtime => ModelServer::realtime(&pki, ip, 443),
     };

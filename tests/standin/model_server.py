@@ -258,6 +258,8 @@ class Handler(BaseHTTPRequestHandler):
                 # As OpenAI does: asked for usage, every chunk carries a
                 # null one and an extra last chunk has it.
                 include_usage = (req.get("stream_options") or {}).get("include_usage")
+                if self.server.args.no_usage:
+                    include_usage = False
                 events = [
                     (None, {"id": "c1", "object": "chat.completion.chunk", "model": model,
                             "choices": [{"index": 0, "delta": {"content": f"w{i} "}}],
@@ -270,6 +272,12 @@ class Handler(BaseHTTPRequestHandler):
                                                                    "total_tokens": 11 + chunks}}))
                 events.append((None, "[DONE]"))
                 self._sse(events)
+            elif self.server.args.no_usage:
+                self._json(200, {
+                    "id": "c1", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "Hello from the stand-in."}}],
+                })
             else:
                 self._json(200, {
                     "id": "c1", "object": "chat.completion", "created": 0, "model": model,
@@ -315,6 +323,8 @@ def main():
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--plain", action="store_true", help="cleartext HTTP (a server on port 80)")
+    parser.add_argument("--no-usage", action="store_true",
+                        help="report no usage, even when a stream asks for it (as some OpenAI-compatible servers)")
     parser.add_argument("--sigv4-secret", help="refuse POSTs whose AWS SigV4 signature does not verify")
     args = parser.parse_args()
     server = ThreadingHTTPServer((args.bind, args.port), Handler)

@@ -3,7 +3,7 @@
 
 use std::{fs, process::Stdio, time::Duration};
 
-use modelgate_tests::standin::{HOST, Setup, by_pid, run_checked, setup};
+use modelgate_tests::standin::{HOST, Setup, by_pid, run_checked, setup, setup_no_usage};
 use serde_json::Value;
 
 fn chat(model: &str, content: &str) -> String {
@@ -227,6 +227,70 @@ fn a_token_budget_counts_streams_that_did_not_ask_for_usage() {
     assert!(body.contains("tokens_per_day"), "{body}");
     let record = s.agent.wait_for_audit("the refused stream", by_pid(pid));
     assert_eq!(record["outcome"], "budget_exceeded", "{record:#}");
+}
+
+#[test]
+fn a_server_that_reports_no_usage_is_counted_by_estimate_and_its_budget_holds() {
+    // An OpenAI-compatible server that ignores `stream_options` and sends no
+    // usage: left uncounted, it would be a way around `tokens_per_day`.
+    let policy = "default_action: redirect\nrules:\n  - name: forty-tokens\n    action: redirect\n    controls:\n      budget:\n        per: exe\n        tokens_per_day: 40\n";
+    let s = setup_no_usage("no-usage", "127.0.1.69", policy, 3);
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let asked = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    // o200k_base: "hi" is 1 token, plus 3 for the message and 3 priming the
+    // reply; "w0 w1 w2 " (the stand-in's three chunks) is 7.
+    for (n, body) in [stream, asked].into_iter().enumerate() {
+        let (pid, status, answer) = call(&s, body, &[]);
+        assert_eq!(status, 200, "stream {n}: {answer}");
+        assert!(answer.contains("w2"), "{answer}");
+        let record = s
+            .agent
+            .wait_for_audit("a stream without usage", by_pid(pid));
+        assert_eq!(record["gen_ai.usage.input_tokens"], 7, "{record:#}");
+        assert_eq!(record["gen_ai.usage.output_tokens"], 7, "{record:#}");
+        assert_eq!(
+            record["tokens_estimated"],
+            serde_json::json!({"by": "o200k_base", "input": true, "output": true}),
+            "{record:#}"
+        );
+    }
+    // A whole answer without usage: "Hello from the stand-in." is 6.
+    let (pid, status, answer) = call(&s, &chat("gpt-4o-mini", "hi"), &[]);
+    assert_eq!(status, 200, "{answer}");
+    let record = s
+        .agent
+        .wait_for_audit("an answer without usage", by_pid(pid));
+    assert_eq!(record["gen_ai.usage.output_tokens"], 6, "{record:#}");
+    assert_eq!(record["tokens_estimated"]["output"], true, "{record:#}");
+    // 14 + 14 + 13 = 41 tokens of 40: the next call is refused.
+    let (pid, status, answer) = call(&s, stream, &[]);
+    assert_eq!(status, 429, "41 estimated tokens used of 40: {answer}");
+    assert!(answer.contains("tokens_per_day"), "{answer}");
+    let record = s.agent.wait_for_audit("the refused stream", by_pid(pid));
+    assert_eq!(record["outcome"], "budget_exceeded", "{record:#}");
+    assert!(record.get("tokens_estimated").is_none(), "{record:#}");
+}
+
+#[test]
+fn a_server_that_reports_usage_is_never_estimated() {
+    let s = setup(
+        "usage-reported",
+        "127.0.1.79",
+        "default_action: redirect\nrules: []\n",
+        3,
+        0.0,
+        false,
+    );
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    for body in [stream.to_string(), chat("gpt-4o-mini", "hi")] {
+        let (pid, status, answer) = call(&s, &body, &[]);
+        assert_eq!(status, 200, "{answer}");
+        let record = s.agent.wait_for_audit("a reported answer", by_pid(pid));
+        assert_eq!(record["gen_ai.usage.input_tokens"], 11, "{record:#}");
+        assert!(record.get("tokens_estimated").is_none(), "{record:#}");
+    }
 }
 
 const RELOAD_CLIENTS: &str = r#"

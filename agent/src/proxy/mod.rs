@@ -15,6 +15,7 @@ mod passthrough;
 pub mod providers;
 pub mod sse;
 mod stream_usage;
+mod token_estimate;
 mod upload;
 mod upstream;
 mod websocket;

@@ -14,9 +14,9 @@ use hyper::body::Incoming;
 
 use super::{
     Shared,
-    forward::{BoxError, error_chain, finish, ms},
+    forward::{BoxError, error_chain, ms},
     providers::{self, Family, ResponseObserver, Usage},
-    stream_usage,
+    stream_usage, token_estimate,
     upload::UploadState,
 };
 use crate::audit::{AuditRecord, StorePrompts, Tokens};
@@ -36,9 +36,54 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Closes the record with what the answer used: tokens, their price,
-    /// the budget charged, the texts kept as policy says.
-    pub fn settle(mut self, usage: Usage, output: &str, first_byte: Option<Instant>) {
+    /// Closes the record with what the answer used: tokens (counted here
+    /// when the provider reported none), their price, the budget charged,
+    /// the texts kept as policy says.
+    pub fn settle(
+        mut self,
+        usage: Usage,
+        output: String,
+        output_bytes: usize,
+        first_byte: Option<Instant>,
+    ) {
+        // The request's own times, before any counting below.
+        self.audit.latency_ms = ms(self.started.elapsed());
+        self.audit.ttfb_ms = first_byte.map(|at| ms(at.duration_since(self.started)));
+        let seen = self.seen(&output, output_bytes);
+        if !token_estimate::needed(&seen, &usage) {
+            return self.charge(usage, &output);
+        }
+        // Tokenizing (and, the first time, loading the encoding) takes
+        // milliseconds: off the threads that carry requests.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime
+                    .spawn_blocking(move || self.estimate_and_charge(usage, output, output_bytes));
+            }
+            Err(_) => self.estimate_and_charge(usage, output, output_bytes),
+        }
+    }
+
+    fn seen<'a>(&'a self, output: &'a str, output_bytes: usize) -> token_estimate::Seen<'a> {
+        token_estimate::Seen {
+            operation: self.audit.operation,
+            status: self.audit.status,
+            model: self.audit.model.as_deref(),
+            messages: self.audit.messages,
+            prompt: &self.prompt,
+            prompt_bytes: self.audit.prompt_bytes,
+            output,
+            output_bytes,
+        }
+    }
+
+    fn estimate_and_charge(mut self, mut usage: Usage, output: String, output_bytes: usize) {
+        self.audit.tokens_estimated =
+            token_estimate::fill(&self.seen(&output, output_bytes), &mut usage);
+        self.charge(usage, &output);
+    }
+
+    fn charge(mut self, usage: Usage, output: &str) {
         self.audit.tokens = Tokens {
             input: usage.input_tokens,
             output: usage.output_tokens,
@@ -72,7 +117,7 @@ impl Pending {
         }
         let store = self.store_prompts.unwrap_or(shared.store_prompts);
         self.audit.store_text(store, &self.prompt, output);
-        finish(shared, self.audit, self.started, first_byte);
+        shared.record(self.audit);
     }
 }
 
@@ -145,7 +190,7 @@ impl ObservedBody {
         let Some(mut pending) = self.pending.take() else {
             return;
         };
-        let (usage, output) = self.observer.finish();
+        let (usage, output, output_bytes) = self.observer.finish();
         pending.audit.outcome = outcome;
         pending.audit.error = error;
         pending.audit.response_bytes = self.bytes;
@@ -160,7 +205,7 @@ impl ObservedBody {
                 .map(|at| ms(at.duration_since(pending.started)));
             pending.audit.chunk_gaps_s = chunks.gaps;
         }
-        pending.settle(usage, &output, self.first_byte);
+        pending.settle(usage, output, output_bytes, self.first_byte);
     }
 }
 

@@ -528,7 +528,8 @@ impl Relay {
         audit.prompt_bytes = prompt.len();
         self.pending.prompt = prompt;
         let opened = Some(self.opened_at);
-        self.pending.settle(usage, &output, opened);
+        let output_bytes = output.len();
+        self.pending.settle(usage, output, output_bytes, opened);
     }
 }
 

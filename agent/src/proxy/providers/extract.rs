@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{TEXT_CAP, TextCollector, Usage};
+use super::{TextCollector, Usage};
 use crate::proxy::sse::{SseEvent, SseParser};
 
 /// Non-streamed bodies are parsed when complete; past this they are passed
@@ -104,8 +104,9 @@ impl ResponseObserver {
         std::mem::take(&mut self.chunks)
     }
 
-    /// Usage and output text once the body has ended.
-    pub fn finish(&mut self) -> (Usage, String) {
+    /// Usage, and the output text with its whole length, once the body
+    /// has ended.
+    pub fn finish(&mut self) -> (Usage, String, usize) {
         if self.sse.is_none() && !self.buffer.is_empty() {
             let buffer = std::mem::take(&mut self.buffer);
             match serde_json::from_slice::<Value>(&buffer) {
@@ -116,7 +117,8 @@ impl ResponseObserver {
                 Err(_) => {}
             }
         }
-        (self.usage, std::mem::take(&mut self.output.text))
+        let output = std::mem::take(&mut self.output);
+        (self.usage, output.text, output.bytes)
     }
 
     fn absorb(&mut self, value: &Value, streamed: bool) {
@@ -135,9 +137,9 @@ impl ResponseObserver {
         if found.reasoning_output_tokens.is_some() {
             self.usage.reasoning_output_tokens = found.reasoning_output_tokens;
         }
-        if self.output.text.len() < TEXT_CAP {
-            collect_output(value, streamed, &mut self.output);
-        }
+        // Past the cap the text is only counted: its length scales a token
+        // estimate when the provider reports none.
+        collect_output(value, streamed, &mut self.output);
     }
 }
 
@@ -210,29 +212,49 @@ pub fn usage_of(value: &Value) -> Usage {
 }
 
 fn collect_output(value: &Value, streamed: bool, out: &mut TextCollector) {
-    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    // A stream's pieces continue one text; a whole answer's are separate.
+    let mut add = |text: &str| {
+        if streamed {
+            out.append(text)
+        } else {
+            out.push(text)
+        }
+    };
     if let Some(choices) = value.get("choices").and_then(Value::as_array) {
         for choice in choices {
             let piece = if streamed {
-                text_of(choice.get("delta").and_then(|d| d.get("content")))
+                choice.get("delta").and_then(|d| d.get("content"))
             } else {
-                text_of(choice.get("message").and_then(|m| m.get("content")))
+                choice.get("message").and_then(|m| m.get("content"))
             }
-            .or_else(|| text_of(choice.get("text")));
+            .and_then(Value::as_str)
+            .or_else(|| choice.get("text").and_then(Value::as_str));
             if let Some(piece) = piece {
-                out.push(&piece);
+                add(piece);
             }
         }
     }
-    // Anthropic: content blocks, or content_block_delta in a stream.
-    if let Some(delta) = value.get("delta").and_then(|d| d.get("text")) {
-        if let Some(text) = delta.as_str() {
-            out.push(text);
+    match value.get("delta") {
+        // Anthropic: content_block_delta in a stream.
+        Some(delta) if delta.get("text").is_some() => {
+            if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                add(text);
+            }
         }
-    } else if let Some(blocks) = value.get("content").and_then(Value::as_array) {
-        for block in blocks {
-            if let Some(text) = text_of(block.get("text")) {
-                out.push(&text);
+        // OpenAI responses stream: response.output_text.delta.
+        Some(Value::String(text))
+            if value.get("type").and_then(Value::as_str) == Some("response.output_text.delta") =>
+        {
+            add(text)
+        }
+        // Anthropic: the answer's content blocks.
+        _ => {
+            if let Some(blocks) = value.get("content").and_then(Value::as_array) {
+                for block in blocks {
+                    if let Some(text) = block.get("text").and_then(Value::as_str) {
+                        add(text);
+                    }
+                }
             }
         }
     }
@@ -245,15 +267,15 @@ fn collect_output(value: &Value, streamed: bool, out: &mut TextCollector) {
                 .and_then(Value::as_array)
             {
                 for part in parts {
-                    if let Some(text) = text_of(part.get("text")) {
-                        out.push(&text);
+                    if let Some(text) = part.get("text").and_then(Value::as_str) {
+                        add(text);
                     }
                 }
             }
         }
     }
     // OpenAI responses API.
-    if let Some(text) = text_of(value.get("output_text")) {
-        out.push(&text);
+    if let Some(text) = value.get("output_text").and_then(Value::as_str) {
+        add(text);
     }
 }

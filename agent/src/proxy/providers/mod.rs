@@ -486,12 +486,20 @@ impl TextCollector {
         }
     }
 
+    /// Adds a separate piece of text (a message, a content block): on a
+    /// line of its own.
     pub fn push(&mut self, s: &str) {
+        if !self.text.is_empty() && self.text.len() < TEXT_CAP {
+            self.text.push('\n');
+        }
+        self.append(s);
+    }
+
+    /// Adds the continuation of the text so far (a stream's delta), as the
+    /// client reads it: no separator.
+    pub fn append(&mut self, s: &str) {
         self.bytes += s.len();
         if self.text.len() < TEXT_CAP {
-            if !self.text.is_empty() {
-                self.text.push('\n');
-            }
             let room = TEXT_CAP.saturating_sub(self.text.len());
             let mut cut = s.len().min(room);
             while !s.is_char_boundary(cut) {

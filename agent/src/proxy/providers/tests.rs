@@ -64,7 +64,33 @@ fn observe(event_stream: bool, chunks: &[&str]) -> (Usage, String) {
     for chunk in chunks {
         observer.feed(chunk.as_bytes());
     }
-    observer.finish()
+    let (usage, text, _) = observer.finish();
+    (usage, text)
+}
+
+#[test]
+fn a_responses_stream_text_is_collected() {
+    let (_, text) = observe(
+        true,
+        &[
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\"}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"lo\"}\n\n",
+        ],
+    );
+    assert_eq!(text, "Hello");
+}
+
+#[test]
+fn output_past_the_kept_text_is_still_measured() {
+    let delta = "x".repeat(1000);
+    let chunk = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{delta}\"}}}}]}}\n\n");
+    let mut observer = ResponseObserver::new(true);
+    for _ in 0..200 {
+        observer.feed(chunk.as_bytes());
+    }
+    let (_, text, bytes) = observer.finish();
+    assert_eq!(text.len(), super::TEXT_CAP);
+    assert_eq!(bytes, 200_000);
 }
 
 #[test]
@@ -93,7 +119,7 @@ fn openai_usage_plain_and_streamed() {
         (usage.input_tokens, usage.output_tokens),
         (Some(9), Some(2))
     );
-    assert_eq!(text, "He\nllo");
+    assert_eq!(text, "Hello", "a stream's deltas are one text");
 }
 
 #[test]
@@ -133,7 +159,7 @@ fn gemini_usage_from_sse_and_json_array() {
         (usage.input_tokens, usage.output_tokens),
         (Some(4), Some(5))
     );
-    assert_eq!(text, "t2\nt5");
+    assert_eq!(text, "t2t5");
 }
 
 #[test]
