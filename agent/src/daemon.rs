@@ -723,6 +723,7 @@ impl Agent {
 
     fn tick(&mut self) {
         self.procs.purge();
+        crate::proxy::release_unused_tokenizers();
         // Bursts fill the record queues (bounded) and glibc keeps what they
         // freed: hand it back, so RSS shows what is live, not the last peak.
         // SAFETY: malloc_trim only walks the allocator's own free lists.

@@ -36,6 +36,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use hyper_util::rt::TokioIo;
 use rustls::{ServerConfig, server::Acceptor};
+pub use token_estimate::release_unused as release_unused_tokenizers;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Semaphore, mpsc, oneshot, watch},

@@ -6,6 +6,11 @@
 //! (tiktoken) and the record says the figure is an estimate and by which
 //! encoding.
 
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use tiktoken_rs::{CoreBPE, tokenizer::Tokenizer};
 
 use super::providers::Usage;
@@ -29,6 +34,51 @@ const TEXT_OPERATIONS: &[&str] = &[
 /// (the count the OpenAI cookbook gives for its chat models).
 const TOKENS_PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
+
+/// An encoding costs ~300 ms and ~45 MB to load: loaded when an answer
+/// first needs it, released once no answer has needed it for this long, so
+/// an agent whose providers report usage never holds one, and one that met
+/// a usage-less server once does not keep it for good.
+const KEEP_UNUSED: Duration = Duration::from_secs(600);
+
+struct Loaded {
+    encoding: Encoding,
+    bpe: Arc<CoreBPE>,
+    last_used: Instant,
+}
+
+static LOADED: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+
+/// The encoding, loaded if it is not (the caller is off the request path).
+fn loaded(encoding: Encoding) -> Arc<CoreBPE> {
+    let now = Instant::now();
+    let mut cache = LOADED.lock().expect("tokenizer cache lock poisoned");
+    cache.retain(|l| l.encoding == encoding || now.duration_since(l.last_used) < KEEP_UNUSED);
+    if let Some(entry) = cache.iter_mut().find(|l| l.encoding == encoding) {
+        entry.last_used = now;
+        return entry.bpe.clone();
+    }
+    let bpe = Arc::new(encoding.load());
+    cache.push(Loaded {
+        encoding,
+        bpe: bpe.clone(),
+        last_used: now,
+    });
+    bpe
+}
+
+/// Drops encodings no answer has needed for [`KEEP_UNUSED`] (the agent's
+/// periodic tick calls this; the memory then goes back to the system with
+/// the tick's heap trim).
+pub fn release_unused() {
+    release_unused_at(Instant::now());
+}
+
+fn release_unused_at(now: Instant) {
+    if let Ok(mut cache) = LOADED.lock() {
+        cache.retain(|l| now.duration_since(l.last_used) < KEEP_UNUSED);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -60,13 +110,13 @@ impl Encoding {
         }
     }
 
-    /// Loaded on first use (a few hundred milliseconds, tens of MB): an
-    /// agent whose providers report usage never pays for it.
-    fn bpe(self) -> &'static CoreBPE {
-        match self {
-            Encoding::O200k => tiktoken_rs::o200k_base_singleton(),
-            Encoding::Cl100k => tiktoken_rs::cl100k_base_singleton(),
-        }
+    fn load(self) -> CoreBPE {
+        let loaded = match self {
+            Encoding::O200k => tiktoken_rs::o200k_base(),
+            Encoding::Cl100k => tiktoken_rs::cl100k_base(),
+        };
+        // The vocabularies are compiled in: loading them cannot fail.
+        loaded.expect("tiktoken's built-in vocabulary loads")
     }
 
     /// Tokens in `total_bytes` of text of which `sample` is the start (the
@@ -78,7 +128,7 @@ impl Encoding {
             // four bytes per token all the same rather than zero.
             return (total_bytes as u64).div_ceil(4);
         }
-        let tokens = self.bpe().encode_ordinary(sample).len() as u64;
+        let tokens = loaded(self).encode_ordinary(sample).len() as u64;
         if total_bytes <= sample.len() {
             return tokens;
         }
@@ -166,6 +216,20 @@ mod tests {
         assert_eq!(Encoding::O200k.count("hello world", 11), 2);
         assert_eq!(Encoding::Cl100k.count("hello world", 11), 2);
         assert_eq!(Encoding::O200k.count("", 0), 0);
+    }
+
+    #[test]
+    fn an_encoding_unused_for_a_while_is_released() {
+        let cached = |held: &Arc<CoreBPE>| {
+            let cache = LOADED.lock().unwrap();
+            cache.iter().any(|l| Arc::ptr_eq(&l.bpe, held))
+        };
+        let held = loaded(Encoding::Cl100k);
+        assert!(cached(&held), "kept for the next answer");
+        release_unused_at(Instant::now() + KEEP_UNUSED / 2);
+        assert!(cached(&held), "still in use");
+        release_unused_at(Instant::now() + KEEP_UNUSED + Duration::from_secs(1));
+        assert!(!cached(&held), "released once unused");
     }
 
     #[test]
