@@ -257,7 +257,7 @@ impl Agent {
         }
         self.procs.set_exe(tgid, exe_path, facts);
         if anonymous && self.governs(info.cgroup_id) {
-            let identity = self.identity_of(super::Who {
+            let identity = self.identity_of(super::lookup::Who {
                 tgid,
                 pid: tgid,
                 uid: info.uid,
