@@ -13,24 +13,12 @@ use crate::{
     alerts::{Alert, Alerts, Severity},
     identity::Identity,
     jsonl::{Change, JsonlLog},
+    policy::StorePrompts,
 };
 
 pub const FILE_NAME: &str = "audit.jsonl";
 /// Records queued for the writer; past this they are dropped and counted.
 const QUEUE: usize = 65_536;
-
-/// What the audit keeps of prompts and outputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum StorePrompts {
-    /// Sizes and counts only.
-    #[default]
-    None,
-    /// SHA-256 of the text: proves what was sent without keeping it.
-    Hash,
-    /// The text itself (capped at 64 KiB each).
-    Full,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Destination {
@@ -207,7 +195,7 @@ impl AuditRecord {
         identity: Identity,
     ) -> AuditRecord {
         AuditRecord {
-            time: crate::record::rfc3339(std::time::SystemTime::now()),
+            time: crate::clock::rfc3339(std::time::SystemTime::now()),
             decision,
             rule,
             outcome: "ok",

@@ -7,14 +7,13 @@ use serde::Deserialize;
 
 use crate::{
     alerts::AlertsConfig,
-    audit::StorePrompts,
-    policy::Action,
+    policy::{Action, StorePrompts},
     yaml::{self, FileErrors},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/modelgate/agent.yaml";
 pub const DEFAULT_POLICIES: &str = "/etc/modelgate/policies";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelgate";
+pub const DEFAULT_STATE_DIR: &str = crate::layout::STATE_DIR;
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
 
 /// What the kernel does with model traffic while no agent runs.

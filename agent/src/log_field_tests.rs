@@ -65,7 +65,7 @@ fn no_log_field_is_captured_in_its_debug_form() {
     assert!(
         problems.is_empty(),
         "log fields captured with `?` print Rust debug forms; use `%`, `.as_deref()`, or \
-         `record::list`:\n{}",
+         `fields::list`:\n{}",
         problems.join("\n")
     );
 }

@@ -12,10 +12,10 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{dns, name_hash};
+use agent_common::{dns, name_hash, to_v6_bytes};
 use hickory_proto::{op::Message, rr::Name};
 use libfuzzer_sys::fuzz_target;
-use modelgate::{catalog::learned::Learned, ebpf::endpoints::to_v6_bytes};
+use modelgate::catalog::learned::Learned;
 
 /// `msg` behind an IPv4 header (no options) and a UDP header from port 53.
 fn ipv4_udp(msg: &[u8]) -> Vec<u8> {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelgate::proxy::providers::{TEXT_CAP, parse_request};
+use modelgate::providers::{TEXT_CAP, parse_request};
 
 /// One path per API shape `parse_request` tells apart, so every body is
 /// tried against each provider's extraction.

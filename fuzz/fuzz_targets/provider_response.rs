@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelgate::proxy::providers::{ResponseObserver, TEXT_CAP, Usage};
+use modelgate::providers::{ResponseObserver, TEXT_CAP, Usage};
 use modelgate_fuzz::chunked;
 
 fn observe(payload: &[u8], chunk: usize, event_stream: bool) -> (Usage, String, usize, u64) {

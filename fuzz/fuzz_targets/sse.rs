@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelgate::proxy::sse::{SseEvent, SseParser};
+use modelgate::providers::sse::{SseEvent, SseParser};
 use modelgate_fuzz::chunked;
 
 fn events(payload: &[u8], chunk: usize) -> Vec<SseEvent> {

@@ -682,9 +682,42 @@ mod user {
     unsafe impl aya::Pod for ExeOffsets {}
 }
 
+/// An address as the 16 bytes every key holds (IPv4 as `::ffff:a.b.c.d`).
+pub const fn to_v6_bytes(addr: core::net::IpAddr) -> [u8; 16] {
+    match addr {
+        core::net::IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a key holds, IPv4 again when it is a mapped one.
+pub const fn from_v6_bytes(bytes: [u8; 16]) -> core::net::IpAddr {
+    let v6 = core::net::Ipv6Addr::from_octets(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => core::net::IpAddr::V4(v4),
+        None => core::net::IpAddr::V6(v6),
+    }
+}
+
 /// IPv4 `a.b.c.d` as the `::ffff:a.b.c.d` bytes used in every key.
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::IpAddr;
+
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_key_form() {
+        let v4: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(to_v6_bytes(v4), v4_mapped([127, 0, 0, 9]));
+        assert_eq!(from_v6_bytes(to_v6_bytes(v4)), v4);
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(from_v6_bytes(to_v6_bytes(v6)), v6);
+    }
 }

@@ -7,7 +7,7 @@ const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../READM
 
 /// Every alert type the agent raises. Most are the first argument of an
 /// `Alert::new` (checked below); these two reach it through a variable
-/// (`watchdog::connect_alert(kind, …)`).
+/// (`bypass::connect_alert(kind, …)`).
 const THROUGH_A_VARIABLE: &[&str] = &["unknown-address", "proxy-connect"];
 
 /// The types in the README's alert table (its first column).

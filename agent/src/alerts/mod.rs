@@ -34,7 +34,7 @@ pub use self::{
     dispatch::{AlertCounters, Alerts, open},
     settings::AlertsConfig,
 };
-use crate::{identity::Identity, record};
+use crate::identity::Identity;
 
 pub const FILE_NAME: &str = "alerts.jsonl";
 
@@ -93,7 +93,7 @@ pub struct Alert {
 
 impl Alert {
     pub fn new(kind: &'static str, severity: Severity, message: String) -> Alert {
-        let time = record::rfc3339(std::time::SystemTime::now());
+        let time = crate::clock::rfc3339(std::time::SystemTime::now());
         Alert {
             id: String::new(),
             first_seen: time.clone(),

@@ -149,8 +149,8 @@ mod tests {
     #[test]
     fn filters_by_type_and_last_seen() {
         let now = SystemTime::now();
-        let recent = crate::record::rfc3339(now - Duration::from_secs(60));
-        let old = crate::record::rfc3339(now - Duration::from_secs(7200));
+        let recent = crate::clock::rfc3339(now - Duration::from_secs(60));
+        let old = crate::clock::rfc3339(now - Duration::from_secs(7200));
         let hour = Some(now - Duration::from_secs(3600));
         assert!(keep(&alert("quarantine", &recent, 1), hour, &[]));
         assert!(!keep(&alert("quarantine", &old, 1), hour, &[]));

@@ -91,7 +91,7 @@ pub async fn run(mut hosts: watch::Receiver<Vec<String>>, out: mpsc::Sender<Reso
                         .valid_until()
                         .saturating_duration_since(std::time::Instant::now())
                         .clamp(MIN_TTL, MAX_TTL);
-                    debug!(%host, addrs = %crate::record::list(&addrs), ttl_s = ttl.as_secs(), "resolved");
+                    debug!(%host, addrs = %crate::fields::list(&addrs), ttl_s = ttl.as_secs(), "resolved");
                     if entry.failures > 0 {
                         info!(%host, "resolving works again");
                     }

@@ -82,7 +82,7 @@ pub fn run(args: AlertsArgs, state_dir: &Path) -> Result<ExitCode> {
 fn from_agent(state_dir: &Path, args: &AlertsArgs) -> Result<Option<Selected>> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(since) = args.since {
-        query.append_pair("since_ms", &crate::record::ms_ago(since).to_string());
+        query.append_pair("since_ms", &crate::clock::ms_ago(since).to_string());
     }
     for kind in &args.types {
         query.append_pair("type", kind);

@@ -69,7 +69,7 @@ fn row(i: u64, rows: u64, now_ms: i64) -> Row {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let now_ms = crate::record::now_ms();
+    let now_ms = crate::clock::now_ms();
     let (log, writer) = usage::open(dir.path(), usage::DEFAULT_RETENTION)?;
     let dropped = log.dropped.clone();
     let start = Instant::now();

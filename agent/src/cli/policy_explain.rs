@@ -20,7 +20,7 @@ use crate::{
         Action, CgroupFacts, Policy, ProcFacts, RequestFacts,
         decide::{self, DataFinding},
     },
-    proxy::providers,
+    providers,
 };
 
 /// Who and what: the same facts a policy test case gives.

@@ -7,11 +7,10 @@ use clap::Args;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    audit::StorePrompts,
     config::{self, FailMode, LogFormat},
     daemon::{self, Settings},
     identity::cgroups,
-    policy::Action,
+    policy::{Action, StorePrompts},
     proxy::ProxySettings,
 };
 

@@ -15,7 +15,6 @@ use clap::{Args, ValueEnum};
 use super::table::table;
 use crate::{
     control::client::Client,
-    record,
     usage::{self, By, Summary},
 };
 
@@ -50,7 +49,7 @@ const HEADER: [&str; 11] = [
 ];
 
 pub fn run(args: UsageArgs, state_dir: &Path) -> Result<ExitCode> {
-    let since = crate::record::ms_ago(args.since);
+    let since = crate::clock::ms_ago(args.since);
     let by = args.by.to_possible_value().expect("no skipped variants");
     let client = Client::new(state_dir);
     let query = format!("/v1/usage?since_ms={since}&by={}", by.get_name());
@@ -82,7 +81,7 @@ fn ms(value: Option<f64>) -> String {
 
 fn cells(s: &Summary) -> [String; 11] {
     let last = UNIX_EPOCH + Duration::from_millis(s.last_seen_ms.max(0) as u64);
-    let last = record::rfc3339(last);
+    let last = crate::clock::rfc3339(last);
     [
         s.key.clone(),
         s.requests.to_string(),

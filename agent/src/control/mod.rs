@@ -4,7 +4,6 @@
 //! matter of group membership, not of root.
 
 pub mod client;
-pub mod live;
 mod server;
 pub mod status;
 

@@ -20,8 +20,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{GROUP, Request, live::Live};
-use crate::{alerts, usage};
+use super::{GROUP, Request};
+use crate::{alerts, live::Live, usage};
 
 /// What the API serves besides the daemon's own state.
 #[derive(Clone)]

@@ -9,15 +9,13 @@ use tracing::{debug, error, info, warn};
 
 use super::{Agent, TICK, lookup::Who};
 use crate::{
+    bypass,
     catalog::sni,
-    ebpf::{
-        endpoints::{self, from_v6_bytes},
-        events::{self, Event},
-    },
+    ebpf::events::{self, Event},
     identity::{c_str, cmdline, procs::ProcInfo},
     policy::Action,
-    record::{self, Decision, Destination},
-    usage, watchdog,
+    record::{Decision, Destination},
+    usage,
 };
 
 impl Agent {
@@ -63,7 +61,7 @@ impl Agent {
         if new.is_empty() {
             return;
         }
-        debug!(%provider, addrs = %crate::record::list(&new), "learned from DNS");
+        debug!(%provider, addrs = %crate::fields::list(&new), "learned from DNS");
         // One key per new address and port, not a rebuild of the whole set:
         // answers can come by the thousand.
         let Some(entry) = self.catalog.provider(&provider) else {
@@ -80,7 +78,7 @@ impl Agent {
             let host = self.learned.get(addr).map(|l| l.host.clone());
             for port in &entry.ports {
                 let key = agent_common::EndpointKey {
-                    addr: endpoints::to_v6_bytes(*addr),
+                    addr: agent_common::to_v6_bytes(*addr),
                     port: *port,
                     _pad: [0; 2],
                 };
@@ -138,7 +136,7 @@ impl Agent {
         else {
             return;
         };
-        let ip = from_v6_bytes(ev.addr);
+        let ip = agent_common::from_v6_bytes(ev.addr);
         // The proxy's own listener: a redirected client's hello (the kernel
         // filters these by socket cookie; this is the belt to its braces).
         if ip.is_loopback() && ev.port == self.proxy_port {
@@ -160,7 +158,7 @@ impl Agent {
         {
             error!("{err:#}");
         }
-        self.alerts.send(watchdog::egress_alert(
+        self.alerts.send(bypass::egress_alert(
             kind, &identity, &provider, &host, ip, ev.port,
         ));
     }
@@ -168,7 +166,7 @@ impl Agent {
     /// First bytes the kernel held back: it could not read them, and the
     /// workload may not reach some provider directly.
     pub(super) fn on_unreadable(&mut self, ev: &agent_common::EgressEvent, bytes: &[u8]) {
-        let ip = from_v6_bytes(ev.addr);
+        let ip = agent_common::from_v6_bytes(ev.addr);
         if ip.is_loopback() && ev.port == self.proxy_port {
             return;
         }
@@ -182,7 +180,7 @@ impl Agent {
         });
         // A whole hello the agent can read after all names the host.
         let host = sni::client_hello_sni(bytes);
-        self.alerts.send(watchdog::unreadable_alert(
+        self.alerts.send(bypass::unreadable_alert(
             &identity,
             host.as_deref(),
             bytes.len(),
@@ -254,7 +252,7 @@ impl Agent {
 
     pub(super) fn on_connect(&mut self, ev: &ConnectEvent) {
         let identity = self.identity(ev);
-        let ip = from_v6_bytes(ev.addr);
+        let ip = agent_common::from_v6_bytes(ev.addr);
         let action = Action::from_kernel(ev.action).unwrap_or(Action::Block);
         let rule = self.rule_name(ev.rule);
         let provider = self
@@ -268,7 +266,7 @@ impl Agent {
             .and_then(|p| serde_json::to_value(p.api).ok())
             .and_then(|v| v.as_str().map(str::to_string));
         let record = Decision {
-            time: record::rfc3339(record::boot_ns_to_wall(ev.header.boot_ns)),
+            time: crate::clock::rfc3339(crate::clock::boot_ns_to_wall(ev.header.boot_ns)),
             event: if ev.protocol == 17 || ev.hook == hook::SENDMSG {
                 "udp"
             } else {
@@ -297,7 +295,7 @@ impl Agent {
             .read()
             .expect("policy lock poisoned")
             .clone();
-        for alert in watchdog::connect_alerts(&record, &state.policy, state.default_action()) {
+        for alert in bypass::connect_alerts(&record, &state.policy, state.default_action()) {
             self.alerts.send(alert);
         }
         self.live

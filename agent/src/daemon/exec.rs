@@ -14,9 +14,9 @@ use tracing::{debug, warn};
 
 use super::Agent;
 use crate::{
+    bypass,
     identity::exe::{self, DigestCache, ExeFacts},
     policy::{Policy, ProcFacts, compile::Compiled},
-    watchdog,
 };
 
 /// The rule name records show for the conservative verdict of a file the
@@ -265,7 +265,7 @@ impl Agent {
                 comm: &comm_bytes(&info.comm),
                 cgroup_id: info.cgroup_id,
             });
-            self.alerts.send(watchdog::anonymous_exec_alert(&identity));
+            self.alerts.send(bypass::anonymous_exec_alert(&identity));
         }
     }
 

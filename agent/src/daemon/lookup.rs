@@ -6,7 +6,6 @@ use agent_common::{ConnectEvent, Redirect};
 use super::Agent;
 use crate::{
     catalog::HostPattern,
-    ebpf::endpoints::from_v6_bytes,
     identity::{Identity, c_str},
     proxy::ConnInfo,
 };
@@ -62,7 +61,7 @@ impl Agent {
             .unwrap_or("unknown")
             .to_string();
         let entry = self.catalog.provider(&provider);
-        let ip = from_v6_bytes(redirect.addr);
+        let ip = agent_common::from_v6_bytes(redirect.addr);
         let fallback_host = self.endpoints.names.get(&ip).cloned().or_else(|| {
             entry.and_then(|p| {
                 p.hosts.iter().find_map(|h| match h {

@@ -34,10 +34,10 @@ use crate::{
     budget::Budgets,
     catalog::{Catalog, learned::Learned, resolver::ResolvedHosts},
     config::FailMode,
-    control::live::Live,
     ebpf::{self, endpoints::EndpointSet, maps::KernelMaps},
     heartbeat::Heartbeat,
     identity::{cgroups::CgroupIndex, procs::ProcCache, users::Users},
+    live::Live,
     metrics::Metrics,
     policy::{
         Action,

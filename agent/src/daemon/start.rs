@@ -25,16 +25,18 @@ use crate::{
     alerts::{self},
     audit,
     budget::{Budgets, Prices},
+    bypass,
     catalog::{
         Catalog,
         learned::Learned,
         resolver::{self, Resolved, ResolvedHosts},
     },
     config::FailMode,
-    control::{self, live::Live},
+    control,
     ebpf::{self, endpoints::EndpointSet, maps::KernelMaps},
     heartbeat::Heartbeat,
     identity::{cgroups::CgroupIndex, procs::ProcCache, users::Users},
+    live::Live,
     metrics::Metrics,
     notify::Notifier,
     policy::{
@@ -43,7 +45,7 @@ use crate::{
     },
     proxy::{Control, Describe, Proxy, ProxyLinks, SharedPolicy},
     sink::Sink,
-    usage, watchdog,
+    usage,
 };
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -226,7 +228,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (heartbeat, gap) = Heartbeat::open(&agent.settings.proxy.state_dir);
     if let Some(gap) = gap {
         let kernel = adopted.map(|config| config.fail_open_after_s);
-        agent.alerts.send(watchdog::gap_alert(&gap, kernel));
+        agent.alerts.send(bypass::gap_alert(&gap, kernel));
     }
     agent.attachments = Some(programs.attachments(&agent.settings.cgroup)?);
     agent.heartbeat = Some(heartbeat);

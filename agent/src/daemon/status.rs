@@ -19,7 +19,6 @@ use crate::{
             Attach, MapStatus, PolicyStatus, Program, ProxyStatus, Reloaded, SinkHealth, Status,
         },
     },
-    record,
 };
 
 impl Agent {
@@ -145,7 +144,7 @@ impl Agent {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            started: record::rfc3339(facts.started),
+            started: crate::clock::rfc3339(facts.started),
             uptime_s: uptime.as_secs(),
             attach: Attach {
                 cgroup: self.settings.cgroup.display().to_string(),
@@ -161,7 +160,7 @@ impl Agent {
             policy: PolicyStatus {
                 dir: self.settings.policies.display().to_string(),
                 version: facts.policy_version.clone(),
-                loaded: record::rfc3339(facts.policy_loaded),
+                loaded: crate::clock::rfc3339(facts.policy_loaded),
                 generation: self.generation,
                 providers: self.catalog.providers.len(),
                 rules: self.compiled.policy.rules.len(),

@@ -7,7 +7,7 @@ use agent_common::Counter;
 use tracing::{error, info, warn};
 
 use super::Agent;
-use crate::watchdog;
+use crate::bypass;
 
 impl Agent {
     pub(super) fn tick(&mut self) {
@@ -122,7 +122,7 @@ impl Agent {
         if !new.is_empty() {
             error!(programs = %new.join(", "), "modelgate's programs were detached by someone else");
             let cgroup = self.settings.cgroup.display().to_string();
-            self.alerts.send(watchdog::tamper_alert(&new, &cgroup));
+            self.alerts.send(bypass::tamper_alert(&new, &cgroup));
         }
         self.tampered = missing;
     }

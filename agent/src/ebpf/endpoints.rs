@@ -1,11 +1,8 @@
 //! The catalog (plus resolved addresses) in the kernel's key format.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
-};
+use std::{collections::HashMap, net::IpAddr};
 
-use agent_common::{CIDR_PORT_BITS, CidrKey, DnsName, EndpointKey, EndpointValue};
+use agent_common::{CIDR_PORT_BITS, CidrKey, DnsName, EndpointKey, EndpointValue, to_v6_bytes};
 
 use crate::{
     catalog::{Catalog, HostPattern, learned::Learned, resolver::ResolvedHosts},
@@ -70,23 +67,6 @@ pub struct EndpointSet {
     /// Ports of providers with host names: the kernel may learn addresses
     /// for them from DNS at any time, so their port flag is always set.
     pub host_ports: std::collections::BTreeSet<u16>,
-}
-
-/// IPv4 as `::ffff:a.b.c.d`, IPv6 as is: one key space for both hooks.
-pub fn to_v6_bytes(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The address a key holds, IPv4 again when it is a mapped one.
-pub fn from_v6_bytes(bytes: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
 }
 
 impl EndpointSet {
@@ -217,13 +197,5 @@ mod tests {
                 .map(String::as_str),
             Some("api.a.com")
         );
-    }
-
-    #[test]
-    fn v4_round_trips_through_mapped_form() {
-        let v4: IpAddr = "127.0.0.9".parse().unwrap();
-        assert_eq!(from_v6_bytes(to_v6_bytes(v4)), v4);
-        let v6: IpAddr = "::1".parse().unwrap();
-        assert_eq!(from_v6_bytes(to_v6_bytes(v6)), v6);
     }
 }

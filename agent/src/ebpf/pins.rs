@@ -20,7 +20,7 @@ use aya::{EbpfLoader, maps::MapInfo};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::config::DEFAULT_STATE_DIR;
+use crate::layout::STATE_DIR as DEFAULT_STATE_DIR;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/modelgate";
 const BPFFS: &str = "/sys/fs/bpf";

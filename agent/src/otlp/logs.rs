@@ -295,8 +295,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        audit::{Destination, StorePrompts},
+        audit::Destination,
         identity::{Identity, Parent, cgroup_path::ContainerRuntime},
+        policy::StorePrompts,
     };
 
     fn record() -> AuditRecord {

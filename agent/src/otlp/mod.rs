@@ -407,10 +407,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{
-        audit::{Destination, StorePrompts},
-        identity::Identity,
-    };
+    use crate::{audit::Destination, identity::Identity, policy::StorePrompts};
 
     fn record() -> AuditRecord {
         let mut record = AuditRecord::new(

@@ -3,13 +3,23 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::rules::ModelGlob;
-use crate::{
-    audit::StorePrompts,
-    budget::{BudgetKey, Limits},
-};
+use crate::budget::{BudgetKey, Limits};
+
+/// What the audit keeps of prompts and outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorePrompts {
+    /// Sizes and counts only.
+    #[default]
+    None,
+    /// SHA-256 of the text: proves what was sent without keeping it.
+    Hash,
+    /// The text itself (capped at 64 KiB each).
+    Full,
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     inspect::{self, Form},
-    proxy::providers::RequestInfo,
+    providers::RequestInfo,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -13,6 +13,7 @@ use std::{fmt, path::Path, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    controls::StorePrompts,
     load::data_action,
     rules::{CgroupFacts, Match, ProcFacts, RequestFacts, Rule},
     version::version,

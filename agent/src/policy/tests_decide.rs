@@ -11,7 +11,7 @@ use super::{
 use crate::{
     catalog::Catalog,
     inspect::{self, path::normalize},
-    proxy::providers::{parse_request_json, reads_json},
+    providers::{parse_request_json, reads_json},
 };
 
 const CATALOG: &str =

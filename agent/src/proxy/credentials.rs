@@ -11,8 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use http::{HeaderMap, HeaderValue, header};
 
-use super::providers::Family;
-use crate::policy::controls::CredentialSpec;
+use crate::{policy::controls::CredentialSpec, providers::Family};
 
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,7 +19,6 @@ use super::{
     head::{admit, forwardable, header_text, upstream_authority, upstream_target},
     in_flight,
     observed::{ObservedBody, Pending},
-    providers::{self, Family, Refusal, RequestInfo},
     stream_usage, upload, websocket,
 };
 use crate::{
@@ -27,6 +26,7 @@ use crate::{
     catalog::Api,
     inspect,
     policy::decide::DataFinding,
+    providers::{self, Family, Refusal, RequestInfo},
 };
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;

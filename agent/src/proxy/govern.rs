@@ -10,23 +10,19 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::{
-    Shared, credentials,
-    forward::Conn,
-    providers::{Family, Refusal, RequestInfo},
-};
+use super::{Shared, credentials, forward::Conn};
 use crate::{
     alerts::{Alert, Severity, fingerprint},
-    audit::StorePrompts,
     budget::BudgetKey,
     catalog::Api,
     inspect::{self, Form},
     policy::{
-        PolicyState, RequestFacts,
+        PolicyState, RequestFacts, StorePrompts,
         controls::{DataAction, Unparseable},
         data_action,
         decide::{self, Content, DataFinding, RefuseKind},
     },
+    providers::{Family, Refusal, RequestInfo},
 };
 
 const DEFAULT_QUARANTINE: Duration = Duration::from_secs(600);
@@ -93,7 +89,7 @@ pub async fn decide(
     headers: &mut HeaderMap,
 ) -> Verdict {
     let state = shared.policy.read().expect("policy lock poisoned").clone();
-    let (proc, cgroup) = crate::watchdog::facts(&conn.info.identity);
+    let (proc, cgroup) = crate::bypass::facts(&conn.info.identity);
     let request = RequestFacts {
         host: Some(host),
         model: info.model.as_deref(),

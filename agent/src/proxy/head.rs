@@ -8,9 +8,11 @@ use http::{HeaderMap, Response, StatusCode, header};
 use super::{
     ConnInfo, Shared, credentials,
     forward::{Conn, ProxyBody, error_response, finish},
+};
+use crate::{
+    audit::AuditRecord,
     providers::{Family, Refusal},
 };
-use crate::audit::AuditRecord;
 
 /// The request's host, checked against its connection's (see
 /// [`admitted_host`]); a mismatch is alerted, recorded and answered 421.

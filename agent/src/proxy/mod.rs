@@ -12,8 +12,6 @@ mod limits;
 mod observed;
 mod origin;
 mod passthrough;
-pub mod providers;
-pub mod sse;
 mod stream_usage;
 mod token_estimate;
 mod upload;
@@ -52,13 +50,12 @@ pub use self::{
 };
 use crate::{
     alerts::{Alert, Alerts, Severity},
-    audit::{AuditFailure, AuditLog, AuditRecord, Destination, StorePrompts},
+    audit::{AuditFailure, AuditLog, AuditRecord, Destination},
     budget::Budgets,
     catalog::{Api, HostPattern},
-    ebpf::endpoints::from_v6_bytes,
     identity::Identity,
     metrics::HandshakeFailure,
-    policy::PolicyState,
+    policy::{PolicyState, StorePrompts},
 };
 
 pub struct ProxySettings {
@@ -115,7 +112,7 @@ pub struct ProxyLinks {
     pub control: mpsc::Sender<Control>,
     pub policy: SharedPolicy,
     pub budgets: Arc<Mutex<Budgets>>,
-    pub live: Arc<crate::control::live::Live>,
+    pub live: Arc<crate::live::Live>,
     /// OTLP export, when configured.
     pub otlp: Option<crate::otlp::OtlpHandle>,
 }
@@ -135,7 +132,7 @@ pub(crate) struct Shared {
     budgets: Arc<Mutex<Budgets>>,
     credentials: credentials::Credentials,
     store_prompts: StorePrompts,
-    live: Arc<crate::control::live::Live>,
+    live: Arc<crate::live::Live>,
     /// Client connections accepted; also each one's id in the audit.
     connections: Arc<AtomicU64>,
     limits: ClientLimits,
@@ -323,7 +320,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(Conn {
         id: connection,
-        destination: SocketAddr::new(from_v6_bytes(redirect.addr), redirect.port),
+        destination: SocketAddr::new(agent_common::from_v6_bytes(redirect.addr), redirect.port),
         info,
     });
 

@@ -15,11 +15,14 @@ use hyper::body::Incoming;
 use super::{
     Shared,
     forward::{BoxError, error_chain, ms},
-    providers::{self, Family, ResponseObserver, Usage},
     stream_usage, token_estimate,
     upload::UploadState,
 };
-use crate::audit::{AuditRecord, StorePrompts, Tokens};
+use crate::{
+    audit::{AuditRecord, Tokens},
+    policy::StorePrompts,
+    providers::{self, Family, ResponseObserver, Usage},
+};
 
 pub struct Pending {
     pub shared: Arc<Shared>,

@@ -13,8 +13,7 @@ use std::{
 
 use tiktoken_rs::{CoreBPE, tokenizer::Tokenizer};
 
-use super::providers::Usage;
-use crate::audit::TokensEstimated as Estimated;
+use crate::{audit::TokensEstimated as Estimated, providers::Usage};
 
 /// Operations whose input is text a tokenizer can count. Realtime sessions
 /// (audio) and unknown paths are left alone.

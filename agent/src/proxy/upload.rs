@@ -27,12 +27,12 @@ use super::{
     Shared,
     forward::{BoxError, Conn},
     govern::{self, DataRules},
-    providers::RequestInfo,
 };
 use crate::{
     audit::{AuditFinding, AuditRecord},
     inspect::{self, Form, encoding, multipart, stream::StreamScan},
     policy::{controls::DataAction, decide::DataFinding},
+    providers::RequestInfo,
 };
 
 /// Whether a request is an upload: a body the upstream stores or

@@ -31,9 +31,12 @@ use super::{
     govern::{self, Verdict},
     head::{self, forwardable, upstream_authority, upstream_target},
     observed::Pending,
+};
+use crate::{
+    audit::Session,
+    inspect,
     providers::{Family, Refusal, RequestInfo, realtime, realtime::SessionObserver},
 };
-use crate::{audit::Session, inspect};
 
 /// Largest message relayed; OpenAI's own limit on a client event is 15 MiB.
 const MAX_MESSAGE: usize = 16 << 20;

@@ -25,11 +25,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::{
-    audit::AuditRecord,
-    identity::Identity,
-    record::{Decision, now_ms},
-};
+use crate::{audit::AuditRecord, clock::now_ms, identity::Identity, record::Decision};
 
 pub const FILE_NAME: &str = "usage.db";
 const QUEUE: usize = 65_536;

@@ -16,7 +16,10 @@ use clap::Args;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 use self::model::{Group, Sort};
-use crate::control::{client::Client, live::Snapshot, status::Status};
+use crate::{
+    control::{client::Client, status::Status},
+    live::Snapshot,
+};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {

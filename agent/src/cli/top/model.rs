@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::control::live::{ProcStats, Snapshot};
+use crate::live::{ProcStats, Snapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Group {

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{audit::AuditRecord, identity::Identity, record};
+use crate::{audit::AuditRecord, identity::Identity};
 
 /// Processes kept; past this the one seen longest ago makes room, so a
 /// host that forks a client per request cannot grow the table unbounded.
@@ -103,7 +103,7 @@ impl Live {
 
     fn update(&self, identity: &Identity, apply: impl FnOnce(&mut ProcStats)) {
         let key = (identity.tgid, identity.who().to_string());
-        let now = record::now_ms();
+        let now = crate::clock::now_ms();
         let mut procs = self.procs.lock().expect("poisoned");
         if !procs.contains_key(&key) && procs.len() >= MAX_PROCS {
             // A process with a request in flight is not the one to forget.
@@ -136,7 +136,7 @@ impl Live {
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            now_ms: record::now_ms(),
+            now_ms: crate::clock::now_ms(),
             procs: self
                 .procs
                 .lock()
@@ -159,7 +159,7 @@ impl Drop for Active {
         let mut procs = self.live.procs.lock().expect("poisoned");
         if let Some(p) = procs.get_mut(&self.key) {
             p.in_flight = p.in_flight.saturating_sub(1);
-            p.last_seen_ms = record::now_ms();
+            p.last_seen_ms = crate::clock::now_ms();
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod extract;
 pub mod realtime;
+pub mod sse;
 #[cfg(test)]
 mod tests;
 

@@ -11,7 +11,7 @@ use crate::{
     heartbeat::Gap,
     identity::Identity,
     policy::{Action, CgroupFacts, Policy, ProcFacts, decide},
-    record::{self, Decision},
+    record::Decision,
 };
 
 /// Facts for rule matching, from an identity record.
@@ -201,23 +201,23 @@ pub fn gap_alert(gap: &Gap, kernel: Option<u16>) -> Alert {
             None => format!(
                 "the agent {how} at {} and enforced again at {} ({seconds:.0} s without \
                  enforcement)",
-                record::rfc3339(gap.stopped),
-                record::rfc3339(gap.started)
+                crate::clock::rfc3339(gap.stopped),
+                crate::clock::rfc3339(gap.started)
             ),
             Some(0) => format!(
                 "the agent {how} at {} and was back at {} ({seconds:.0} s); its pinned programs \
                  kept enforcing the last policy meanwhile (fail_mode closed: redirected calls \
                  failed), and what they decided is recorded from the kernel's queue",
-                record::rfc3339(gap.stopped),
-                record::rfc3339(gap.started)
+                crate::clock::rfc3339(gap.stopped),
+                crate::clock::rfc3339(gap.started)
             ),
             Some(after) => format!(
                 "the agent {how} at {} and was back at {} ({seconds:.0} s); its pinned programs \
                  enforced the last policy for {after} s, then only monitored (fail_mode open): \
                  calls made after that went out ungoverned and are recorded from the kernel's \
                  queue",
-                record::rfc3339(gap.stopped),
-                record::rfc3339(gap.started)
+                crate::clock::rfc3339(gap.stopped),
+                crate::clock::rfc3339(gap.started)
             ),
         },
     );
@@ -228,12 +228,14 @@ pub fn gap_alert(gap: &Gap, kernel: Option<u16>) -> Alert {
         let mode = if after == 0 { "closed" } else { "open" };
         alert.details.insert("fail_mode".into(), json!(mode));
     }
-    alert
-        .details
-        .insert("stopped_at".into(), json!(record::rfc3339(gap.stopped)));
-    alert
-        .details
-        .insert("started_at".into(), json!(record::rfc3339(gap.started)));
+    alert.details.insert(
+        "stopped_at".into(),
+        json!(crate::clock::rfc3339(gap.stopped)),
+    );
+    alert.details.insert(
+        "started_at".into(),
+        json!(crate::clock::rfc3339(gap.started)),
+    );
     alert.details.insert("gap_seconds".into(), json!(seconds));
     alert.details.insert("clean_stop".into(), json!(gap.clean));
     alert.with_id()
@@ -253,7 +255,7 @@ pub fn tamper_alert(missing: &[&str], cgroup: &str) -> Alert {
     alert.details.insert("cgroup".into(), json!(cgroup));
     alert.details.insert(
         "checked_at".into(),
-        json!(record::rfc3339(SystemTime::now())),
+        json!(crate::clock::rfc3339(SystemTime::now())),
     );
     alert.with_id()
 }

@@ -4,8 +4,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{TextCollector, Usage};
-use crate::proxy::sse::{SseEvent, SseParser};
+use super::{
+    TextCollector, Usage,
+    sse::{SseEvent, SseParser},
+};
 
 /// Non-streamed bodies are parsed when complete; past this they are passed
 /// through unparsed (usage unknown) rather than held in memory.
