@@ -1,7 +1,7 @@
 //! Serving one client connection: each request is read, understood,
 //! forwarded upstream and streamed back while its audit record is built.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
@@ -14,7 +14,8 @@ use hyper_util::{
 use tracing::debug;
 
 use super::{
-    ConnInfo, Shared,
+    Shared,
+    conn::Conn,
     govern::{self, Verdict},
     head::{admit, forwardable, header_text, upstream_authority, upstream_target},
     in_flight,
@@ -22,7 +23,7 @@ use super::{
     stream_usage, upload, websocket,
 };
 use crate::{
-    audit::{AuditFinding, AuditRecord, Destination},
+    audit::{AuditFinding, AuditRecord},
     catalog::Api,
     inspect,
     policy::decide::DataFinding,
@@ -31,13 +32,6 @@ use crate::{
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// One redirected client connection.
-pub struct Conn {
-    pub id: u64,
-    pub destination: SocketAddr,
-    pub info: ConnInfo,
-}
 
 pub async fn serve<I>(
     shared: Arc<Shared>,
@@ -454,24 +448,6 @@ fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
     let mut record = conn.audit_record("redirect", scheme);
     record.host = Some(host.to_string());
     record
-}
-
-impl Conn {
-    /// An audit record for a request (or splice) on this connection.
-    pub fn audit_record(&self, decision: &'static str, scheme: &'static str) -> AuditRecord {
-        AuditRecord::new(
-            decision,
-            self.info.rule.clone(),
-            self.info.provider.clone(),
-            Destination {
-                ip: self.destination.ip(),
-                port: self.destination.port(),
-            },
-            scheme,
-            self.id,
-            self.info.identity.clone(),
-        )
-    }
 }
 
 pub(super) fn finish(

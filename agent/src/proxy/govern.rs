@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Shared, credentials, forward::Conn};
+use super::{Shared, conn::Conn, credentials};
 use crate::{
     alerts::{Alert, Severity, fingerprint},
     budget::BudgetKey,

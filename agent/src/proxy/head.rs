@@ -6,8 +6,10 @@ use std::{sync::Arc, time::Instant};
 use http::{HeaderMap, Response, StatusCode, header};
 
 use super::{
-    ConnInfo, Shared, credentials,
-    forward::{Conn, ProxyBody, error_response, finish},
+    ConnInfo, Shared,
+    conn::Conn,
+    credentials,
+    forward::{ProxyBody, error_response, finish},
 };
 use crate::{
     audit::AuditRecord,

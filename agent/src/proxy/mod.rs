@@ -3,6 +3,7 @@
 //! for the requested name, audits every request and forwards it.
 
 pub mod ca;
+mod conn;
 mod credentials;
 mod forward;
 mod govern;
@@ -43,8 +44,9 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-use self::{ca::Ca, forward::Conn, upstream::Upstreams};
+use self::{ca::Ca, conn::Conn, upstream::Upstreams};
 pub use self::{
+    conn::ConnInfo,
     limits::{ClientLimits, UpstreamTimeouts},
     origin::Origins,
 };
@@ -52,7 +54,6 @@ use crate::{
     alerts::{Alert, Alerts, Severity},
     audit::{AuditFailure, AuditLog, AuditRecord, Destination},
     budget::Budgets,
-    catalog::{Api, HostPattern},
     identity::Identity,
     metrics::HandshakeFailure,
     policy::{PolicyState, StorePrompts},
@@ -66,21 +67,6 @@ pub struct ProxySettings {
     pub limits: ClientLimits,
     pub upstream_timeouts: UpstreamTimeouts,
     pub audit_failure: AuditFailure,
-}
-
-/// What the agent knows about a redirected connection's process and
-/// destination, answered by the daemon's task that owns the caches.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub identity: Identity,
-    pub provider: String,
-    pub api: Option<Api>,
-    /// The provider's catalog hosts: the SNI must be one of them.
-    pub hosts: Vec<HostPattern>,
-    /// Name to use when the client sends no SNI (what the address was
-    /// resolved from, or the provider's first host).
-    pub fallback_host: Option<String>,
-    pub rule: String,
 }
 
 pub struct Describe {

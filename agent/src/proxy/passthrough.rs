@@ -11,7 +11,7 @@ use rustls::server::Acceptor;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::{Shared, forward::Conn, refusal, upstream_host};
+use super::{Shared, conn::Conn, refusal, upstream_host};
 
 /// A ClientHello larger than this is not waited for.
 const MAX_HELLO: usize = 16 * 1024;

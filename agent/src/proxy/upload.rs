@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 
 use super::{
     Shared,
-    forward::{BoxError, Conn},
+    conn::Conn,
+    forward::BoxError,
     govern::{self, DataRules},
 };
 use crate::{

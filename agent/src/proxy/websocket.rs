@@ -25,9 +25,8 @@ use tracing::debug;
 
 use super::{
     Shared,
-    forward::{
-        self, BoxError, Conn, ProxyBody, audit_findings, error_chain, error_response, refused,
-    },
+    conn::Conn,
+    forward::{self, BoxError, ProxyBody, audit_findings, error_chain, error_response, refused},
     govern::{self, Verdict},
     head::{self, forwardable, upstream_authority, upstream_target},
     observed::Pending,
