@@ -24,6 +24,8 @@ mod lookup;
 mod reload;
 mod start;
 mod status;
+#[cfg(test)]
+mod tests;
 mod tick;
 
 pub use start::run;
@@ -34,7 +36,7 @@ use crate::{
     budget::Budgets,
     catalog::{Catalog, learned::Learned, resolver::ResolvedHosts},
     config::FailMode,
-    ebpf::{self, endpoints::EndpointSet, maps::KernelMaps},
+    ebpf::{self, endpoints::EndpointSet, maps::Maps},
     heartbeat::Heartbeat,
     identity::{cgroups::CgroupIndex, procs::ProcCache, users::Users},
     live::Live,
@@ -79,7 +81,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const OTLP_FLUSH: Duration = Duration::from_secs(5);
 
 struct Agent {
-    maps: KernelMaps,
+    maps: Box<dyn Maps>,
     ids: Ids,
     catalog: Catalog,
     compiled: Compiled,

@@ -172,7 +172,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let sink = Sink::open(&settings.events)?;
 
     let mut agent = Agent {
-        maps,
+        maps: Box::new(maps),
         ids,
         catalog,
         compiled,

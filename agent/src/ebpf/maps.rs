@@ -371,6 +371,88 @@ impl KernelMaps {
     }
 }
 
+/// What the daemon does with the kernel maps: [`KernelMaps`] in the agent,
+/// an in-memory fake in the daemon's unit tests (which run without a
+/// kernel).
+pub trait Maps: Send {
+    fn beat(&mut self) -> Result<()>;
+    fn set_config(&mut self, config: AgentConfig) -> Result<()>;
+    fn sync_endpoints(&mut self, wanted: &EndpointSet) -> Result<SyncStats>;
+    fn add_endpoint(&mut self, key: EndpointKey, value: EndpointValue) -> Result<()>;
+    fn remove_unknown_endpoints(&mut self) -> usize;
+    fn sync_dns_names(&mut self, wanted: &HashMap<u64, DnsName>) -> Result<()>;
+    fn set_cgroup_entry(&mut self, id: u64, entry: Option<PolicyEntry>) -> Result<()>;
+    fn cgroup_ids(&self) -> Vec<u64>;
+    fn set_proc_entry(&mut self, tgid: u32, entry: Option<PolicyEntry>) -> Result<()>;
+    fn set_exe_verdict(&mut self, key: ExeKey, verdict: &ExeVerdict) -> Result<()>;
+    fn clear_exe_verdicts(&mut self);
+    fn set_exe_sizes(&mut self, sizes: &std::collections::HashSet<i64>) -> Result<()>;
+    fn set_exe_special(&mut self, slot: u32, verdict: ExeVerdict) -> Result<()>;
+    fn forget_proc(&mut self, tgid: u32);
+    fn proc_tgids(&self) -> Vec<u32>;
+    fn counters(&self) -> Result<Vec<(Counter, u64)>>;
+    fn sizes(&self) -> Vec<MapSize>;
+    fn endpoint_count(&self) -> usize;
+}
+
+/// Each method is the inherent one of the same name.
+impl Maps for KernelMaps {
+    fn beat(&mut self) -> Result<()> {
+        KernelMaps::beat(self)
+    }
+    fn set_config(&mut self, config: AgentConfig) -> Result<()> {
+        KernelMaps::set_config(self, config)
+    }
+    fn sync_endpoints(&mut self, wanted: &EndpointSet) -> Result<SyncStats> {
+        KernelMaps::sync_endpoints(self, wanted)
+    }
+    fn add_endpoint(&mut self, key: EndpointKey, value: EndpointValue) -> Result<()> {
+        KernelMaps::add_endpoint(self, key, value)
+    }
+    fn remove_unknown_endpoints(&mut self) -> usize {
+        KernelMaps::remove_unknown_endpoints(self)
+    }
+    fn sync_dns_names(&mut self, wanted: &HashMap<u64, DnsName>) -> Result<()> {
+        KernelMaps::sync_dns_names(self, wanted)
+    }
+    fn set_cgroup_entry(&mut self, id: u64, entry: Option<PolicyEntry>) -> Result<()> {
+        KernelMaps::set_cgroup_entry(self, id, entry)
+    }
+    fn cgroup_ids(&self) -> Vec<u64> {
+        KernelMaps::cgroup_ids(self)
+    }
+    fn set_proc_entry(&mut self, tgid: u32, entry: Option<PolicyEntry>) -> Result<()> {
+        KernelMaps::set_proc_entry(self, tgid, entry)
+    }
+    fn set_exe_verdict(&mut self, key: ExeKey, verdict: &ExeVerdict) -> Result<()> {
+        KernelMaps::set_exe_verdict(self, key, verdict)
+    }
+    fn clear_exe_verdicts(&mut self) {
+        KernelMaps::clear_exe_verdicts(self)
+    }
+    fn set_exe_sizes(&mut self, sizes: &std::collections::HashSet<i64>) -> Result<()> {
+        KernelMaps::set_exe_sizes(self, sizes)
+    }
+    fn set_exe_special(&mut self, slot: u32, verdict: ExeVerdict) -> Result<()> {
+        KernelMaps::set_exe_special(self, slot, verdict)
+    }
+    fn forget_proc(&mut self, tgid: u32) {
+        KernelMaps::forget_proc(self, tgid)
+    }
+    fn proc_tgids(&self) -> Vec<u32> {
+        KernelMaps::proc_tgids(self)
+    }
+    fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        KernelMaps::counters(self)
+    }
+    fn sizes(&self) -> Vec<MapSize> {
+        KernelMaps::sizes(self)
+    }
+    fn endpoint_count(&self) -> usize {
+        KernelMaps::endpoint_count(self)
+    }
+}
+
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct MapSize {
     pub map: &'static str,
