@@ -11,7 +11,7 @@ use crate::{
     heartbeat::Gap,
     identity::Identity,
     policy::{Action, CgroupFacts, Policy, ProcFacts, decide},
-    record::Decision,
+    record::{Decision, Event},
 };
 
 /// Facts for rule matching, from an identity record.
@@ -52,7 +52,7 @@ fn about(mut alert: Alert, record: &Decision) -> Alert {
 pub fn connect_alerts(record: &Decision, policy: &Policy, default: Action) -> Vec<Alert> {
     let who = record.identity.who().to_string();
     let mut alerts = Vec::new();
-    if record.event == "udp" {
+    if record.event == Event::Udp {
         let verdict = if record.action == Action::Allow || record.action == Action::Monitor {
             "let through"
         } else {
@@ -265,15 +265,18 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::{catalog::Catalog, record::Destination};
+    use crate::{
+        catalog::Catalog,
+        record::{DecidedBy, Destination},
+    };
 
-    fn record(action: Action, event: &'static str, exe: &str) -> Decision {
+    fn record(action: Action, event: Event, exe: &str) -> Decision {
         Decision {
             time: String::new(),
             event,
             action,
             rule: "default".into(),
-            decided_by: "default",
+            decided_by: DecidedBy::Default,
             provider: "openai".into(),
             api: None,
             destination: Destination {
@@ -308,7 +311,7 @@ mod tests {
     #[test]
     fn a_connect_the_policy_would_block_is_a_direct_connection() {
         let alerts = connect_alerts(
-            &record(Action::Monitor, "connect", "/usr/bin/python3.11"),
+            &record(Action::Monitor, Event::Connect, "/usr/bin/python3.11"),
             &policy(),
             Action::Monitor,
         );
@@ -317,14 +320,14 @@ mod tests {
         assert_eq!(alerts[0].rule.as_deref(), Some("no-python"));
         // The same connect by a process the policy allows: nothing.
         let alerts = connect_alerts(
-            &record(Action::Monitor, "connect", "/usr/bin/curl"),
+            &record(Action::Monitor, Event::Connect, "/usr/bin/curl"),
             &policy(),
             Action::Monitor,
         );
         assert!(alerts.is_empty());
         // Blocked by the kernel as the policy says: nothing either.
         let alerts = connect_alerts(
-            &record(Action::Block, "connect", "/usr/bin/python3.11"),
+            &record(Action::Block, Event::Connect, "/usr/bin/python3.11"),
             &policy(),
             Action::Monitor,
         );
@@ -334,7 +337,7 @@ mod tests {
     #[test]
     fn udp_is_a_quic_attempt() {
         let alerts = connect_alerts(
-            &record(Action::Block, "udp", "/usr/bin/curl"),
+            &record(Action::Block, Event::Udp, "/usr/bin/curl"),
             &policy(),
             Action::Monitor,
         );

@@ -28,6 +28,24 @@ pub enum Api {
     Huggingface,
 }
 
+impl Api {
+    /// The name the catalog (and every record) spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::Anthropic => "anthropic",
+            Api::Gemini => "gemini",
+            Api::Vertex => "vertex",
+            Api::Bedrock => "bedrock",
+            Api::AzureOpenai => "azure-openai",
+            Api::Cohere => "cohere",
+            Api::Mistral => "mistral",
+            Api::OpenaiCompatible => "openai-compatible",
+            Api::Huggingface => "huggingface",
+        }
+    }
+}
+
 /// A host name from the catalog: exact, or `*.suffix` (any name below).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {

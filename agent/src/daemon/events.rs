@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use agent_common::{ConnectEvent, ExecEvent, hook, source};
+use agent_common::{ConnectEvent, ExecEvent};
 use aya::maps::{MapData, RingBuf};
 use tracing::{debug, error, info, warn};
 
@@ -13,8 +13,7 @@ use crate::{
     catalog::sni,
     ebpf::events::{self, Event},
     identity::{c_str, cmdline, procs::ProcInfo},
-    policy::Action,
-    record::{Decision, Destination},
+    record::{Decision, Named},
     usage,
 };
 
@@ -253,43 +252,21 @@ impl Agent {
     pub(super) fn on_connect(&mut self, ev: &ConnectEvent) {
         let identity = self.identity(ev);
         let ip = agent_common::from_v6_bytes(ev.addr);
-        let action = Action::from_kernel(ev.action).unwrap_or(Action::Block);
-        let rule = self.rule_name(ev.rule);
         let provider = self
             .ids
             .provider_name(ev.provider)
             .unwrap_or("unknown")
             .to_string();
-        let api = self
-            .catalog
-            .provider(&provider)
-            .and_then(|p| serde_json::to_value(p.api).ok())
-            .and_then(|v| v.as_str().map(str::to_string));
-        let record = Decision {
-            time: crate::clock::rfc3339(crate::clock::boot_ns_to_wall(ev.header.boot_ns)),
-            event: if ev.protocol == 17 || ev.hook == hook::SENDMSG {
-                "udp"
-            } else {
-                "connect"
-            },
-            action,
-            rule,
-            decided_by: match ev.source {
-                source::PROCESS => "process",
-                source::CGROUP => "cgroup",
-                source::FAIL_OPEN => "fail-open",
-                _ => "default",
-            },
-            provider,
-            api,
-            destination: Destination {
-                ip,
-                port: ev.port,
+        let record = Decision::from_connect(
+            ev,
+            Named {
+                identity,
+                rule: self.rule_name(ev.rule),
+                api: self.catalog.provider(&provider).map(|p| p.api.name()),
+                provider,
                 host: self.endpoints.names.get(&ip).cloned(),
             },
-            identity,
-            policy_generation: ev.generation,
-        };
+        );
         let state = self
             .shared_policy
             .read()
@@ -315,10 +292,10 @@ impl Agent {
 pub(super) fn log_decision(record: &Decision) {
     let id = &record.identity;
     info!(
-        event = record.event,
+        event = record.event.as_str(),
         action = %record.action,
         rule = %record.rule,
-        decided_by = record.decided_by,
+        decided_by = record.decided_by.as_str(),
         provider = %record.provider,
         ip = %record.destination.ip,
         port = record.destination.port,
