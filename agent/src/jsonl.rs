@@ -99,6 +99,30 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the {what} log {}", path.display()))?;
+        Ok(Self::start(file, what, queue, on_change))
+    }
+
+    /// The same writer on standard output (a pipe or the journal's socket
+    /// as often as a terminal).
+    pub fn stdout(
+        what: &'static str,
+        queue: usize,
+        on_change: impl Fn(Change) + Send + 'static,
+    ) -> Result<(JsonlLog<T>, JoinHandle<()>)> {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating standard output for the {what} log"))?;
+        Ok(Self::start(File::from(fd), what, queue, on_change))
+    }
+
+    fn start(
+        file: File,
+        what: &'static str,
+        queue: usize,
+        on_change: impl Fn(Change) + Send + 'static,
+    ) -> (JsonlLog<T>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<T>(queue);
         let health = Arc::new(Health::default());
         let writer = Writer {
@@ -111,7 +135,7 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
             late: 0,
         };
         let task = tokio::task::spawn_blocking(move || writer.run(rx));
-        Ok((
+        (
             JsonlLog {
                 tx,
                 what,
@@ -119,7 +143,18 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
                 health,
             },
             task,
-        ))
+        )
+    }
+
+    /// Records lost on the way: refused by a full queue, or given up on by
+    /// the writer.
+    pub fn lost(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.health.lost.load(Ordering::Relaxed)
+    }
+
+    /// Records on disk since start.
+    pub fn written(&self) -> u64 {
+        self.health.written.load(Ordering::Relaxed)
     }
 
     pub fn send(&self, record: T) {
@@ -190,7 +225,9 @@ impl Writer {
                 lost = self.lines,
                 "the {} log could not be written before the agent stopped; records lost", self.what
             );
-        } else if let Err(err) = self.file.sync_all() {
+        } else if self.file.metadata().is_ok_and(|m| m.is_file())
+            && let Err(err) = self.file.sync_all()
+        {
             error!(error = %err, "cannot sync the {} log at shutdown", self.what);
         }
     }

@@ -2,9 +2,8 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
-
 use agent_common::{ConnectEvent, hook, source};
+use serde::Serialize;
 
 use crate::{identity::Identity, policy::Action};
 

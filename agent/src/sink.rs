@@ -1,69 +1,37 @@
-//! Where decision records go: a JSON-lines file or stdout.
+//! Where decision records go: a JSON-lines file or stdout, written by the
+//! same non-blocking writer as the audit trail, so a slow or full disk
+//! never stalls the event loop: records wait in a bounded backlog, and what
+//! is lost is counted (`modelgate status`, the final counters).
 
-use std::{
-    fs::OpenOptions,
-    io::{self, BufWriter, Write},
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-use tracing::warn;
+use tokio::task::JoinHandle;
 
-pub struct Sink {
-    out: BufWriter<Box<dyn Write + Send>>,
-    /// Records that could not be written; reported, never silent.
-    pub failed: u64,
-    pub written: u64,
-}
+use crate::{
+    jsonl::{Change, JsonlLog},
+    record::Decision,
+};
 
-impl Sink {
-    /// `-` is stdout; anything else a file opened for append.
-    pub fn open(target: &str) -> Result<Sink> {
-        let out: Box<dyn Write + Send> = if target == "-" {
-            Box::new(io::stdout())
-        } else {
-            let path = Path::new(target);
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening the events file {}", path.display()))?,
-            )
-        };
-        Ok(Sink {
-            out: BufWriter::new(out),
-            failed: 0,
-            written: 0,
-        })
+/// Decision records queued for the writer; past this they are dropped and
+/// counted.
+const QUEUE: usize = 65_536;
+
+pub type Sink = JsonlLog<Decision>;
+
+/// `-` is stdout; anything else a file opened for append.
+pub fn open(target: &str) -> Result<(Sink, JoinHandle<()>)> {
+    // The writer logs the failure and the recovery itself; the count of
+    // what could not wait is in the log's health.
+    let on_change = |_: Change| {};
+    if target == "-" {
+        return JsonlLog::stdout("decision", QUEUE, on_change);
     }
-
-    pub fn write<T: Serialize>(&mut self, record: &T) {
-        let result = serde_json::to_writer(&mut self.out, record)
-            .map_err(io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"));
-        match result {
-            Ok(()) => self.written += 1,
-            Err(err) => {
-                self.failed += 1;
-                if self.failed == 1 || self.failed.is_power_of_two() {
-                    warn!(error = %err, failed = self.failed, "cannot write a decision record");
-                }
-            }
-        }
+    let path = Path::new(target);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-
-    /// Called after each batch of events, so records reach the file promptly
-    /// without a syscall per record.
-    pub fn flush(&mut self) {
-        if let Err(err) = self.out.flush() {
-            self.failed += 1;
-            warn!(error = %err, "cannot flush decision records");
-        }
-    }
+    JsonlLog::open(path, "decision", QUEUE, on_change)
+        .with_context(|| format!("opening the events file {}", path.display()))
 }

@@ -41,9 +41,6 @@ impl Agent {
                 }
             }
         }
-        if handled > 0 {
-            self.sink.flush();
-        }
         handled == budget
     }
 
@@ -283,7 +280,7 @@ impl Agent {
         if self.settings.log_decisions {
             log_decision(&record);
         }
-        self.sink.write(&record);
+        self.sink.send(record);
     }
 }
 

@@ -44,7 +44,6 @@ use crate::{
         compile::{Compiled, Ids},
     },
     proxy::{Control, Describe, Proxy, ProxyLinks, SharedPolicy},
-    sink::Sink,
     usage,
 };
 
@@ -169,7 +168,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let mut procs = ProcCache::new(settings.cgroup_mount.clone());
     procs.scan();
-    let sink = Sink::open(&settings.events)?;
+    let (sink, sink_writer) = crate::sink::open(&settings.events)?;
+    metrics.watch_queue("decisions", sink.dropped.clone());
 
     let mut agent = Agent {
         maps: Box::new(maps),
@@ -335,6 +335,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     let agent_settings_fail_mode = agent.settings.fail_mode;
     let agent_settings_fail_after = agent.settings.fail_open_after.as_secs();
     drop(agent);
+    // Every decision record is on disk (or counted lost) before we say we
+    // stopped.
+    if let Err(err) = sink_writer.await {
+        error!("the decision record writer failed: {err}");
+    }
     if usage_writer.join().is_err() {
         error!("the usage writer panicked");
     }

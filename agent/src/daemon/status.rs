@@ -78,9 +78,9 @@ impl Agent {
             SinkHealth {
                 name: "events".into(),
                 target: self.settings.events.clone(),
-                delivered: Some(self.sink.written),
-                lost: self.sink.failed + self.decode_errors,
-                pending: 0,
+                delivered: Some(self.sink.written()),
+                lost: self.sink.lost() + self.decode_errors,
+                pending: self.sink.health.backlog.load(Ordering::Relaxed),
             },
             SinkHealth {
                 name: "audit".into(),

@@ -35,7 +35,6 @@ use crate::{
         compile::{Compiled, Ids},
     },
     proxy::ProxySettings,
-    sink::Sink,
     usage,
 };
 
@@ -195,7 +194,7 @@ impl Fixture {
             ids,
             catalog,
             compiled,
-            sink: Sink::open(&settings.events).unwrap(),
+            sink: crate::sink::open(&settings.events).unwrap().0,
             settings,
             generation: 0,
             resolved: ResolvedHosts::default(),
@@ -250,13 +249,21 @@ impl Fixture {
     }
 
     /// The decision records written so far.
-    fn decisions(&mut self) -> Vec<serde_json::Value> {
-        self.agent.sink.flush();
-        let text =
-            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+    /// The decision records written so far (the writer is a thread of its
+    /// own: waits for `count` of them, for a while).
+    async fn decisions(&self, count: usize) -> Vec<serde_json::Value> {
+        let path = self.dir.path().join("events.jsonl");
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() >= count {
+                return text
+                    .lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {count} decision records in {}", path.display());
     }
 }
 
@@ -380,7 +387,7 @@ async fn a_connect_is_recorded_with_its_rule_provider_and_process() {
     ev.provider = 0;
     ev.source = source::CGROUP;
     fx.agent.on_connect(&ev);
-    let decisions = fx.decisions();
+    let decisions = fx.decisions(1).await;
     assert_eq!(decisions.len(), 1, "{decisions:#?}");
     let record = &decisions[0];
     assert_eq!(record["event"], "connect", "{record:#}");

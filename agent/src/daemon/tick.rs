@@ -84,8 +84,8 @@ impl Agent {
                 .collect();
             info!(
                 counters = %fields.join(" "),
-                records_written = self.sink.written,
-                records_failed = self.sink.failed,
+                records_written = self.sink.written(),
+                records_failed = self.sink.lost(),
                 decode_errors = self.decode_errors,
                 "final counters"
             );
