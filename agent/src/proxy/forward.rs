@@ -104,16 +104,13 @@ async fn handle(
         let message = "modelgate: the audit trail cannot be written right now, and this host \
                        refuses model requests it cannot audit (audit_failure: block); try again \
                        shortly";
-        audit.outcome = "audit_unavailable";
-        audit.status = Some(503);
-        audit.error = Some(message.to_string());
-        finish(&shared, audit, started, None);
-        return error_response(
-            family,
-            Refusal::Upstream,
-            StatusCode::SERVICE_UNAVAILABLE,
+        let why = Answer {
+            refusal: Refusal::Upstream,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            outcome: "audit_unavailable",
             message,
-        );
+        };
+        return answer(&shared, audit, started, family, why);
     }
     if websocket::is_upgrade(&parts) {
         let opening = websocket::Opening {
@@ -155,16 +152,13 @@ async fn handle(
                 "modelgate: request bodies over {cap} bytes are refused: the proxy reads a JSON \
                  request whole to apply policy (client_limits.max_buffered_body in agent.yaml)"
             );
-            audit.outcome = "too_large";
-            audit.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
-            audit.error = Some(message.clone());
-            finish(&shared, audit, started, None);
-            return error_response(
-                family,
-                Refusal::TooLarge,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &message,
-            );
+            let why = Answer {
+                refusal: Refusal::TooLarge,
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                outcome: "too_large",
+                message: &message,
+            };
+            return answer(&shared, audit, started, family, why);
         }
         Err(_) => {
             let message = format!(
@@ -278,11 +272,13 @@ async fn handle(
         Ok(uri) => uri,
         Err(err) => {
             let message = format!("modelgate: cannot build the upstream URI: {err}");
-            audit.outcome = "bad_request";
-            audit.error = Some(message.clone());
-            audit.status = Some(400);
-            finish(&shared, audit, started, None);
-            return error_response(family, Refusal::Upstream, StatusCode::BAD_REQUEST, &message);
+            let why = Answer {
+                refusal: Refusal::Upstream,
+                status: StatusCode::BAD_REQUEST,
+                outcome: "bad_request",
+                message: &message,
+            };
+            return answer(&shared, audit, started, family, why);
         }
     };
     let (body, upload) = match streamed {
@@ -334,16 +330,13 @@ async fn handle(
                 conn.destination,
                 shared.upstream_timeouts.response.as_secs()
             );
-            audit.outcome = "upstream_timeout";
-            audit.status = Some(504);
-            audit.error = Some(message.clone());
-            finish(&shared, audit, started, None);
-            return error_response(
-                family,
-                Refusal::Upstream,
-                StatusCode::GATEWAY_TIMEOUT,
-                &message,
-            );
+            let why = Answer {
+                refusal: Refusal::Upstream,
+                status: StatusCode::GATEWAY_TIMEOUT,
+                outcome: "upstream_timeout",
+                message: &message,
+            };
+            return answer(&shared, audit, started, family, why);
         }
         Ok(Err(_)) if let Some(stopped) = upload.as_ref().and_then(|u| u.stopped()) => {
             return upload_stopped(&shared, audit, started, family, &upload, stopped);
@@ -354,11 +347,13 @@ async fn handle(
                 conn.destination,
                 error_chain(&err)
             );
-            audit.outcome = "upstream_error";
-            audit.status = Some(502);
-            audit.error = Some(message.clone());
-            finish(&shared, audit, started, None);
-            return error_response(family, Refusal::Upstream, StatusCode::BAD_GATEWAY, &message);
+            let why = Answer {
+                refusal: Refusal::Upstream,
+                status: StatusCode::BAD_GATEWAY,
+                outcome: "upstream_error",
+                message: &message,
+            };
+            return answer(&shared, audit, started, family, why);
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -413,16 +408,13 @@ fn upload_stopped(
         );
     }
     audit.decision = "refused";
-    audit.outcome = stopped.outcome;
-    audit.status = Some(StatusCode::FORBIDDEN.as_u16());
-    audit.error = Some(stopped.message.clone());
-    finish(shared, audit, started, None);
-    error_response(
-        family,
-        Refusal::Policy,
-        StatusCode::FORBIDDEN,
-        &stopped.message,
-    )
+    let why = Answer {
+        refusal: Refusal::Policy,
+        status: StatusCode::FORBIDDEN,
+        outcome: stopped.outcome,
+        message: &stopped.message,
+    };
+    answer(shared, audit, started, family, why)
 }
 
 pub(super) fn audit_findings(findings: &[DataFinding]) -> Vec<AuditFinding> {
@@ -476,23 +468,51 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why the proxy answers a request itself.
+pub(super) struct Answer<'a> {
+    pub refusal: Refusal,
+    pub status: StatusCode,
+    /// The record's `outcome`.
+    pub outcome: &'static str,
+    pub message: &'a str,
+}
+
+/// The proxy answers instead of the model: the record says why (outcome,
+/// status, message) and is closed; the client gets the provider's error
+/// shape.
+pub(super) fn answer(
+    shared: &Shared,
+    mut audit: AuditRecord,
+    started: Instant,
+    family: Family,
+    answer: Answer,
+) -> Response<ProxyBody> {
+    audit.outcome = answer.outcome;
+    audit.status = Some(answer.status.as_u16());
+    audit.error = Some(answer.message.to_string());
+    finish(shared, audit, started, None);
+    error_response(family, answer.refusal, answer.status, answer.message)
+}
+
 /// Answers a request the client got wrong, records why, and closes the
 /// connection: after a malformed or half-read request, the next bytes on it
 /// cannot be trusted to start a request.
 fn refuse(
     shared: &Shared,
-    mut audit: AuditRecord,
+    audit: AuditRecord,
     started: Instant,
     family: Family,
     status: StatusCode,
     outcome: &'static str,
     message: &str,
 ) -> Response<ProxyBody> {
-    audit.outcome = outcome;
-    audit.status = Some(status.as_u16());
-    audit.error = Some(message.to_string());
-    finish(shared, audit, started, None);
-    let mut response = error_response(family, Refusal::BadRequest, status, message);
+    let why = Answer {
+        refusal: Refusal::BadRequest,
+        status,
+        outcome,
+        message,
+    };
+    let mut response = answer(shared, audit, started, family, why);
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,7 +9,7 @@ use super::{
     ConnInfo, Shared,
     conn::Conn,
     credentials,
-    forward::{ProxyBody, error_response, finish},
+    forward::{Answer, ProxyBody, answer},
 };
 use crate::{
     audit::AuditRecord,
@@ -41,16 +41,13 @@ pub(super) fn admit(
         Err(message) => {
             shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
             audit.decision = "refused";
-            audit.outcome = "host_mismatch";
-            audit.status = Some(421);
-            audit.error = Some(message.clone());
-            finish(shared, audit, started, None);
-            Err(Box::new(error_response(
-                family,
-                Refusal::Policy,
-                StatusCode::MISDIRECTED_REQUEST,
-                &message,
-            )))
+            let why = Answer {
+                refusal: Refusal::Policy,
+                status: StatusCode::MISDIRECTED_REQUEST,
+                outcome: "host_mismatch",
+                message: &message,
+            };
+            Err(Box::new(answer(shared, audit, started, family, why)))
         }
     }
 }

@@ -26,7 +26,7 @@ use tracing::debug;
 use super::{
     Shared,
     conn::Conn,
-    forward::{self, BoxError, ProxyBody, audit_findings, error_chain, error_response, refused},
+    forward::{self, BoxError, ProxyBody, audit_findings, error_chain, refused},
     govern::{self, Verdict},
     head::{self, forwardable, upstream_authority, upstream_target},
     observed::Pending,
@@ -296,23 +296,26 @@ async fn declined(
 
 fn fail(
     shared: &Shared,
-    mut audit: crate::audit::AuditRecord,
+    audit: crate::audit::AuditRecord,
     started: Instant,
     family: Family,
     status: StatusCode,
     message: &str,
 ) -> Response<ProxyBody> {
-    audit.outcome = if status == StatusCode::GATEWAY_TIMEOUT {
+    let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
         "upstream_timeout"
     } else if status == StatusCode::BAD_REQUEST {
         "bad_request"
     } else {
         "upstream_error"
     };
-    audit.status = Some(status.as_u16());
-    audit.error = Some(message.to_string());
-    forward::finish(shared, audit, started, None);
-    error_response(family, Refusal::Upstream, status, message)
+    let why = forward::Answer {
+        refusal: Refusal::Upstream,
+        status,
+        outcome,
+        message,
+    };
+    forward::answer(shared, audit, started, family, why)
 }
 
 /// One open session and what it has seen.
