@@ -3,14 +3,16 @@
 
 use std::time::Instant;
 
-use agent_common::AgentConfig;
 use anyhow::Result;
 use tracing::{debug, error, info};
 
 use super::Agent;
 use crate::{
     config::FailMode,
-    ebpf::endpoints::{self, EndpointSet},
+    ebpf::{
+        endpoints::{self, EndpointSet},
+        maps::KernelConfig,
+    },
     policy::{CgroupFacts, ProcFacts, compile::Compiled},
 };
 
@@ -22,19 +24,19 @@ impl Agent {
         // Quarantines are per-process entries too.
         let has_proc_rules =
             self.compiled.policy.has_process_rules() || !self.quarantined.is_empty();
-        self.maps.set_config(AgentConfig {
-            default_action: self.default_action().to_kernel(),
-            has_proc_rules: u8::from(has_proc_rules),
+        let config = KernelConfig {
+            default_action: self.default_action(),
+            process_rules: has_proc_rules,
             suffix_labels: self.catalog.suffix_labels(),
-            exe_rules: u8::from(self.exe_rules_in_kernel()),
+            exe_rules: self.exe_rules_in_kernel(),
             generation: self.generation,
             proxy_port: self.proxy_port,
-            fail_open_after_s: match self.settings.fail_mode {
-                FailMode::Closed => 0,
-                FailMode::Open => self.settings.fail_open_after.as_secs() as u16,
+            fail_open_after: match self.settings.fail_mode {
+                FailMode::Closed => None,
+                FailMode::Open => Some(self.settings.fail_open_after),
             },
-            agent_tgid: std::process::id(),
-        })?;
+        };
+        self.maps.set_config(config.to_abi())?;
         self.sync_exe_verdicts()?;
         self.refresh_cgroup_entries()?;
         if !has_proc_rules {
@@ -83,10 +85,7 @@ impl Agent {
     /// verdict that its cgroup (or the global entry) would give.
     pub(super) fn refresh_proc_entry(&mut self, tgid: u32) -> Result<()> {
         if let Some((_, rule)) = self.quarantined.get(&tgid) {
-            let rule_id = self.ids.rule(rule)?;
-            let mut entry = agent_common::PolicyEntry::EMPTY;
-            entry.actions = [agent_common::action::BLOCK; agent_common::limits::MAX_PROVIDERS];
-            entry.rules = [rule_id; agent_common::limits::MAX_PROVIDERS];
+            let entry = Compiled::quarantine_entry(self.ids.rule(rule)?);
             return self.maps.set_proc_entry(tgid, Some(entry));
         }
         if !self.compiled.policy.has_process_rules() {

@@ -11,7 +11,10 @@ use super::{Agent, TICK, lookup::Who};
 use crate::{
     bypass,
     catalog::sni,
-    ebpf::events::{self, Event},
+    ebpf::{
+        endpoints,
+        events::{self, Event},
+    },
     identity::{c_str, cmdline, procs::ProcInfo},
     record::{Decision, Named},
     usage,
@@ -66,18 +69,11 @@ impl Agent {
         let Ok(id) = self.ids.provider(&provider) else {
             return;
         };
-        let value = agent_common::EndpointValue {
-            provider: id,
-            _reserved: 0,
-        };
+        let value = endpoints::endpoint_value(id);
         for addr in &new {
             let host = self.learned.get(addr).map(|l| l.host.clone());
             for port in &entry.ports {
-                let key = agent_common::EndpointKey {
-                    addr: agent_common::to_v6_bytes(*addr),
-                    port: *port,
-                    _pad: [0; 2],
-                };
+                let key = endpoints::endpoint_key(*addr, *port);
                 self.endpoints.exact.entry(key).or_insert(value);
                 if let Err(err) = self.maps.add_endpoint(key, value) {
                     error!("{err:#}");

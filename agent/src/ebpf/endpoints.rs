@@ -69,6 +69,23 @@ pub struct EndpointSet {
     pub host_ports: std::collections::BTreeSet<u16>,
 }
 
+/// The exact-match key of an address and port.
+pub fn endpoint_key(addr: IpAddr, port: u16) -> EndpointKey {
+    EndpointKey {
+        addr: to_v6_bytes(addr),
+        port,
+        _pad: [0; 2],
+    }
+}
+
+/// What an endpoint key maps to: the provider it belongs to.
+pub fn endpoint_value(provider: u32) -> EndpointValue {
+    EndpointValue {
+        provider,
+        _reserved: 0,
+    }
+}
+
 impl EndpointSet {
     pub fn build(
         catalog: &Catalog,
@@ -81,17 +98,10 @@ impl EndpointSet {
             if !provider.hosts.is_empty() {
                 set.host_ports.extend(provider.ports.iter().copied());
             }
-            let value = EndpointValue {
-                provider: ids.provider(&provider.name.0)?,
-                _reserved: 0,
-            };
+            let value = endpoint_value(ids.provider(&provider.name.0)?);
             let insert_exact = |addr: IpAddr, name: Option<&str>, set: &mut EndpointSet| {
                 for port in &provider.ports {
-                    let key = EndpointKey {
-                        addr: to_v6_bytes(addr),
-                        port: *port,
-                        _pad: [0; 2],
-                    };
+                    let key = endpoint_key(addr, *port);
                     match set.exact.get(&key) {
                         Some(existing) if existing.provider != value.provider => {
                             set.conflicts += 1;
@@ -141,11 +151,7 @@ impl EndpointSet {
                 if learned.provider == provider.name.0 {
                     insert_exact(*addr, Some(&learned.host), &mut set);
                     if let Some(port) = learned.extra_port {
-                        let key = EndpointKey {
-                            addr: to_v6_bytes(*addr),
-                            port,
-                            _pad: [0; 2],
-                        };
+                        let key = endpoint_key(*addr, port);
                         set.exact.entry(key).or_insert(value);
                     }
                 }

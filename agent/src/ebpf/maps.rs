@@ -371,6 +371,40 @@ impl KernelMaps {
     }
 }
 
+/// What `MG_CONFIG` tells the programs, in the agent's terms.
+pub struct KernelConfig {
+    pub default_action: crate::policy::Action,
+    /// Some process has a per-process entry to look up.
+    pub process_rules: bool,
+    /// Labels the kernel strips to match `*.suffix` names.
+    pub suffix_labels: u8,
+    /// The exec hook decides verdicts from executables.
+    pub exe_rules: bool,
+    pub generation: u32,
+    pub proxy_port: u16,
+    /// How long the programs wait for a heartbeat before they only
+    /// monitor (`fail_mode: open`); `None` keeps enforcing.
+    pub fail_open_after: Option<std::time::Duration>,
+}
+
+impl KernelConfig {
+    pub fn to_abi(&self) -> AgentConfig {
+        AgentConfig {
+            default_action: self.default_action.to_kernel(),
+            has_proc_rules: u8::from(self.process_rules),
+            suffix_labels: self.suffix_labels,
+            exe_rules: u8::from(self.exe_rules),
+            generation: self.generation,
+            proxy_port: self.proxy_port,
+            fail_open_after_s: self.fail_open_after.map_or(0, |after| {
+                u16::try_from(after.as_secs()).unwrap_or(u16::MAX)
+            }),
+            // The programs exempt the agent's own sockets by this.
+            agent_tgid: std::process::id(),
+        }
+    }
+}
+
 /// What the daemon does with the kernel maps: [`KernelMaps`] in the agent,
 /// an in-memory fake in the daemon's unit tests (which run without a
 /// kernel).

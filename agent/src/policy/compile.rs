@@ -255,6 +255,15 @@ impl Compiled {
 
     /// For identities that match no identity condition: kept under cgroup
     /// id 0, which no real cgroup has.
+    /// A quarantined process: every provider refused, in the name of the
+    /// rule that quarantined it.
+    pub fn quarantine_entry(rule: u16) -> PolicyEntry {
+        PolicyEntry {
+            actions: [agent_common::action::BLOCK; agent_common::limits::MAX_PROVIDERS],
+            rules: [rule; agent_common::limits::MAX_PROVIDERS],
+        }
+    }
+
     pub fn global_entry(&self) -> PolicyEntry {
         self.entry(None, None)
     }
