@@ -1,8 +1,9 @@
 //! `cargo xtask bench classify`: what data classification costs.
 //!
-//! 1. The detectors alone: the agent's hidden `bench-classify` subcommand
-//!    times `scan_json` and `redact_json` over chat requests of about 1 KB,
-//!    32 KB and 1 MB on one thread; we pin it to one CPU and tabulate.
+//! 1. The detectors alone: `modelgate-bench classify` (the agent crate's
+//!    bench helper, built with its `bench` feature) times `scan_json` and
+//!    `redact_json` over chat requests of about 1 KB, 32 KB and 1 MB on one
+//!    thread; we pin it to one CPU and tabulate.
 //! 2. What they add to a request: `bench proxy`'s rig and single-client
 //!    latency mode, with a 32 KB chat request of prose holding two e-mail
 //!    addresses and no secret, sent directly, then through the proxy with
@@ -29,7 +30,7 @@ use super::{
     proxy::{self, AGENT_CPU, CLIENT_CPU, ClientOpts, Rig, Run},
     upstream::REDACTED,
 };
-use crate::util;
+use crate::{build_cmd, util};
 
 const TARGET_MB_PER_S: f64 = 200.0;
 /// The request body of the latency runs.
@@ -72,18 +73,19 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
     let bin = proxy::prepare("classify", &proxy::UPSTREAM.to_string())?;
-    detectors(&bin, args.seconds)?;
+    let helper = build_cmd::build_bench_helper()?;
+    detectors(&helper, args.seconds)?;
     super::check_interrupted()?;
     latency(&bin, args.requests)
 }
 
-/// Runs `<agent> bench-classify` on one CPU and prints its figures.
-fn detectors(bin: &Path, seconds: f64) -> Result<()> {
+/// Runs `modelgate-bench classify` on one CPU and prints its figures.
+fn detectors(helper: &Path, seconds: f64) -> Result<()> {
     let cpu = [AGENT_CPU, CLIENT_CPU]
         .into_iter()
         .find(|&cpu| client::can_use_cpu(cpu));
-    let mut cmd = Command::new(bin);
-    cmd.args(["bench-classify", "--seconds", &seconds.to_string()])
+    let mut cmd = Command::new(helper);
+    cmd.args(["classify", "--seconds", &seconds.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -98,21 +100,17 @@ fn detectors(bin: &Path, seconds: f64) -> Result<()> {
     super::check_interrupted()?;
     let out = out.with_context(|| format!("running `{}`", util::display(&cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}); is the agent's hidden bench-classify subcommand there?",
-            util::display(&cmd),
-            out.status
-        );
+        bail!("`{}` failed ({})", util::display(&cmd), out.status);
     }
     let rows = parse_rows(&String::from_utf8_lossy(&out.stdout))?;
     for warning in check_rows(&rows) {
-        eprintln!("bench: WARNING: bench-classify output: {warning}");
+        eprintln!("bench: WARNING: modelgate-bench classify output: {warning}");
     }
     print_table(&rows, seconds, cpu);
     Ok(())
 }
 
-/// One line of `bench-classify`'s output.
+/// One line of `modelgate-bench classify`'s output.
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
     operation: String,
@@ -127,28 +125,31 @@ fn parse_rows(text: &str) -> Result<Vec<Row>> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            let value: Value = serde_json::from_str(line)
-                .with_context(|| format!("bench-classify printed {line:?}, not a JSON line"))?;
+            let value: Value = serde_json::from_str(line).with_context(|| {
+                format!("modelgate-bench classify printed {line:?}, not a JSON line")
+            })?;
             let field = |key: &str| {
-                value
-                    .get(key)
-                    .with_context(|| format!("bench-classify printed {line:?}, without `{key}`"))
+                value.get(key).with_context(|| {
+                    format!("modelgate-bench classify printed {line:?}, without `{key}`")
+                })
             };
             let number = |key: &str| {
                 field(key)?.as_f64().with_context(|| {
-                    format!("bench-classify printed {line:?}: `{key}` is not a number")
+                    format!("modelgate-bench classify printed {line:?}: `{key}` is not a number")
                 })
             };
             let count = |key: &str| {
                 field(key)?.as_u64().with_context(|| {
-                    format!("bench-classify printed {line:?}: `{key}` is not a count")
+                    format!("modelgate-bench classify printed {line:?}: `{key}` is not a count")
                 })
             };
             Ok(Row {
                 operation: field("operation")?
                     .as_str()
                     .with_context(|| {
-                        format!("bench-classify printed {line:?}: `operation` is not a string")
+                        format!(
+                            "modelgate-bench classify printed {line:?}: `operation` is not a string"
+                        )
                     })?
                     .to_owned(),
                 bytes: count("bytes")?,
@@ -159,7 +160,7 @@ fn parse_rows(text: &str) -> Result<Vec<Row>> {
         })
         .collect::<Result<Vec<_>>>()?;
     if rows.is_empty() {
-        bail!("bench-classify printed nothing on stdout: {text:?}");
+        bail!("modelgate-bench classify printed nothing on stdout: {text:?}");
     }
     Ok(rows)
 }
@@ -230,7 +231,7 @@ fn size_label(bytes: u64) -> String {
 
 fn print_table(rows: &[Row], seconds: f64, cpu: Option<usize>) {
     println!(
-        "detector throughput (agent `bench-classify`, 1 thread{}, ~{seconds} s per size and \
+        "detector throughput (`modelgate-bench classify`, 1 thread{}, ~{seconds} s per size and \
          operation):",
         cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default()
     );

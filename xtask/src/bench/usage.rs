@@ -1,10 +1,11 @@
-//! `cargo xtask bench usage`: the usage store. Runs the release agent's
-//! hidden `bench-usage`, which pushes N synthetic audited requests through
-//! the real queue and writer thread (rows per second absorbed), then times
-//! `modelgate usage`'s query over them for several groupings, against the
-//! 200 ms target for a million rows. Then, in the same run, the store
-//! behind the real proxy under concurrent load (the `bench proxy` rig):
-//! every request the clients completed must be a row, none dropped.
+//! `cargo xtask bench usage`: the usage store. Runs `modelgate-bench usage`
+//! (the agent crate's bench helper, built with its `bench` feature), which
+//! pushes N synthetic audited requests through the real queue and writer
+//! thread (rows per second absorbed), then times `modelgate usage`'s query
+//! over them for several groupings, against the 200 ms target for a million
+//! rows. Then, in the same run, the store behind the real proxy under
+//! concurrent load (the `bench proxy` rig): every request the clients
+//! completed must be a row, none dropped.
 
 use std::{
     path::Path,
@@ -20,7 +21,7 @@ use super::{
     http_client::Mode,
     proxy::{self, AGENT_CPU, ClientOpts, Rig},
 };
-use crate::util;
+use crate::{build_cmd, util};
 
 const TARGET_QUERY_MS: f64 = 200.0;
 
@@ -42,9 +43,10 @@ pub struct UsageArgs {
 
 pub fn run(args: &UsageArgs) -> Result<()> {
     let bin = proxy::prepare("usage", &proxy::UPSTREAM.to_string())?;
-    let mut cmd = Command::new(&bin);
+    let helper = build_cmd::build_bench_helper()?;
+    let mut cmd = Command::new(&helper);
     cmd.args([
-        "bench-usage",
+        "usage",
         "--rows",
         &args.rows.to_string(),
         "--runs",
@@ -63,7 +65,7 @@ pub fn run(args: &UsageArgs) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
-        .context("bench-usage printed something that is not a JSON line")?;
+        .context("modelgate-bench usage printed something that is not a JSON line")?;
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for line in &lines {
         match line["what"].as_str() {
@@ -91,7 +93,7 @@ pub fn run(args: &UsageArgs) -> Result<()> {
                     }
                 );
             }
-            _ => bail!("unexpected bench-usage line: {line}"),
+            _ => bail!("unexpected modelgate-bench usage line: {line}"),
         }
     }
     under_load(&bin, args)
