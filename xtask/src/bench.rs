@@ -20,6 +20,7 @@ mod dns_responder;
 mod exec;
 mod http_client;
 mod proxy;
+mod rig;
 mod soak;
 mod startup;
 mod upstream;

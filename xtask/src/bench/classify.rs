@@ -4,14 +4,14 @@
 //!    bench helper, built with its `bench` feature) times `scan_json` and
 //!    `redact_json` over chat requests of about 1 KB, 32 KB and 1 MB on one
 //!    thread; we pin it to one CPU and tabulate.
-//! 2. What they add to a request: `bench proxy`'s rig and single-client
-//!    latency mode, with a 32 KB chat request of prose holding two e-mail
-//!    addresses and no secret, sent directly, then through the proxy with
-//!    no rules, then (after the policy file is swapped and the agent has
-//!    reloaded it) with a rule whose data controls block secrets and redact
-//!    personal data. The difference between the two proxied runs is the
-//!    classification; the server checks that the bodies it got were
-//!    redacted.
+//! 2. What they add to a request: the proxy rig (`rig.rs`) and its
+//!    single-client latency mode, with a 32 KB chat request of prose
+//!    holding two e-mail addresses and no secret, sent directly, then
+//!    through the proxy with no rules, then (after the policy file is
+//!    swapped and the agent has reloaded it) with a rule whose data
+//!    controls block secrets and redact personal data. The difference
+//!    between the two proxied runs is the classification; the server checks
+//!    that the bodies it got were redacted.
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use super::{
     client,
     http_client::Mode,
-    proxy::{self, AGENT_CPU, CLIENT_CPU, ClientOpts, Rig, Run},
+    rig::{self, AGENT_CPU, CLIENT_CPU, ClientOpts, Rig, Run, check_audit, check_upstream},
     upstream::REDACTED,
 };
 use crate::{build_cmd, util};
@@ -72,7 +72,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
-    let bin = proxy::prepare("classify", &proxy::UPSTREAM.to_string())?;
+    let bin = rig::prepare("classify", &rig::UPSTREAM.to_string())?;
     let helper = build_cmd::build_bench_helper()?;
     detectors(&helper, args.seconds)?;
     super::check_interrupted()?;
@@ -350,8 +350,8 @@ fn latency(bin: &Path, requests: u32) -> Result<()> {
     check_redaction(&body, [&direct, &plain], [&direct_body, &plain_body]);
     check_redacted(&controlled, &controlled_body);
     let runs = [&direct, &plain, &controlled];
-    proxy::check_upstream(&runs);
-    proxy::check_audit(&runs, &audit);
+    check_upstream(&runs);
+    check_audit(&runs, &audit);
     super::print_final_counters(status, &log_text, &log);
     Ok(())
 }

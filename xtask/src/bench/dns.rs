@@ -39,7 +39,7 @@ use super::{
     agent::{self, Agent},
     client::{self, place},
     dns_responder::Responder,
-    proxy::{self, AGENT_CPU, CLIENT_CPU},
+    rig::{self, AGENT_CPU, CLIENT_CPU},
 };
 use crate::{
     cgroup::{self, ChildCgroup},
@@ -116,7 +116,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &DnsArgs) -> Result<()> {
-    let bin = proxy::prepare("dns", &format!("{SERVER} (UDP)"))?;
+    let bin = rig::prepare("dns", &format!("{SERVER} (UDP)"))?;
     let started = Instant::now();
     let mount = cgroup::mount()?;
     super::remove_stale_cgroups(&mount);
@@ -379,7 +379,7 @@ impl Bench {
             cpu: self.pin.then_some(AGENT_CPU),
         })?;
         let agent_pid = agent.pid();
-        let cpu_before = proxy::cpu_seconds(agent_pid)?;
+        let cpu_before = rig::cpu_seconds(agent_pid)?;
         let out = self.client(rate)?;
         let (catch_up, cpu_after) = wait_idle(agent_pid)?;
         let (status, log_text) = agent.stop()?;
@@ -470,12 +470,12 @@ fn count(out: &serde_json::Value, key: &str) -> u64 {
 /// the agent's CPU seconds at that point.
 fn wait_idle(pid: u32) -> Result<(Option<Duration>, f64)> {
     let start = Instant::now();
-    let mut last = proxy::cpu_seconds(pid)?;
+    let mut last = rig::cpu_seconds(pid)?;
     loop {
         let window = Instant::now();
         thread::sleep(IDLE_SAMPLE);
         super::check_interrupted()?;
-        let now = proxy::cpu_seconds(pid)?;
+        let now = rig::cpu_seconds(pid)?;
         let busy = (now - last) / window.elapsed().as_secs_f64();
         if busy < IDLE_SHARE {
             // The window it went idle in counts as catching up.

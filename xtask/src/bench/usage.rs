@@ -4,7 +4,7 @@
 //! thread (rows per second absorbed), then times `modelgate usage`'s query
 //! over them for several groupings, against the 200 ms target for a million
 //! rows. Then, in the same run, the store behind the real proxy under
-//! concurrent load (the `bench proxy` rig): every request the clients
+//! concurrent load (the proxy rig, `rig.rs`): every request the clients
 //! completed must be a row, none dropped.
 
 use std::{
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{
     http_client::Mode,
-    proxy::{self, AGENT_CPU, ClientOpts, Rig},
+    rig::{self, AGENT_CPU, ClientOpts, POLICY_YAML, Rig, set_affinity},
 };
 use crate::{build_cmd, util};
 
@@ -42,7 +42,7 @@ pub struct UsageArgs {
 }
 
 pub fn run(args: &UsageArgs) -> Result<()> {
-    let bin = proxy::prepare("usage", &proxy::UPSTREAM.to_string())?;
+    let bin = rig::prepare("usage", &rig::UPSTREAM.to_string())?;
     let helper = build_cmd::build_bench_helper()?;
     let mut cmd = Command::new(&helper);
     cmd.args([
@@ -105,8 +105,8 @@ pub fn run(args: &UsageArgs) -> Result<()> {
 /// straight from the file) counts.
 fn under_load(bin: &Path, args: &UsageArgs) -> Result<()> {
     println!("bench: the usage store behind the proxy under load");
-    let rig = Rig::start(bin, "usage", proxy::POLICY_YAML)?;
-    proxy::set_affinity(rig.agent_pid(), Some(AGENT_CPU))?;
+    let rig = Rig::start(bin, "usage", POLICY_YAML)?;
+    set_affinity(rig.agent_pid(), Some(AGENT_CPU))?;
     let state_dir = rig.state_dir.clone();
     let started = Instant::now();
     let opts = ClientOpts {
