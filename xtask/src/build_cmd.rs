@@ -36,3 +36,29 @@ pub fn build(release: bool) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     Ok(util::target_dir().join(profile).join("modelgate"))
 }
+
+/// Builds `modelgate-bench`, the helpers `bench classify` and `bench usage`
+/// run, with the release profile and returns its path. It needs the agent's
+/// `bench` feature, which this build alone turns on: `--bin` keeps cargo
+/// from building (and replacing) `modelgate` with it, so the product binary
+/// beside it stays the one without benchmark commands.
+pub fn build_bench_helper() -> Result<PathBuf> {
+    bootstrap::run()?;
+    let mut cmd = util::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "modelgate",
+        "--features",
+        "bench",
+        "--bin",
+        "modelgate-bench",
+    ]);
+    util::run_checked(
+        &mut cmd,
+        "building the bench helper",
+        "fix the compile errors above",
+    )?;
+    Ok(util::target_dir().join("release").join("modelgate-bench"))
+}

@@ -59,6 +59,25 @@ pub fn run() -> Result<()> {
     clippy.args(["--", "-D", "warnings"]);
     step("clippy", clippy, "fix the warnings above");
 
+    // `modelgate-bench` needs the agent's `bench` feature, which the pass
+    // above leaves off as the package build does.
+    let mut bench_clippy = util::cargo();
+    bench_clippy.args([
+        "clippy",
+        "--package",
+        "modelgate",
+        "--features",
+        "bench",
+        "--bin",
+        "modelgate-bench",
+    ]);
+    bench_clippy.args(["--", "-D", "warnings"]);
+    step(
+        "clippy (bench helper)",
+        bench_clippy,
+        "fix the warnings above",
+    );
+
     // Plain clippy, no sanitizers: it shares the main target directory, so
     // the agent's dependencies are checked once for both.
     let mut fuzz_clippy = util::cargo();

@@ -42,6 +42,7 @@
 //! `disguise.rs` says how those are found, at a cost only where the plain
 //! scan's windows or a cheap check point at one.
 
+#[cfg(any(test, feature = "bench"))]
 mod bench;
 mod detectors;
 mod disguise;
@@ -64,12 +65,11 @@ use std::collections::BTreeMap;
 
 use regex::{Regex, RegexSet};
 
+#[cfg(any(test, feature = "bench"))]
+pub use self::bench::bench_json;
 #[cfg(test)]
 pub use self::bench::bench_text;
-pub use self::{
-    bench::bench_json,
-    redact::{JsonHits, JsonPlace},
-};
+pub use self::redact::{JsonHits, JsonPlace};
 use self::{
     detectors::{BUILTINS, GLUE_GATE, HIGH_ENTROPY, PERCENT_GATE, RUN_GATE},
     encoded::Marks,

@@ -1,8 +1,6 @@
 //! Command line: one subcommand per file.
 
 mod alerts;
-mod bench_classify;
-mod bench_usage;
 mod ca;
 mod install;
 mod policy_check;
@@ -99,12 +97,6 @@ enum Command {
     Ca(ca::CaCommand),
     /// What the package installs and does (with --dry-run), for review.
     Install(install::InstallArgs),
-    /// Throughput of the data classifiers (used by `cargo xtask bench classify`).
-    #[command(hide = true)]
-    BenchClassify(bench_classify::BenchArgs),
-    /// Usage store write rate and query latency (used by `cargo xtask bench usage`).
-    #[command(hide = true)]
-    BenchUsage(bench_usage::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +131,5 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Usage(args) => usage::run(args, &common.state_dir()?),
         Command::Ca(command) => ca::run(command, &common.state_dir()?).map(|()| ExitCode::SUCCESS),
         Command::Install(args) => install::run(&args),
-        Command::BenchClassify(args) => bench_classify::run(args),
-        Command::BenchUsage(args) => bench_usage::run(args),
     }
 }

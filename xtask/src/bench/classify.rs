@@ -1,16 +1,20 @@
 //! `cargo xtask bench classify`: what data classification costs.
 //!
-//! 1. The detectors alone: the agent's hidden `bench-classify` subcommand
-//!    times `scan_json` and `redact_json` over chat requests of about 1 KB,
-//!    32 KB and 1 MB on one thread; we pin it to one CPU and tabulate.
-//! 2. What they add to a request: `bench proxy`'s rig and single-client
-//!    latency mode, with a 32 KB chat request of prose holding two e-mail
-//!    addresses and no secret, sent directly, then through the proxy with
-//!    no rules, then (after the policy file is swapped and the agent has
-//!    reloaded it) with a rule whose data controls block secrets and redact
-//!    personal data. The difference between the two proxied runs is the
-//!    classification; the server checks that the bodies it got were
-//!    redacted.
+//! 1. The detectors alone: `modelgate-bench classify` (the agent crate's
+//!    bench helper, built with its `bench` feature) times `scan_json` and
+//!    `redact_json` over chat requests of about 1 KB, 32 KB and 1 MB on one
+//!    thread; we pin it to one CPU and tabulate.
+//! 2. What they add to a request: the proxy rig (`rig.rs`) and its
+//!    single-client latency mode, with a 32 KB chat request of prose
+//!    holding two e-mail addresses and no secret, sent directly, then
+//!    through the proxy with no rules, then (after the policy file is
+//!    swapped and the agent has reloaded it) with a rule whose data
+//!    controls block secrets and redact personal data. The difference
+//!    between the two proxied runs is the classification; the server checks
+//!    that the bodies it got were redacted.
+
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::BTreeMap,
@@ -26,10 +30,10 @@ use serde_json::{Value, json};
 use super::{
     client,
     http_client::Mode,
-    proxy::{self, AGENT_CPU, CLIENT_CPU, ClientOpts, Rig, Run},
+    rig::{self, AGENT_CPU, CLIENT_CPU, ClientOpts, Rig, Run, check_audit, check_upstream},
     upstream::REDACTED,
 };
-use crate::util;
+use crate::{build_cmd, util};
 
 const TARGET_MB_PER_S: f64 = 200.0;
 /// The request body of the latency runs.
@@ -71,19 +75,20 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
-    let bin = proxy::prepare("classify", &proxy::UPSTREAM.to_string())?;
-    detectors(&bin, args.seconds)?;
+    let bin = rig::prepare("classify", &rig::UPSTREAM.to_string())?;
+    let helper = build_cmd::build_bench_helper()?;
+    detectors(&helper, args.seconds)?;
     super::check_interrupted()?;
     latency(&bin, args.requests)
 }
 
-/// Runs `<agent> bench-classify` on one CPU and prints its figures.
-fn detectors(bin: &Path, seconds: f64) -> Result<()> {
+/// Runs `modelgate-bench classify` on one CPU and prints its figures.
+fn detectors(helper: &Path, seconds: f64) -> Result<()> {
     let cpu = [AGENT_CPU, CLIENT_CPU]
         .into_iter()
         .find(|&cpu| client::can_use_cpu(cpu));
-    let mut cmd = Command::new(bin);
-    cmd.args(["bench-classify", "--seconds", &seconds.to_string()])
+    let mut cmd = Command::new(helper);
+    cmd.args(["classify", "--seconds", &seconds.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -98,21 +103,17 @@ fn detectors(bin: &Path, seconds: f64) -> Result<()> {
     super::check_interrupted()?;
     let out = out.with_context(|| format!("running `{}`", util::display(&cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}); is the agent's hidden bench-classify subcommand there?",
-            util::display(&cmd),
-            out.status
-        );
+        bail!("`{}` failed ({})", util::display(&cmd), out.status);
     }
     let rows = parse_rows(&String::from_utf8_lossy(&out.stdout))?;
     for warning in check_rows(&rows) {
-        eprintln!("bench: WARNING: bench-classify output: {warning}");
+        eprintln!("bench: WARNING: modelgate-bench classify output: {warning}");
     }
     print_table(&rows, seconds, cpu);
     Ok(())
 }
 
-/// One line of `bench-classify`'s output.
+/// One line of `modelgate-bench classify`'s output.
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
     operation: String,
@@ -127,28 +128,31 @@ fn parse_rows(text: &str) -> Result<Vec<Row>> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            let value: Value = serde_json::from_str(line)
-                .with_context(|| format!("bench-classify printed {line:?}, not a JSON line"))?;
+            let value: Value = serde_json::from_str(line).with_context(|| {
+                format!("modelgate-bench classify printed {line:?}, not a JSON line")
+            })?;
             let field = |key: &str| {
-                value
-                    .get(key)
-                    .with_context(|| format!("bench-classify printed {line:?}, without `{key}`"))
+                value.get(key).with_context(|| {
+                    format!("modelgate-bench classify printed {line:?}, without `{key}`")
+                })
             };
             let number = |key: &str| {
                 field(key)?.as_f64().with_context(|| {
-                    format!("bench-classify printed {line:?}: `{key}` is not a number")
+                    format!("modelgate-bench classify printed {line:?}: `{key}` is not a number")
                 })
             };
             let count = |key: &str| {
                 field(key)?.as_u64().with_context(|| {
-                    format!("bench-classify printed {line:?}: `{key}` is not a count")
+                    format!("modelgate-bench classify printed {line:?}: `{key}` is not a count")
                 })
             };
             Ok(Row {
                 operation: field("operation")?
                     .as_str()
                     .with_context(|| {
-                        format!("bench-classify printed {line:?}: `operation` is not a string")
+                        format!(
+                            "modelgate-bench classify printed {line:?}: `operation` is not a string"
+                        )
                     })?
                     .to_owned(),
                 bytes: count("bytes")?,
@@ -159,7 +163,7 @@ fn parse_rows(text: &str) -> Result<Vec<Row>> {
         })
         .collect::<Result<Vec<_>>>()?;
     if rows.is_empty() {
-        bail!("bench-classify printed nothing on stdout: {text:?}");
+        bail!("modelgate-bench classify printed nothing on stdout: {text:?}");
     }
     Ok(rows)
 }
@@ -230,7 +234,7 @@ fn size_label(bytes: u64) -> String {
 
 fn print_table(rows: &[Row], seconds: f64, cpu: Option<usize>) {
     println!(
-        "detector throughput (agent `bench-classify`, 1 thread{}, ~{seconds} s per size and \
+        "detector throughput (`modelgate-bench classify`, 1 thread{}, ~{seconds} s per size and \
          operation):",
         cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default()
     );
@@ -349,8 +353,8 @@ fn latency(bin: &Path, requests: u32) -> Result<()> {
     check_redaction(&body, [&direct, &plain], [&direct_body, &plain_body]);
     check_redacted(&controlled, &controlled_body);
     let runs = [&direct, &plain, &controlled];
-    proxy::check_upstream(&runs);
-    proxy::check_audit(&runs, &audit);
+    check_upstream(&runs);
+    check_audit(&runs, &audit);
     super::print_final_counters(status, &log_text, &log);
     Ok(())
 }
@@ -567,138 +571,5 @@ fn prose(budget: usize) -> String {
         out.push_str(sentence);
         used += encoded(separator) + encoded(sentence);
         in_paragraph = if new_paragraph { 1 } else { in_paragraph + 1 };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prompt_is_32_kb_of_prose_with_two_addresses() {
-        let body = prompt_body(BODY_BYTES);
-        assert!(body.len() <= BODY_BYTES, "{}", body.len());
-        assert!(body.len() > BODY_BYTES - 200, "{}", body.len());
-        assert_eq!(prompt_body(BODY_BYTES), body, "deterministic");
-        let request: Value = serde_json::from_slice(&body).unwrap();
-        let prompt = request["messages"][1]["content"].as_str().unwrap();
-        for email in EMAILS {
-            assert_eq!(prompt.matches(email).count(), 1, "{email}");
-        }
-        assert_eq!(prompt.matches('@').count(), EMAILS.len());
-        // Nothing a secret or number detector could take for a finding.
-        assert!(!prompt.bytes().any(|b| b.is_ascii_digit()));
-        assert!(prompt.is_ascii());
-        let longest = prompt
-            .split(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)))
-            .map(str::len)
-            .max()
-            .unwrap();
-        assert!(longest < 32, "a {longest}-byte token looks high-entropy");
-        let first = prompt.find(EMAILS[0]).unwrap();
-        let second = prompt.find(EMAILS[1]).unwrap();
-        assert!(
-            first > prompt.len() / 4 && first < second && second < prompt.len() * 3 / 4,
-            "{first} {second} of {}",
-            prompt.len()
-        );
-        assert!(prompt.contains("\n\n"));
-    }
-
-    #[test]
-    fn the_contact_sentences_hold_the_addresses() {
-        for (sentence, email) in CONTACT_SENTENCES.iter().zip(EMAILS) {
-            assert!(sentence.contains(email), "{sentence}");
-        }
-    }
-
-    #[test]
-    fn the_policies_differ_only_in_the_rule() {
-        assert!(NO_CONTROLS_YAML.contains("rules: []"));
-        assert!(DATA_CONTROLS_YAML.contains("secret: block"));
-        assert!(DATA_CONTROLS_YAML.contains("pii: redact"));
-    }
-
-    const OUTPUT: &str = r#"{"operation":"scan_json","bytes":1043,"iterations":100,"mb_per_s":104.3,"us_per_body":10.0}
-{"operation":"redact_json","bytes":1043,"iterations":50,"mb_per_s":52.15,"us_per_body":20.0}
-{"operation":"scan_json","bytes":32790,"iterations":10,"mb_per_s":327.9,"us_per_body":100.0}
-{"operation":"redact_json","bytes":32790,"iterations":10,"mb_per_s":327.9,"us_per_body":100.0}
-{"operation":"scan_json","bytes":1048600,"iterations":3,"mb_per_s":349.5333,"us_per_body":3000.0}
-{"operation":"redact_json","bytes":1048600,"iterations":3,"mb_per_s":349.5333,"us_per_body":3000.0}
-"#;
-
-    #[test]
-    fn parses_and_checks_the_rows() {
-        let rows = parse_rows(OUTPUT).unwrap();
-        assert_eq!(rows.len(), 6);
-        assert_eq!(
-            rows[1],
-            Row {
-                operation: "redact_json".into(),
-                bytes: 1043,
-                iterations: 50,
-                mb_per_s: 52.15,
-                us_per_body: 20.0,
-            }
-        );
-        assert_eq!(check_rows(&rows), Vec::<String>::new());
-
-        let mut wrong = rows.clone();
-        wrong[0].mb_per_s = 500.0;
-        wrong.pop();
-        wrong[2].operation = "scan".into();
-        assert_eq!(
-            check_rows(&wrong),
-            [
-                "scan_json of 1043 bytes: 100 iterations, 500 MB/s and 10 µs per body do not \
-                 agree",
-                "unknown operation \"scan\"",
-                "0 scan_json rows for bodies of about 32 KB, expected 1",
-                "0 redact_json rows for bodies of about 1 MB, expected 1",
-            ]
-        );
-        wrong[0].bytes = 4096;
-        assert!(
-            check_rows(&wrong)
-                .last()
-                .unwrap()
-                .contains("a body of 4096 bytes is not about")
-        );
-    }
-
-    #[test]
-    fn rejects_output_that_is_not_rows() {
-        assert!(parse_rows("").is_err());
-        assert!(parse_rows("hello\n").is_err());
-        assert!(parse_rows(r#"{"operation":"scan_json","bytes":1}"#).is_err());
-    }
-
-    #[test]
-    fn labels_sizes() {
-        assert_eq!(size_label(1024), "1 KB");
-        assert_eq!(size_label(1043), "1 KB");
-        assert_eq!(size_label(32 * 1024), "32 KB");
-        assert_eq!(size_label(1_048_600), "1 MB");
-        assert_eq!(nominal_size(1043), Some(1024));
-        assert_eq!(nominal_size(4096), None);
-    }
-
-    #[test]
-    fn counts_markers() {
-        let text = r#"{"c":"a [REDACTED:email] b [REDACTED:email] c [REDACTED:phone] [REDACTED:x y] [REDACTED:"}"#;
-        let found = markers(text);
-        assert_eq!(found.get("email"), Some(&2));
-        assert_eq!(found.get("phone"), Some(&1));
-        assert_eq!(found.len(), 2);
-        assert!(contains(b"abc", b"bc"));
-        assert!(!contains(b"abc", b"cb"));
-    }
-
-    #[test]
-    fn seconds_must_be_positive() {
-        assert_eq!(positive_seconds("0.5"), Ok(0.5));
-        assert!(positive_seconds("0").is_err());
-        assert!(positive_seconds("nan").is_err());
-        assert!(positive_seconds("x").is_err());
     }
 }

@@ -21,11 +21,17 @@
 //! A new address in every answer is the agent's worst case (each one
 //! changes its endpoint set); `--distinct N` cycles the answers through N
 //! addresses instead, as a provider's few front ends do.
+//!
+//! What it prints is in `dns/report.rs`.
+
+mod report;
+#[cfg(test)]
+mod tests;
 
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -34,12 +40,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use self::report::{print_headline, print_step, print_sustained, print_table};
 use super::{
     CGROUP_PREFIX,
     agent::{self, Agent},
     client::{self, place},
     dns_responder::Responder,
-    proxy::{self, AGENT_CPU, CLIENT_CPU},
+    rig::{self, AGENT_CPU, CLIENT_CPU},
 };
 use crate::{
     cgroup::{self, ChildCgroup},
@@ -60,10 +67,6 @@ const IDLE_SAMPLE: Duration = Duration::from_millis(200);
 const REACHED: f64 = 0.95;
 /// New addresses the agent's closing pace is measured over.
 const TAIL: u64 = 1_000;
-/// A DNS event's ring-buffer record: the 560-byte event and the ring's
-/// 8-byte record header. The ring is 4 MiB.
-const RING_BYTES: u64 = 4 << 20;
-const EVENT_RECORD: u64 = 560 + 8;
 
 const ENDPOINTS_YAML: &str = "\
 # Written by `cargo xtask bench dns`: a wildcard, learned from DNS answers.
@@ -116,7 +119,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &DnsArgs) -> Result<()> {
-    let bin = proxy::prepare("dns", &format!("{SERVER} (UDP)"))?;
+    let bin = rig::prepare("dns", &format!("{SERVER} (UDP)"))?;
     let started = Instant::now();
     let mount = cgroup::mount()?;
     super::remove_stale_cgroups(&mount);
@@ -379,7 +382,7 @@ impl Bench {
             cpu: self.pin.then_some(AGENT_CPU),
         })?;
         let agent_pid = agent.pid();
-        let cpu_before = proxy::cpu_seconds(agent_pid)?;
+        let cpu_before = rig::cpu_seconds(agent_pid)?;
         let out = self.client(rate)?;
         let (catch_up, cpu_after) = wait_idle(agent_pid)?;
         let (status, log_text) = agent.stop()?;
@@ -470,12 +473,12 @@ fn count(out: &serde_json::Value, key: &str) -> u64 {
 /// the agent's CPU seconds at that point.
 fn wait_idle(pid: u32) -> Result<(Option<Duration>, f64)> {
     let start = Instant::now();
-    let mut last = proxy::cpu_seconds(pid)?;
+    let mut last = rig::cpu_seconds(pid)?;
     loop {
         let window = Instant::now();
         thread::sleep(IDLE_SAMPLE);
         super::check_interrupted()?;
-        let now = proxy::cpu_seconds(pid)?;
+        let now = rig::cpu_seconds(pid)?;
         let busy = (now - last) / window.elapsed().as_secs_f64();
         if busy < IDLE_SHARE {
             // The window it went idle in counts as catching up.
@@ -583,368 +586,4 @@ fn summarize(record: &serde_json::Value) -> String {
         text.push('…');
     }
     text
-}
-
-fn opt(n: Option<u64>) -> String {
-    n.map_or_else(|| "?".into(), super::group)
-}
-
-fn print_step(step: &Step, log: &Path) {
-    let g = super::group;
-    let per_answer = step
-        .delivered()
-        .filter(|&d| d > 0)
-        .map(|d| {
-            format!(
-                " ({:.1} µs per delivered answer)",
-                step.agent_cpu * 1e6 / d as f64
-            )
-        })
-        .unwrap_or_default();
-    println!(
-        "  {}/s: client sent {}, answered {} ({}/s){}; kernel dns_matches {}, dns_learned {}, \
-         events_lost {}; delivered to the agent {}; agent CPU {:.2} s{per_answer}, {}",
-        g(step.rate),
-        g(step.sent),
-        g(step.answered),
-        g(step.answered_rate() as u64),
-        match (step.client_errors, step.reached()) {
-            (0, true) => String::new(),
-            (0, false) => ", short of the rate (the client and server's CPU is saturated)".into(),
-            (n, _) => format!(", {} client errors", g(n)),
-        },
-        opt(step.matches),
-        opt(step.learned),
-        opt(step.lost),
-        opt(step.delivered()),
-        step.agent_cpu,
-        match step.catch_up {
-            Some(s) => format!("idle {s:.1} s after the client"),
-            None => format!(
-                "still busy {} s after the client (stopped anyway)",
-                CATCH_UP_LIMIT.as_secs()
-            ),
-        },
-    );
-    if let Some(rate) = step.tail_rate {
-        println!(
-            "    the agent absorbed its last {} new addresses at {}/s (holding {} by then)",
-            g(TAIL),
-            g(rate as u64),
-            g(step.tail_total)
-        );
-    }
-    if step.errors + step.warnings > 0 {
-        println!(
-            "    agent log ({}): {} errors, {} warnings{}{}",
-            log.display(),
-            g(step.errors),
-            g(step.warnings),
-            step.first_error
-                .as_deref()
-                .map(|e| format!("; first error: {e}"))
-                .unwrap_or_default(),
-            step.first_warning
-                .as_deref()
-                .map(|w| format!("; first warning: {w}"))
-                .unwrap_or_default(),
-        );
-    }
-    if let (Some(matches), true) = (step.matches, step.answered > 0)
-        && matches < step.answered
-    {
-        eprintln!(
-            "bench: WARNING: at {}/s the client got {} answers but the kernel matched only {}: \
-             answers reached the client unseen by the learning program",
-            step.rate, step.answered, matches
-        );
-    }
-}
-
-fn print_table(steps: &[Step]) {
-    let mut sorted: Vec<&Step> = steps.iter().collect();
-    sorted.sort_by_key(|s| s.rate);
-    println!(
-        "{:>10} {:>11} {:>11} {:>11} {:>7} {:>11} {:>8} {:>9} {:>10} {:>9} {:>9}",
-        "offered/s",
-        "answered/s",
-        "dns_matches",
-        "events_lost",
-        "lost %",
-        "delivered",
-        "CPU s",
-        "µs/answer",
-        "idle after",
-        "map adds",
-        "end pace/s"
-    );
-    for step in sorted {
-        let lost_pct = match (step.lost, step.matches) {
-            (Some(lost), Some(matches)) if matches > 0 => {
-                format!("{:.1}%", lost as f64 * 100.0 / matches as f64)
-            }
-            _ => "?".into(),
-        };
-        let per = match step.delivered() {
-            Some(d) if d > 0 => format!("{:.1}", step.agent_cpu * 1e6 / d as f64),
-            _ => "?".into(),
-        };
-        println!(
-            "{:>10} {:>11} {:>11} {:>11} {:>7} {:>11} {:>8.2} {:>9} {:>10} {:>9} {:>9}",
-            super::group(step.rate),
-            super::group(step.answered_rate() as u64),
-            opt(step.matches),
-            opt(step.lost),
-            lost_pct,
-            opt(step.delivered()),
-            step.agent_cpu,
-            per,
-            step.catch_up.map_or_else(
-                || format!(">{} s", CATCH_UP_LIMIT.as_secs()),
-                |s| format!("{s:.1} s")
-            ),
-            super::group(step.map_added),
-            step.tail_rate
-                .map_or_else(|| "?".into(), |r| super::group(r as u64)),
-        );
-    }
-    println!(
-        "(delivered = dns_matches − events_lost: the answers that reached the agent, a lower \
-         bound, as events_lost counts every kind of event and exec events from the whole host \
-         share the ring; CPU s: the agent's, from the client's start until it went idle; map \
-         adds: addresses the agent wrote to the endpoint map, one per new address it absorbed; \
-         end pace: how fast it absorbed its last {} new addresses, from its log's timestamps)",
-        super::group(TAIL)
-    );
-}
-
-fn print_headline(found: &Search) {
-    let steps = &found.steps;
-    let Some(best) = found.best.map(|i| &steps[i]) else {
-        println!(
-            "DNS learning, no loss: not reached — every rate down to {} answers/s lost events",
-            super::group(steps.iter().map(|s| s.rate).min().unwrap_or(0))
-        );
-        return;
-    };
-    if found.saturated {
-        println!(
-            "DNS learning, no loss: ≥ {} answers/s — all this client and server could deliver \
-             ({} offered; they share CPU {CLIENT_CPU}); the agent lost nothing there, so 2× was \
-             not run",
-            super::group(best.answered_rate() as u64),
-            super::group(best.rate),
-        );
-        return;
-    }
-    println!(
-        "DNS learning, no loss: {} answers/s (highest rate with events_lost = 0; the client \
-         received {}/s, the kernel matched {})",
-        super::group(best.rate),
-        super::group(best.answered_rate() as u64),
-        opt(best.matches)
-    );
-    let Some(step) = found.double.map(|i| &steps[i]) else {
-        return;
-    };
-    let share = match (step.lost, step.matches) {
-        (Some(lost), Some(matches)) if matches > 0 => {
-            format!(" ({:.1}% of them)", lost as f64 * 100.0 / matches as f64)
-        }
-        _ => String::new(),
-    };
-    println!(
-        "at 2× ({} answers/s offered, {}/s received{}): events_lost = {} of {} answers \
-         matched{share}",
-        super::group(step.rate),
-        super::group(step.answered_rate() as u64),
-        if step.reached() {
-            ""
-        } else {
-            ", short of the rate: the client and server's CPU is saturated"
-        },
-        opt(step.lost),
-        opt(step.matches),
-    );
-}
-
-/// What the step figures mean over a longer stretch: the ring only buys
-/// time, the agent's own pace is what lasts.
-fn print_sustained(steps: &[Step], seconds: f64) {
-    let ring = RING_BYTES / EVENT_RECORD;
-    println!(
-        "the ring holds {} DNS events ({} MiB / {} B): a {seconds} s step loses nothing while \
-         rate × {seconds} s − what the agent absorbs meanwhile ≤ {}, so the no-loss rate above \
-         is a {seconds} s burst figure",
-        super::group(ring),
-        RING_BYTES >> 20,
-        EVENT_RECORD,
-        super::group(ring)
-    );
-    // The slowest closing pace seen with a backlog: what a long run gets.
-    let slowest = steps
-        .iter()
-        .filter(|s| s.catch_up.is_none_or(|c| c > 1.0))
-        .filter_map(|s| Some((s.tail_rate?, s.tail_total)))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some((rate, total)) = slowest {
-        println!(
-            "sustained: with a backlog the agent absorbed new addresses at {}/s when holding {} \
-             (its closing pace); past that, rates above it fill the ring and then lose events",
-            super::group(rate as u64),
-            super::group(total)
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounds_rates_between_steps() {
-        assert_eq!(round_rate(7_500), 7_500);
-        assert_eq!(round_rate(7_612), 7_500);
-        assert_eq!(round_rate(15_000), 15_000);
-        assert_eq!(round_rate(15_499), 15_000);
-        assert_eq!(round_rate(120_000), 120_000);
-        assert_eq!(round_rate(1_130), 1_250);
-    }
-
-    #[test]
-    fn reads_map_updates_and_problems_from_the_log() {
-        let log = r#"{"level":"INFO","message":"modelgate ready"}
-{"level":"INFO","added":1,"removed":0,"total":3,"message":"endpoint maps updated"}
-{"level":"INFO","added":2,"removed":1,"total":4,"message":"endpoint maps updated"}
-{"level":"WARN","lost_total":5,"lost_new":5,"message":"the kernel dropped events"}
-{"level":"ERROR","message":"inserting into MG_ENDPOINTS (is it full?)"}
-{"level":"ERROR","message":"again"}
-not json
-"#;
-        let mut step = Step::default();
-        read_log(log, &mut step);
-        assert_eq!((step.map_updates, step.map_added), (2, 3));
-        assert_eq!((step.errors, step.warnings), (2, 1));
-        assert_eq!(
-            step.first_error.as_deref(),
-            Some("inserting into MG_ENDPOINTS (is it full?)")
-        );
-        let warning = step.first_warning.unwrap();
-        assert!(
-            warning.starts_with("the kernel dropped events "),
-            "{warning}"
-        );
-        assert!(warning.contains("lost_new=5") && warning.contains("lost_total=5"));
-    }
-
-    #[test]
-    fn reads_log_timestamps() {
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
-        assert_eq!(unix_seconds("2000-02-29T23:59:59Z"), Some(951_868_799.0));
-        let t = unix_seconds("2026-11-26T03:50:13.027670Z").unwrap();
-        assert!((t - 1_795_665_013.027_67).abs() < 1e-5, "{t}");
-        assert_eq!(unix_seconds("2026-11-26 03:50:13Z"), None);
-        assert_eq!(unix_seconds("2026-11-26T03:50:13"), None);
-    }
-
-    #[test]
-    fn measures_the_closing_pace() {
-        // 1,500 new addresses, one every 2 ms: 500/s.
-        let log: String = (0..1_500u64)
-            .map(|i| {
-                let ms = i * 2;
-                format!(
-                    "{{\"timestamp\":\"2026-11-26T03:50:{:02}.{:03}000Z\",\"level\":\"INFO\",\
-                     \"message\":\"endpoint maps updated\",\"added\":1,\"removed\":0,\
-                     \"total\":{}}}\n",
-                    ms / 1000,
-                    ms % 1000,
-                    i + 1
-                )
-            })
-            .collect();
-        let mut step = Step::default();
-        read_log(&log, &mut step);
-        assert_eq!(step.map_added, 1_500);
-        let rate = step.tail_rate.expect("a pace");
-        assert!((rate - 500.0).abs() < 1.0, "{rate}");
-        assert_eq!(step.tail_total, 1_500);
-        // Fewer new addresses than TAIL: no pace.
-        let mut short = Step::default();
-        read_log(&log[..log.len() / 2], &mut short);
-        assert_eq!(short.tail_rate, None);
-    }
-
-    /// A fake step: lossless up to `capacity`, answers up to `generator`.
-    fn fake(capacity: u64, generator: u64) -> impl FnMut(u64) -> Result<Step> {
-        move |rate| {
-            let answered = rate.min(generator) * 3;
-            Ok(Step {
-                rate,
-                answered,
-                seconds: 3.0,
-                matches: Some(answered),
-                lost: Some(rate.saturating_sub(capacity)),
-                ..Step::default()
-            })
-        }
-    }
-
-    fn rates(found: &Search) -> Vec<u64> {
-        found.steps.iter().map(|s| s.rate).collect()
-    }
-
-    const LADDER: [u64; 5] = [5_000, 10_000, 20_000, 40_000, 80_000];
-
-    #[test]
-    fn steps_up_refines_and_doubles() {
-        let found = search(&LADDER, 1, fake(16_000, u64::MAX)).unwrap();
-        assert_eq!(rates(&found), [5_000, 10_000, 20_000, 15_000, 30_000]);
-        assert_eq!(found.best.map(|i| found.steps[i].rate), Some(15_000));
-        assert_eq!(found.double, Some(4));
-        assert!(!found.saturated);
-        // Without refinement, 2× the last lossless step.
-        let found = search(&LADDER, 0, fake(16_000, u64::MAX)).unwrap();
-        assert_eq!(rates(&found), [5_000, 10_000, 20_000, 20_000]);
-    }
-
-    #[test]
-    fn steps_down_when_the_first_rate_loses() {
-        let found = search(&LADDER, 1, fake(1_500, u64::MAX)).unwrap();
-        assert_eq!(rates(&found), [5_000, 2_500, 1_250, 2_000, 2_500]);
-        assert_eq!(found.best.map(|i| found.steps[i].rate), Some(1_250));
-        let found = search(&LADDER, 1, fake(0, u64::MAX)).unwrap();
-        assert_eq!(found.best, None);
-        assert_eq!(found.double, None);
-        assert_eq!(found.steps.last().map(|s| s.rate), Some(312));
-    }
-
-    #[test]
-    fn stops_where_the_load_generator_does() {
-        let found = search(&LADDER, 1, fake(u64::MAX, 50_000)).unwrap();
-        assert_eq!(rates(&found), [5_000, 10_000, 20_000, 40_000, 80_000]);
-        assert!(found.saturated);
-        assert_eq!(found.best, Some(4));
-        assert_eq!(found.double, None);
-        let found = search(&LADDER, 1, fake(u64::MAX, 30_000)).unwrap();
-        assert_eq!(rates(&found), [5_000, 10_000, 20_000, 40_000]);
-    }
-
-    #[test]
-    fn no_counters_is_not_no_loss() {
-        let step = Step {
-            matches: Some(10),
-            lost: None,
-            ..Step::default()
-        };
-        assert!(step.lost());
-        assert_eq!(step.delivered(), None);
-        let step = Step {
-            matches: Some(10),
-            lost: Some(0),
-            ..Step::default()
-        };
-        assert!(!step.lost());
-        assert_eq!(step.delivered(), Some(10));
-    }
 }

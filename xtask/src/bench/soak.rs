@@ -1,6 +1,6 @@
 //! `cargo xtask soak --minutes N`: mixed traffic through the redirect for N
 //! minutes — plain, streamed, redacted, refused by policy, over budget, and
-//! policy reloads in between — on the `bench proxy` rig. After each round
+//! policy reloads in between — on the proxy rig (`rig.rs`). After each round
 //! it samples the agent's RSS, its anonymous (heap) memory, open file
 //! descriptors, kernel map fill and losses; at the end it compares the
 //! first minute after warm-up (the first quarter of the run) with the last
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{
     http_client::Mode,
-    proxy::{self, ClientOpts, Rig},
+    rig::{self, ClientOpts, Rig},
 };
 use crate::util;
 
@@ -90,7 +90,7 @@ struct Sample {
 }
 
 pub fn run(args: &SoakArgs) -> Result<()> {
-    let bin = proxy::prepare("soak", &proxy::UPSTREAM.to_string())?;
+    let bin = rig::prepare("soak", &rig::UPSTREAM.to_string())?;
     let mut rig = Rig::start(&bin, "soak", POLICY)?;
     let pid = rig.agent_pid();
     let state_dir = rig.state_dir.clone();

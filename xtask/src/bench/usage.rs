@@ -1,10 +1,11 @@
-//! `cargo xtask bench usage`: the usage store. Runs the release agent's
-//! hidden `bench-usage`, which pushes N synthetic audited requests through
-//! the real queue and writer thread (rows per second absorbed), then times
-//! `modelgate usage`'s query over them for several groupings, against the
-//! 200 ms target for a million rows. Then, in the same run, the store
-//! behind the real proxy under concurrent load (the `bench proxy` rig):
-//! every request the clients completed must be a row, none dropped.
+//! `cargo xtask bench usage`: the usage store. Runs `modelgate-bench usage`
+//! (the agent crate's bench helper, built with its `bench` feature), which
+//! pushes N synthetic audited requests through the real queue and writer
+//! thread (rows per second absorbed), then times `modelgate usage`'s query
+//! over them for several groupings, against the 200 ms target for a million
+//! rows. Then, in the same run, the store behind the real proxy under
+//! concurrent load (the proxy rig, `rig.rs`): every request the clients
+//! completed must be a row, none dropped.
 
 use std::{
     path::Path,
@@ -18,9 +19,9 @@ use serde_json::Value;
 
 use super::{
     http_client::Mode,
-    proxy::{self, AGENT_CPU, ClientOpts, Rig},
+    rig::{self, AGENT_CPU, ClientOpts, POLICY_YAML, Rig, set_affinity},
 };
-use crate::util;
+use crate::{build_cmd, util};
 
 const TARGET_QUERY_MS: f64 = 200.0;
 
@@ -41,10 +42,11 @@ pub struct UsageArgs {
 }
 
 pub fn run(args: &UsageArgs) -> Result<()> {
-    let bin = proxy::prepare("usage", &proxy::UPSTREAM.to_string())?;
-    let mut cmd = Command::new(&bin);
+    let bin = rig::prepare("usage", &rig::UPSTREAM.to_string())?;
+    let helper = build_cmd::build_bench_helper()?;
+    let mut cmd = Command::new(&helper);
     cmd.args([
-        "bench-usage",
+        "usage",
         "--rows",
         &args.rows.to_string(),
         "--runs",
@@ -63,7 +65,7 @@ pub fn run(args: &UsageArgs) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
-        .context("bench-usage printed something that is not a JSON line")?;
+        .context("modelgate-bench usage printed something that is not a JSON line")?;
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for line in &lines {
         match line["what"].as_str() {
@@ -91,7 +93,7 @@ pub fn run(args: &UsageArgs) -> Result<()> {
                     }
                 );
             }
-            _ => bail!("unexpected bench-usage line: {line}"),
+            _ => bail!("unexpected modelgate-bench usage line: {line}"),
         }
     }
     under_load(&bin, args)
@@ -103,8 +105,8 @@ pub fn run(args: &UsageArgs) -> Result<()> {
 /// straight from the file) counts.
 fn under_load(bin: &Path, args: &UsageArgs) -> Result<()> {
     println!("bench: the usage store behind the proxy under load");
-    let rig = Rig::start(bin, "usage", proxy::POLICY_YAML)?;
-    proxy::set_affinity(rig.agent_pid(), Some(AGENT_CPU))?;
+    let rig = Rig::start(bin, "usage", POLICY_YAML)?;
+    set_affinity(rig.agent_pid(), Some(AGENT_CPU))?;
     let state_dir = rig.state_dir.clone();
     let started = Instant::now();
     let opts = ClientOpts {

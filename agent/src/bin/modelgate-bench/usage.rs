@@ -1,5 +1,5 @@
-//! `modelgate bench-usage` (hidden): how many rows per second the usage
-//! store absorbs, through the real queue and writer thread, and how long
+//! `modelgate-bench usage`: how many rows per second the usage store
+//! absorbs, through the real queue and writer thread, and how long
 //! `modelgate usage`'s query takes over that many rows. `cargo xtask bench
 //! usage` runs it.
 
@@ -11,9 +11,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
+use modelgate::usage::{self, By, Row};
 use serde_json::json;
-
-use crate::usage::{self, By, Row};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -69,7 +68,7 @@ fn row(i: u64, rows: u64, now_ms: i64) -> Row {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let now_ms = crate::clock::now_ms();
+    let now_ms = modelgate::clock::now_ms();
     let (log, writer) = usage::open(dir.path(), usage::DEFAULT_RETENTION)?;
     let dropped = log.dropped.clone();
     let start = Instant::now();

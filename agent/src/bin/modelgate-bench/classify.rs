@@ -1,14 +1,13 @@
-//! `modelgate bench-classify` (hidden): how fast the data classifiers go
-//! over prompt-like bodies of 1 KB, 32 KB and 1 MB, on this thread (one
-//! core). `cargo xtask bench classify` runs it and adds the proxy side.
+//! `modelgate-bench classify`: how fast the data classifiers go over
+//! prompt-like bodies of 1 KB, 32 KB and 1 MB, on this thread (one core).
+//! `cargo xtask bench classify` runs it and adds the proxy side.
 
 use std::{hint::black_box, process::ExitCode, time::Instant};
 
 use anyhow::Result;
 use clap::Args;
+use modelgate::classify::{Classifier, bench_json};
 use serde::Serialize;
-
-use crate::classify::{Classifier, bench_json};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
