@@ -1,7 +1,8 @@
 //! The layering of DESIGN.md, checked on the sources: no import cycle
 //! between the agent's top-level modules, and `policy/` — which decides
 //! without knowing how a decision is carried out or written down — imports
-//! no proxy, kernel loader, record writer or face.
+//! no proxy, kernel loader, record writer or face. Also: no file so long
+//! that it holds more than one job.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -207,5 +208,23 @@ fn the_check_finds_a_forbidden_import_and_a_cycle() {
     assert!(
         !problems.iter().any(|p| p.contains("audit")),
         "comments are not imports"
+    );
+}
+
+/// A file past this is doing more than one job: split it by job (the way
+/// `daemon/` and `proxy/` are) before adding to it.
+const MAX_LINES: usize = 600;
+
+#[test]
+fn no_source_file_is_longer_than_one_job_needs() {
+    let long: Vec<String> = sources()
+        .into_iter()
+        .filter(|(_, text)| text.lines().count() > MAX_LINES)
+        .map(|(path, text)| format!("{path}: {} lines", text.lines().count()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines: {}",
+        long.join(", ")
     );
 }

@@ -8,6 +8,7 @@
 //! into the registry at each scrape.
 
 mod http;
+mod labels;
 
 #[cfg(test)]
 mod docs_tests;
@@ -21,8 +22,12 @@ use std::{
 };
 
 pub use http::serve;
+pub use labels::HandshakeFailure;
+use labels::{
+    CounterLabels, LatencyLabels, MapLabels, MemoryLabels, QueueLabels, ReasonLabels,
+    RequestLabels, SignalLabels, SinkLabels, TokenLabels,
+};
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -40,106 +45,6 @@ pub const CHUNK_BOUNDS: [f64; 14] = [
 /// Distinct workload labels kept; the rest are counted as `other`, so one
 /// host cannot blow up a Prometheus server's series count.
 pub const MAX_WORKLOADS: usize = 100;
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    provider: String,
-    model: String,
-    decision: String,
-    outcome: String,
-    workload: String,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    provider: String,
-    model: String,
-    workload: String,
-    r#type: String,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LatencyLabels {
-    provider: String,
-    model: String,
-    workload: String,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CounterLabels {
-    counter: String,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueLabels {
-    queue: &'static str,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MemoryLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MapLabels {
-    map: &'static str,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SinkLabels {
-    sink: String,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SignalLabels {
-    signal: &'static str,
-}
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-/// Why a TLS handshake with a redirected client did not complete: the
-/// `reason` of `modelgate_proxy_tls_handshake_failures_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// The first record was not a readable ClientHello.
-    ClientHello,
-    /// No ClientHello within the header timeout.
-    Timeout,
-    /// The SNI named a host that is not the provider's; refused.
-    HostMismatch,
-    /// The proxy could not mint a certificate for the host.
-    Certificate,
-    /// The client ended the handshake with an alert: most often it does not
-    /// trust the modelgate CA, or pins certificates.
-    ClientRejected,
-    /// Anything else (the client went away mid-handshake, a protocol error).
-    Other,
-}
-
-impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 6] = [
-        HandshakeFailure::ClientHello,
-        HandshakeFailure::Timeout,
-        HandshakeFailure::HostMismatch,
-        HandshakeFailure::Certificate,
-        HandshakeFailure::ClientRejected,
-        HandshakeFailure::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::ClientHello => "client_hello",
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::HostMismatch => "host_mismatch",
-            HandshakeFailure::Certificate => "certificate",
-            HandshakeFailure::ClientRejected => "client_rejected",
-            HandshakeFailure::Other => "other",
-        }
-    }
-}
 
 /// One request being served by the proxy: counted in
 /// `modelgate_proxy_requests_in_flight` until dropped.
