@@ -59,7 +59,7 @@ impl Live {
     pub fn request(&self, audit: &AuditRecord) {
         self.update(&audit.identity, |p| {
             p.requests += 1;
-            if audit.outcome != "ok" || audit.status.is_some_and(|s| s >= 400) {
+            if audit.failed() {
                 p.errors += 1;
             }
             p.input_tokens += audit.tokens.input.unwrap_or(0);

@@ -11,6 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    audit::Outcome,
     catalog::Catalog,
     config,
     control::{client::Client, status::Status},
@@ -199,7 +200,7 @@ pub fn explain(policy: &Policy, catalog: &Catalog, given: &Given) -> Result<Expl
         (_, Action::Block) => "blocked at connect",
         (_, Action::Allow | Action::Monitor) => "not proxied",
         (_, Action::Passthrough) => "passthrough",
-        (Some((kind, _)), _) => kind.outcome(),
+        (Some((kind, _)), _) => Outcome::from(*kind).as_str(),
         (None, _) if decision.redact => "forward redacted",
         (None, _) => "forward",
     };

@@ -33,7 +33,7 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, Handling};
 
 /// The GenAI semantic conventions' bucket advice for
 /// `gen_ai.client.operation.time_to_first_chunk` and
@@ -313,9 +313,9 @@ impl Metrics {
 
     pub fn observe(&self, record: &AuditRecord) {
         self.totals.audited.fetch_add(1, Ordering::Relaxed);
-        if record.decision == "refused" {
+        if record.decision == Handling::Refused {
             self.totals.refused.fetch_add(1, Ordering::Relaxed);
-        } else if record.outcome != "ok" || record.status.is_some_and(|s| s >= 400) {
+        } else if record.failed() {
             self.totals.errors.fetch_add(1, Ordering::Relaxed);
         }
         let workload = self.workload(record);

@@ -65,7 +65,7 @@ pub fn unix_nanos(time: SystemTime) -> u64 {
 /// The error type the semantic conventions ask for: the outcome when it
 /// is not `ok`, else the upstream's HTTP error status.
 pub fn error_type(record: &AuditRecord) -> Option<String> {
-    if record.outcome != "ok" {
+    if !record.outcome.is_ok() {
         Some(record.outcome.to_string())
     } else {
         record
@@ -133,9 +133,9 @@ pub fn log_record(record: &AuditRecord, observed: SystemTime) -> LogRecord {
     a.int("http.response.status_code", record.status.map(u64::from));
     a.text("error.type", error_type(record).as_deref());
 
-    a.put("modelgate.decision", string(record.decision));
+    a.put("modelgate.decision", string(record.decision.as_str()));
     a.put("modelgate.rule", string(&record.rule));
-    a.put("modelgate.outcome", string(record.outcome));
+    a.put("modelgate.outcome", string(record.outcome.as_str()));
     a.text("modelgate.error", record.error.as_deref());
     a.put("modelgate.scheme", string(record.scheme));
     a.text("modelgate.http_version", record.http_version.as_deref());
@@ -206,7 +206,7 @@ pub fn log_record(record: &AuditRecord, observed: SystemTime) -> LogRecord {
     }
     a.text("k8s.pod.uid", cgroup.pod_uid.as_deref());
 
-    let troubled = record.outcome != "ok" || record.status.is_some_and(|s| s >= 400);
+    let troubled = record.failed();
     let severity = if troubled {
         SeverityNumber::Warn
     } else {
@@ -320,7 +320,7 @@ mod tests {
         identity.cgroup_info.container_id = Some("ab".repeat(32));
         identity.cgroup_info.container_runtime = Some(ContainerRuntime::Containerd);
         let mut record = AuditRecord::new(
-            "redirect",
+            crate::audit::Handling::Redirect,
             "default".into(),
             "openai".into(),
             Destination {
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn failures_carry_error_type_and_warn() {
         let mut failed = record();
-        failed.outcome = "upstream_error";
+        failed.outcome = crate::audit::Outcome::UpstreamError;
         failed.status = Some(502);
         let log = log_record(&failed, SystemTime::now());
         assert_eq!(attributes(&log)["error.type"], s("upstream_error"));
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn a_bare_refusal_has_no_invented_fields() {
         let mut bare = AuditRecord::new(
-            "refused",
+            crate::audit::Handling::Refused,
             "proxy".into(),
             "unknown".into(),
             Destination {
@@ -453,7 +453,7 @@ mod tests {
             9,
             Identity::default(),
         );
-        bare.outcome = "no_redirect_record";
+        bare.outcome = crate::audit::Outcome::NoRedirectRecord;
         let a = attributes(&log_record(&bare, SystemTime::now()));
         for absent in [
             "gen_ai.request.model",

@@ -32,7 +32,7 @@ use opentelemetry_proto::tonic::{
 
 use super::logs::{error_type, key_value, scope, string, unix_nanos};
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, Handling},
     metrics::{CHUNK_BOUNDS, MAX_WORKLOADS},
 };
 
@@ -194,7 +194,7 @@ impl Aggregator {
         }
         // Only requests that went upstream are operations; a refusal or a
         // passthrough connection has no operation to time.
-        if record.decision == "redirect" {
+        if record.decision == Handling::Redirect {
             let mut attrs = base;
             if let Some(error) = error_type(record) {
                 attrs.push(("error.type", error));
@@ -343,7 +343,7 @@ mod tests {
             ..Identity::default()
         };
         let mut record = AuditRecord::new(
-            "redirect",
+            Handling::Redirect,
             "default".into(),
             "openai".into(),
             Destination {
@@ -511,10 +511,10 @@ mod tests {
     fn failures_and_refusals_are_told_apart() {
         let mut agg = Aggregator::new(SystemTime::UNIX_EPOCH);
         let mut failed = record("m", "/bin/a", 1, 1, 5.0);
-        failed.outcome = "upstream_error";
+        failed.outcome = crate::audit::Outcome::UpstreamError;
         agg.observe(&failed);
         let mut refused = record("m", "/bin/a", 1, 1, 5.0);
-        refused.decision = "refused";
+        refused.decision = Handling::Refused;
         refused.tokens = Default::default();
         agg.observe(&refused);
         let request = agg.request(&Resource::default(), SystemTime::now());

@@ -411,7 +411,7 @@ mod tests {
 
     fn record() -> AuditRecord {
         let mut record = AuditRecord::new(
-            "redirect",
+            crate::audit::Handling::Redirect,
             "default".into(),
             "openai".into(),
             Destination {

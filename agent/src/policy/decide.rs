@@ -51,20 +51,6 @@ pub enum RefuseKind {
     ModelConflict,
 }
 
-impl RefuseKind {
-    pub fn outcome(self) -> &'static str {
-        match self {
-            RefuseKind::Blocked => "blocked",
-            RefuseKind::Quarantined | RefuseKind::DataQuarantined => "quarantined",
-            RefuseKind::ModelRefused => "model_refused",
-            RefuseKind::TooLarge => "too_large",
-            RefuseKind::DataBlocked => "data_blocked",
-            RefuseKind::Unreadable => "unreadable",
-            RefuseKind::ModelConflict => "model_conflict",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct RequestDecision<'p> {
     pub rule: Option<&'p Rule>,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::{
-    audit::{AuditRecord, Destination},
+    audit::{AuditRecord, Destination, Handling},
     catalog::{Api, HostPattern},
     identity::Identity,
 };
@@ -32,7 +32,7 @@ pub struct Conn {
 
 impl Conn {
     /// An audit record for a request (or splice) on this connection.
-    pub fn audit_record(&self, decision: &'static str, scheme: &'static str) -> AuditRecord {
+    pub fn audit_record(&self, decision: Handling, scheme: &'static str) -> AuditRecord {
         AuditRecord::new(
             decision,
             self.info.rule.clone(),

@@ -23,7 +23,7 @@ use super::{
     stream_usage, upload, websocket,
 };
 use crate::{
-    audit::{AuditFinding, AuditRecord},
+    audit::{AuditFinding, AuditRecord, Handling, Outcome},
     catalog::Api,
     inspect,
     policy::decide::DataFinding,
@@ -107,7 +107,7 @@ async fn handle(
         let why = Answer {
             refusal: Refusal::Upstream,
             status: StatusCode::SERVICE_UNAVAILABLE,
-            outcome: "audit_unavailable",
+            outcome: Outcome::AuditUnavailable,
             message,
         };
         return answer(&shared, audit, started, family, why);
@@ -155,7 +155,7 @@ async fn handle(
             let why = Answer {
                 refusal: Refusal::TooLarge,
                 status: StatusCode::PAYLOAD_TOO_LARGE,
-                outcome: "too_large",
+                outcome: Outcome::TooLarge,
                 message: &message,
             };
             return answer(&shared, audit, started, family, why);
@@ -171,7 +171,7 @@ async fn handle(
                 started,
                 family,
                 StatusCode::REQUEST_TIMEOUT,
-                "client_timeout",
+                Outcome::ClientTimeout,
                 &message,
             );
         }
@@ -183,7 +183,7 @@ async fn handle(
                 started,
                 family,
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                Outcome::BadRequest,
                 &message,
             );
         }
@@ -275,7 +275,7 @@ async fn handle(
             let why = Answer {
                 refusal: Refusal::Upstream,
                 status: StatusCode::BAD_REQUEST,
-                outcome: "bad_request",
+                outcome: Outcome::BadRequest,
                 message: &message,
             };
             return answer(&shared, audit, started, family, why);
@@ -333,7 +333,7 @@ async fn handle(
             let why = Answer {
                 refusal: Refusal::Upstream,
                 status: StatusCode::GATEWAY_TIMEOUT,
-                outcome: "upstream_timeout",
+                outcome: Outcome::UpstreamTimeout,
                 message: &message,
             };
             return answer(&shared, audit, started, family, why);
@@ -350,7 +350,7 @@ async fn handle(
             let why = Answer {
                 refusal: Refusal::Upstream,
                 status: StatusCode::BAD_GATEWAY,
-                outcome: "upstream_error",
+                outcome: Outcome::UpstreamError,
                 message: &message,
             };
             return answer(&shared, audit, started, family, why);
@@ -392,7 +392,7 @@ fn upload_stopped(
         upload.settle(&mut audit);
     }
     if !stopped.policy {
-        let status = if stopped.outcome == "client_timeout" {
+        let status = if stopped.outcome == Outcome::ClientTimeout {
             StatusCode::REQUEST_TIMEOUT
         } else {
             StatusCode::BAD_REQUEST
@@ -407,7 +407,7 @@ fn upload_stopped(
             &stopped.message,
         );
     }
-    audit.decision = "refused";
+    audit.decision = Handling::Refused;
     let why = Answer {
         refusal: Refusal::Policy,
         status: StatusCode::FORBIDDEN,
@@ -437,7 +437,7 @@ fn apply_request_info(audit: &mut AuditRecord, info: &RequestInfo) {
 }
 
 fn new_record(conn: &Conn, scheme: &'static str, host: &str) -> AuditRecord {
-    let mut record = conn.audit_record("redirect", scheme);
+    let mut record = conn.audit_record(Handling::Redirect, scheme);
     record.host = Some(host.to_string());
     record
 }
@@ -473,7 +473,7 @@ pub(super) struct Answer<'a> {
     pub refusal: Refusal,
     pub status: StatusCode,
     /// The record's `outcome`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub message: &'a str,
 }
 
@@ -503,7 +503,7 @@ fn refuse(
     started: Instant,
     family: Family,
     status: StatusCode,
-    outcome: &'static str,
+    outcome: Outcome,
     message: &str,
 ) -> Response<ProxyBody> {
     let why = Answer {
@@ -529,7 +529,7 @@ pub(super) fn refused(
     refuse: govern::Refuse,
     prompt: &str,
 ) -> Response<ProxyBody> {
-    audit.decision = "refused";
+    audit.decision = Handling::Refused;
     audit.findings = audit_findings(&refuse.findings);
     audit.rule = refuse.rule;
     audit.outcome = refuse.outcome;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::{Shared, conn::Conn, credentials};
 use crate::{
     alerts::{Alert, Severity, fingerprint},
+    audit::Outcome,
     budget::BudgetKey,
     catalog::Api,
     inspect::{self, Form},
@@ -68,7 +69,7 @@ pub struct Refuse {
     pub findings: Vec<DataFinding>,
     pub status: StatusCode,
     pub refusal: Refusal,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub message: String,
     pub retry_after: Option<u64>,
 }
@@ -135,7 +136,7 @@ pub async fn decide(
             findings: decision.findings,
             status,
             refusal,
-            outcome: kind.outcome(),
+            outcome: kind.into(),
             message,
             retry_after: None,
         });
@@ -202,7 +203,7 @@ pub async fn decide(
                     findings: decision.findings,
                     status: StatusCode::FORBIDDEN,
                     refusal: Refusal::Policy,
-                    outcome: "data_blocked",
+                    outcome: Outcome::DataBlocked,
                     message: format!(
                         "modelgate: the prompt holds data policy rule `{rule_name}` redacts, and \
                          this request body cannot be redacted safely; it was not sent"
@@ -245,7 +246,7 @@ pub async fn decide(
                     findings: forward.findings,
                     status: StatusCode::BAD_GATEWAY,
                     refusal: Refusal::Upstream,
-                    outcome: "credential_error",
+                    outcome: Outcome::CredentialError,
                     message: format!(
                         "modelgate: the credential of rule `{rule_name}` is unavailable: {err:#}"
                     ),
@@ -269,7 +270,7 @@ pub async fn decide(
                 findings: forward.findings,
                 status: StatusCode::TOO_MANY_REQUESTS,
                 refusal: Refusal::Budget,
-                outcome: "budget_exceeded",
+                outcome: Outcome::BudgetExceeded,
                 message: format!("modelgate: {} (policy rule `{rule_name}`)", exceeded.reason),
                 retry_after: Some(exceeded.retry_after_secs),
             });

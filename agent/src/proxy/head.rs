@@ -12,7 +12,7 @@ use super::{
     forward::{Answer, ProxyBody, answer},
 };
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, Handling, Outcome},
     providers::{Family, Refusal},
 };
 
@@ -40,11 +40,11 @@ pub(super) fn admit(
         }
         Err(message) => {
             shared.fronting_alert(&conn.info, asked.as_deref().unwrap_or(""), &message);
-            audit.decision = "refused";
+            audit.decision = Handling::Refused;
             let why = Answer {
                 refusal: Refusal::Policy,
                 status: StatusCode::MISDIRECTED_REQUEST,
-                outcome: "host_mismatch",
+                outcome: Outcome::HostMismatch,
                 message: &message,
             };
             Err(Box::new(answer(shared, audit, started, family, why)))

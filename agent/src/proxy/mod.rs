@@ -52,7 +52,7 @@ pub use self::{
 };
 use crate::{
     alerts::{Alert, Alerts, Severity},
-    audit::{AuditFailure, AuditLog, AuditRecord, Destination},
+    audit::{AuditFailure, AuditLog, AuditRecord, Destination, Handling, Outcome},
     budget::Budgets,
     identity::Identity,
     metrics::HandshakeFailure,
@@ -287,7 +287,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         warn!(%peer, "refused a connection to the proxy port that the kernel did not redirect");
         shared.record(refusal(
             connection,
-            "no_redirect_record",
+            Outcome::NoRedirectRecord,
             format!("{peer} connected to the proxy port directly; only redirected connections are served"),
             Identity::default(),
         ));
@@ -361,7 +361,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             shared.fronting_alert(&conn.info, sni.as_deref().unwrap_or(""), &message);
             shared.record(refusal(
                 connection,
-                "host_mismatch",
+                Outcome::HostMismatch,
                 message,
                 conn.info.identity.clone(),
             ));
@@ -514,14 +514,9 @@ impl Shared {
     }
 }
 
-fn refusal(
-    connection: u64,
-    outcome: &'static str,
-    error: String,
-    identity: Identity,
-) -> AuditRecord {
+fn refusal(connection: u64, outcome: Outcome, error: String, identity: Identity) -> AuditRecord {
     let mut record = AuditRecord::new(
-        "refused",
+        Handling::Refused,
         "proxy".into(),
         "unknown".into(),
         Destination {

@@ -19,7 +19,7 @@ use super::{
     upload::UploadState,
 };
 use crate::{
-    audit::{AuditRecord, Tokens},
+    audit::{AuditRecord, Outcome, Tokens},
     policy::StorePrompts,
     providers::{self, Family, ResponseObserver, Usage},
 };
@@ -176,7 +176,7 @@ impl ObservedBody {
     /// signal left).
     fn break_off(
         &mut self,
-        outcome: &'static str,
+        outcome: Outcome,
         message: String,
         err: BoxError,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -189,7 +189,7 @@ impl ObservedBody {
         Poll::Ready(Some(Err(err)))
     }
 
-    fn close(&mut self, outcome: &'static str, error: Option<String>) {
+    fn close(&mut self, outcome: Outcome, error: Option<String>) {
         let Some(mut pending) = self.pending.take() else {
             return;
         };
@@ -245,7 +245,7 @@ impl Body for ObservedBody {
             // byte is out, and drops the body without seeing its end.
             let ended = this.inner.is_end_stream();
             if ended {
-                this.close("ok", None);
+                this.close(Outcome::Ok, None);
             }
             let Some(hider) = this.hide_usage.as_mut() else {
                 return Poll::Ready(Some(Ok(frame)));
@@ -283,11 +283,11 @@ impl ObservedBody {
             "modelgate: the upstream response broke off: {}",
             error_chain(&err)
         );
-        self.break_off("upstream_error", message, Box::new(err))
+        self.break_off(Outcome::UpstreamError, message, Box::new(err))
     }
 
     fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.close("ok", None);
+        self.close(Outcome::Ok, None);
         let rest = self.hide_usage.as_mut().map(stream_usage::Hider::finish);
         match rest.filter(|rest| !rest.is_empty()) {
             Some(rest) => {
@@ -306,7 +306,7 @@ impl ObservedBody {
                     "modelgate: the upstream response stopped: nothing for {}s",
                     self.idle.as_secs()
                 );
-                self.break_off("upstream_timeout", message.clone(), message.into())
+                self.break_off(Outcome::UpstreamTimeout, message.clone(), message.into())
             }
             Poll::Pending => Poll::Pending,
         }
@@ -317,7 +317,7 @@ impl Drop for ObservedBody {
     fn drop(&mut self) {
         if self.pending.is_some() {
             let message = "the client went away before the response ended; the upstream request was cancelled";
-            self.close("client_disconnected", Some(message.to_string()));
+            self.close(Outcome::ClientDisconnected, Some(message.to_string()));
         }
     }
 }

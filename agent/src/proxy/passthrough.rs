@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::{Shared, conn::Conn, refusal, upstream_host};
+use crate::audit::{Handling, Outcome};
 
 /// A ClientHello larger than this is not waited for.
 const MAX_HELLO: usize = 16 * 1024;
@@ -31,14 +32,14 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
             warn!(%message, "refused a passthrough connection");
             shared.record(refusal(
                 conn.id,
-                "host_mismatch",
+                Outcome::HostMismatch,
                 message,
                 conn.info.identity.clone(),
             ));
             return;
         }
     };
-    let mut record = conn.audit_record("passthrough", "tls");
+    let mut record = conn.audit_record(Handling::Passthrough, "tls");
     record.host = Some(host);
     let mut client = client;
     match TcpStream::connect(conn.destination).await {
@@ -50,13 +51,13 @@ pub async fn run(shared: Arc<Shared>, conn: Arc<Conn>, client: TcpStream) {
                     record.response_bytes = down;
                 }
                 Err(err) => {
-                    record.outcome = "upstream_error";
+                    record.outcome = Outcome::UpstreamError;
                     record.error = Some(format!("splice ended: {err}"));
                 }
             }
         }
         Err(err) => {
-            record.outcome = "upstream_error";
+            record.outcome = Outcome::UpstreamError;
             record.error = Some(format!("cannot connect to {}: {err}", conn.destination));
         }
     }

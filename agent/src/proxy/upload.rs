@@ -30,7 +30,7 @@ use super::{
     govern::{self, DataRules},
 };
 use crate::{
-    audit::{AuditFinding, AuditRecord},
+    audit::{AuditFinding, AuditRecord, Outcome},
     inspect::{self, Form, encoding, multipart, stream::StreamScan},
     policy::{controls::DataAction, decide::DataFinding},
     providers::RequestInfo,
@@ -169,7 +169,7 @@ pub fn drain(mut body: Incoming, idle: Duration) {
 pub struct Stopped {
     /// `data_blocked`, `quarantined`, `unreadable`, `client_timeout`,
     /// `bad_request`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub message: String,
     /// A policy refusal (else the client's body failed).
     pub policy: bool,
@@ -359,9 +359,9 @@ fn judge(
         }
         return Some(Stopped {
             outcome: if quarantined {
-                "quarantined"
+                Outcome::Quarantined
             } else {
-                "data_blocked"
+                Outcome::DataBlocked
             },
             message,
             policy: true,
@@ -369,7 +369,7 @@ fn judge(
     }
     let why = unreadable?;
     rules.unreadable_blocks.then(|| Stopped {
-        outcome: "unreadable",
+        outcome: Outcome::Unreadable,
         message: format!(
             "modelgate: policy rule `{rule}` inspects what uploads carry, and this one cannot be \
              read as it streams: {why}; the upload was stopped"
@@ -445,7 +445,7 @@ impl Body for UploadBody {
                     Poll::Ready(Some(Err(err))) => {
                         this.done = true;
                         let stopped = Stopped {
-                            outcome: "bad_request",
+                            outcome: Outcome::BadRequest,
                             message: format!("modelgate: reading the upload failed: {err}"),
                             policy: false,
                         };
@@ -456,7 +456,7 @@ impl Body for UploadBody {
                         if this.timer.as_mut().poll(cx).is_ready() {
                             this.done = true;
                             let stopped = Stopped {
-                                outcome: "client_timeout",
+                                outcome: Outcome::ClientTimeout,
                                 message: format!(
                                     "modelgate: the upload stalled: nothing for {}s \
                                      (client_limits.body_timeout)",

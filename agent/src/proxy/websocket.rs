@@ -32,7 +32,7 @@ use super::{
     observed::Pending,
 };
 use crate::{
-    audit::Session,
+    audit::{Handling, Outcome, Session},
     inspect,
     providers::{Family, Refusal, RequestInfo, realtime, realtime::SessionObserver},
 };
@@ -222,7 +222,7 @@ pub async fn open(
         match sockets {
             Ok((client, upstream)) => session.run(client, upstream).await,
             Err(err) => session.end(
-                "upstream_error",
+                Outcome::UpstreamError,
                 Some(format!("modelgate: the session could not start: {err}")),
                 "modelgate",
                 None,
@@ -279,7 +279,7 @@ async fn declined(
         Ok(Ok(collected)) => collected.to_bytes(),
         _ => Bytes::new(),
     };
-    audit.outcome = "upgrade_declined";
+    audit.outcome = Outcome::UpgradeDeclined;
     audit.error = Some(format!(
         "the upstream answered {} to the session's upgrade instead of 101",
         parts.status
@@ -303,11 +303,11 @@ fn fail(
     message: &str,
 ) -> Response<ProxyBody> {
     let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
-        "upstream_timeout"
+        Outcome::UpstreamTimeout
     } else if status == StatusCode::BAD_REQUEST {
-        "bad_request"
+        Outcome::BadRequest
     } else {
-        "upstream_error"
+        Outcome::UpstreamError
     };
     let why = forward::Answer {
         refusal: Refusal::Upstream,
@@ -365,7 +365,7 @@ impl Relay {
                         let code = frame.as_ref().map(|f| u16::from(f.code));
                         let _ = upstream.send(Message::Close(frame)).await;
                         drain(&mut upstream).await;
-                        return self.end("ok", None, "client", code);
+                        return self.end(Outcome::Ok, None, "client", code);
                     }
                     Some(Ok(message)) => {
                         self.client_bytes += message.len() as u64;
@@ -378,18 +378,18 @@ impl Relay {
                         if let Err(err) = upstream.send(message).await {
                             let _ = client.close(Some(going_away("the model API went away"))).await;
                             let error = format!("modelgate: relaying to the model API failed: {err}");
-                            return self.end("upstream_error", Some(error), "upstream", None);
+                            return self.end(Outcome::UpstreamError, Some(error), "upstream", None);
                         }
                     }
                     Some(Err(err)) => {
                         let _ = upstream.close(Some(going_away("the client went away"))).await;
                         let error = format!("the client's side of the session broke: {err}");
-                        return self.end("client_disconnected", Some(error), "client", None);
+                        return self.end(Outcome::ClientDisconnected, Some(error), "client", None);
                     }
                     None => {
                         let _ = upstream.close(Some(going_away("the client went away"))).await;
                         let error = "the client went away without closing the session".to_string();
-                        return self.end("client_disconnected", Some(error), "client", None);
+                        return self.end(Outcome::ClientDisconnected, Some(error), "client", None);
                     }
                 },
                 message = upstream.next() => match message {
@@ -397,7 +397,7 @@ impl Relay {
                         let code = frame.as_ref().map(|f| u16::from(f.code));
                         let _ = client.send(Message::Close(frame)).await;
                         drain(&mut client).await;
-                        return self.end("ok", None, "upstream", code);
+                        return self.end(Outcome::Ok, None, "upstream", code);
                     }
                     Some(Ok(message)) => {
                         self.upstream_bytes += message.len() as u64;
@@ -411,18 +411,18 @@ impl Relay {
                         {
                             let _ = upstream.close(Some(going_away("the client went away"))).await;
                             let error = "the client went away mid-session".to_string();
-                            return self.end("client_disconnected", Some(error), "client", None);
+                            return self.end(Outcome::ClientDisconnected, Some(error), "client", None);
                         }
                     }
                     Some(Err(err)) => {
                         let _ = client.close(Some(going_away("the model API went away"))).await;
                         let error = format!("modelgate: the model API's side of the session broke: {err}");
-                        return self.end("upstream_error", Some(error), "upstream", None);
+                        return self.end(Outcome::UpstreamError, Some(error), "upstream", None);
                     }
                     None => {
                         let _ = client.close(Some(going_away("the model API went away"))).await;
                         let error = "modelgate: the model API went away without closing the session".to_string();
-                        return self.end("upstream_error", Some(error), "upstream", None);
+                        return self.end(Outcome::UpstreamError, Some(error), "upstream", None);
                     }
                 },
             }
@@ -501,7 +501,7 @@ impl Relay {
             .await;
         drain(client).await;
         let audit = &mut self.pending.audit;
-        audit.decision = "refused";
+        audit.decision = Handling::Refused;
         audit.rule = refuse.rule;
         merge_findings(&mut audit.findings, audit_findings(&refuse.findings));
         self.end(refuse.outcome, Some(reason), "modelgate", Some(1008));
@@ -509,7 +509,7 @@ impl Relay {
 
     fn end(
         mut self,
-        outcome: &'static str,
+        outcome: Outcome,
         error: Option<String>,
         closed_by: &'static str,
         close_code: Option<u16>,

@@ -25,7 +25,12 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::{audit::AuditRecord, clock::now_ms, identity::Identity, record::Decision};
+use crate::{
+    audit::{AuditRecord, Handling},
+    clock::now_ms,
+    identity::Identity,
+    record::Decision,
+};
 
 pub const FILE_NAME: &str = "usage.db";
 const QUEUE: usize = 65_536;
@@ -100,14 +105,14 @@ impl Row {
 
     pub fn from_audit(record: &AuditRecord) -> Row {
         let coverage = match record.decision {
-            "redirect" => Coverage::Governed,
-            "passthrough" => Coverage::Passthrough,
-            _ => Coverage::Blocked,
+            Handling::Redirect => Coverage::Governed,
+            Handling::Passthrough => Coverage::Passthrough,
+            Handling::Refused => Coverage::Blocked,
         };
         Row {
             kind: "request",
             coverage: coverage.as_str(),
-            error: record.outcome != "ok" || record.status.is_some_and(|s| s >= 400),
+            error: record.failed(),
             provider: record.provider.clone(),
             model: record.model.clone(),
             rule: record.rule.clone(),

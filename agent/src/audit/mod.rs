@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+mod outcome;
+
+pub use self::outcome::{Handling, Outcome};
 use crate::{
     alerts::{Alert, Alerts, Severity},
     identity::Identity,
@@ -89,13 +92,9 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     pub time: String,
-    /// `redirect` (terminated and audited), `passthrough` (SNI only) or
-    /// `refused` (the proxy would not serve it).
-    pub decision: &'static str,
+    pub decision: Handling,
     pub rule: String,
-    /// `ok`, `upstream_error`, `client_disconnected`, `too_large`,
-    /// `no_redirect_record`, `host_mismatch`, `bad_request`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(rename = "gen_ai.provider.name")]
@@ -183,10 +182,16 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The request did not get a good answer: the proxy or the upstream
+    /// refused or failed it, or the client left first.
+    pub fn failed(&self) -> bool {
+        !self.outcome.is_ok() || self.status.is_some_and(|s| s >= 400)
+    }
+
     /// A record with what every one has; the rest is filled as the request
     /// goes.
     pub fn new(
-        decision: &'static str,
+        decision: Handling,
         rule: String,
         provider: String,
         destination: Destination,
@@ -198,7 +203,7 @@ impl AuditRecord {
             time: crate::clock::rfc3339(std::time::SystemTime::now()),
             decision,
             rule,
-            outcome: "ok",
+            outcome: Outcome::Ok,
             error: None,
             provider,
             host: None,
