@@ -86,7 +86,7 @@ impl Agent {
     pub(super) fn refresh_proc_entry(&mut self, tgid: u32) -> Result<()> {
         if let Some((_, rule)) = self.quarantined.get(&tgid) {
             let entry = Compiled::quarantine_entry(self.ids.rule(rule)?);
-            return self.maps.set_proc_entry(tgid, Some(entry));
+            return Ok(self.maps.set_proc_entry(tgid, Some(entry))?);
         }
         if !self.compiled.policy.has_process_rules() {
             return Ok(());
@@ -114,8 +114,9 @@ impl Agent {
             .compiled
             .entry(Some(&proc_facts), cgroup_facts.as_ref());
         let base = self.compiled.entry(None, cgroup_facts.as_ref());
-        self.maps
-            .set_proc_entry(tgid, (full != base).then_some(full))
+        Ok(self
+            .maps
+            .set_proc_entry(tgid, (full != base).then_some(full))?)
     }
 
     pub(super) fn sync_endpoints(&mut self) -> Result<()> {

@@ -186,7 +186,7 @@ impl Agent {
             };
             verdict(&vetted.file, 0, self.compiled.exe_entry(&facts))
         };
-        self.maps.set_exe_verdict(key(&vetted.file), &value)
+        Ok(self.maps.set_exe_verdict(key(&vetted.file), &value)?)
     }
 
     /// An exec seen: find out what runs (digest of the very file the kernel

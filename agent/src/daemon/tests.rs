@@ -14,7 +14,6 @@ use agent_common::{
     AgentConfig, ConnectEvent, Counter, DnsName, EndpointKey, EndpointValue, EventHeader, ExeKey,
     ExeVerdict, ExecEvent, PolicyEntry, RULE_DEFAULT, action, hook, source,
 };
-use anyhow::Result;
 use tokio::sync::watch;
 
 use super::{Agent, Settings, status::Facts};
@@ -25,7 +24,7 @@ use crate::{
     config::FailMode,
     ebpf::{
         endpoints::EndpointSet,
-        maps::{MapSize, Maps, SyncStats},
+        maps::{MapSize, Maps, Result, SyncStats},
     },
     identity::{cgroups::CgroupIndex, procs::ProcCache, users::Users},
     live::Live,

@@ -7,13 +7,17 @@ use agent_common::{
     AgentConfig, CidrKey, Counter, DnsName, EndpointKey, EndpointValue, ExeKey, ExeVerdict,
     PolicyEntry, names, port_flags,
 };
-use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
-use super::endpoints::EndpointSet;
+use super::{
+    endpoints::EndpointSet,
+    error::{Access, MapsError, OnMap},
+};
+
+pub type Result<T, E = MapsError> = std::result::Result<T, E>;
 
 pub struct KernelMaps {
     ports: Array<MapData, u8>,
@@ -41,8 +45,11 @@ where
 {
     let map = ebpf
         .take_map(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+        .ok_or_else(|| MapsError::Missing(name.to_string()))?;
+    T::try_from(map).map_err(|source| MapsError::WrongType {
+        name: name.to_string(),
+        source,
+    })
 }
 
 impl KernelMaps {
@@ -76,11 +83,11 @@ impl KernelMaps {
     /// the configuration the kernel ran with meanwhile, if there was one.
     pub fn adopt(&mut self) -> Result<Option<AgentConfig>> {
         for entry in self.endpoints.iter() {
-            let (key, value) = entry.context("reading MG_ENDPOINTS")?;
+            let (key, value) = entry.on(Access::Read, "MG_ENDPOINTS")?;
             self.installed.exact.insert(key, value);
         }
         for entry in self.cidrs.iter() {
-            let (key, value) = entry.context("reading MG_CIDRS")?;
+            let (key, value) = entry.on(Access::Read, "MG_CIDRS")?;
             self.installed
                 .cidrs
                 .insert((key.prefix_len(), key.data()), value);
@@ -89,20 +96,20 @@ impl KernelMaps {
             let flags = self
                 .ports
                 .get(&u32::from(port), 0)
-                .context("reading MG_PORTS")?;
+                .on(Access::Read, "MG_PORTS")?;
             if flags != 0 {
                 self.installed_ports.insert(port, flags);
             }
         }
         for entry in self.cgroup_policy.iter() {
-            let (id, policy) = entry.context("reading MG_CGROUP_POLICY")?;
+            let (id, policy) = entry.on(Access::Read, "MG_CGROUP_POLICY")?;
             self.cgroup_entries.insert(id, policy);
         }
         for entry in self.dns_names.iter() {
-            let (hash, name) = entry.context("reading MG_DNS_NAMES")?;
+            let (hash, name) = entry.on(Access::Read, "MG_DNS_NAMES")?;
             self.installed_dns.insert(hash, name);
         }
-        let config = self.config.get(&0, 0).context("reading MG_CONFIG")?;
+        let config = self.config.get(&0, 0).on(Access::Read, "MG_CONFIG")?;
         // An all-zero config is a map no agent configured yet.
         Ok((config.generation != 0).then_some(config))
     }
@@ -115,19 +122,16 @@ impl KernelMaps {
         };
         // SAFETY: valid clock id and out pointer.
         if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
-            anyhow::bail!(
-                "reading CLOCK_BOOTTIME: {}",
-                std::io::Error::last_os_error()
-            );
+            return Err(MapsError::Clock(std::io::Error::last_os_error()));
         }
         let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         self.heartbeat
             .set(0, now, 0)
-            .context("writing MG_HEARTBEAT")
+            .on(Access::Write, "MG_HEARTBEAT")
     }
 
     pub fn set_config(&mut self, config: AgentConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing MG_CONFIG")
+        self.config.set(0, config, 0).on(Access::Write, "MG_CONFIG")
     }
 
     /// Makes the kernel's endpoint maps equal `wanted`. Additions go in
@@ -138,7 +142,7 @@ impl KernelMaps {
             if self.installed.exact.get(key) != Some(value) {
                 self.endpoints
                     .insert(key, value, 0)
-                    .context("inserting into MG_ENDPOINTS (is it full?)")?;
+                    .on(Access::Insert, "MG_ENDPOINTS")?;
                 stats.added += 1;
             }
         }
@@ -146,7 +150,7 @@ impl KernelMaps {
             if self.installed.cidrs.get(&(*prefix, *key)) != Some(value) {
                 self.cidrs
                     .insert(&Key::new(*prefix, *key), value, 0)
-                    .context("inserting into MG_CIDRS (is it full?)")?;
+                    .on(Access::Insert, "MG_CIDRS")?;
                 stats.added += 1;
             }
         }
@@ -155,14 +159,14 @@ impl KernelMaps {
             if self.installed_ports.get(port) != Some(flags) {
                 self.ports
                     .set(u32::from(*port), *flags, 0)
-                    .context("writing MG_PORTS")?;
+                    .on(Access::Write, "MG_PORTS")?;
             }
         }
         for port in self.installed_ports.keys() {
             if !wanted_ports.contains_key(port) {
                 self.ports
                     .set(u32::from(*port), 0u8, 0)
-                    .context("writing MG_PORTS")?;
+                    .on(Access::Write, "MG_PORTS")?;
             }
         }
         for key in self.installed.exact.keys() {
@@ -192,7 +196,7 @@ impl KernelMaps {
         }
         self.endpoints
             .insert(key, value, 0)
-            .context("inserting into MG_ENDPOINTS (is it full?)")?;
+            .on(Access::Insert, "MG_ENDPOINTS")?;
         self.installed.exact.insert(key, value);
         Ok(())
     }
@@ -219,7 +223,7 @@ impl KernelMaps {
             if self.installed_dns.get(hash) != Some(entry) {
                 self.dns_names
                     .insert(hash, entry, 0)
-                    .context("writing MG_DNS_NAMES (is it full?)")?;
+                    .on(Access::Insert, "MG_DNS_NAMES")?;
             }
         }
         for hash in self.installed_dns.keys() {
@@ -237,7 +241,7 @@ impl KernelMaps {
             Some(entry) if self.cgroup_entries.get(&id) != Some(&entry) => {
                 self.cgroup_policy
                     .insert(id, entry, 0)
-                    .context("writing MG_CGROUP_POLICY (is it full?)")?;
+                    .on(Access::Insert, "MG_CGROUP_POLICY")?;
                 self.cgroup_entries.insert(id, entry);
             }
             Some(_) => {}
@@ -261,7 +265,7 @@ impl KernelMaps {
                 // be stale: always write.
                 self.proc_policy
                     .insert(tgid, entry, 0)
-                    .context("writing MG_PROC_POLICY (is it full?)")?;
+                    .on(Access::Insert, "MG_PROC_POLICY")?;
                 self.proc_entries.insert(tgid, entry);
             }
             None => {
@@ -279,7 +283,7 @@ impl KernelMaps {
         // then vetted again at its next exec.
         self.exe_policy
             .insert(key, verdict, 0)
-            .context("writing MG_EXE_POLICY")
+            .on(Access::Write, "MG_EXE_POLICY")
     }
 
     /// Forgets every vetted file (a new policy changes their verdicts).
@@ -299,7 +303,7 @@ impl KernelMaps {
         for size in sizes {
             self.exe_sizes
                 .insert(size, 1, 0)
-                .context("writing MG_EXE_SIZES (is it full?)")?;
+                .on(Access::Insert, "MG_EXE_SIZES")?;
         }
         Ok(())
     }
@@ -307,7 +311,7 @@ impl KernelMaps {
     pub fn set_exe_special(&mut self, slot: u32, verdict: ExeVerdict) -> Result<()> {
         self.exe_special
             .set(slot, verdict, 0)
-            .context("writing MG_EXE_SPECIAL")
+            .on(Access::Write, "MG_EXE_SPECIAL")
     }
 
     /// The kernel removed this process's entry (exec or exit).
@@ -333,7 +337,7 @@ impl KernelMaps {
                 let values = self
                     .counters
                     .get(&(*c as u32), 0)
-                    .context("reading MG_COUNTERS")?;
+                    .on(Access::Read, "MG_COUNTERS")?;
                 Ok((*c, values.iter().sum()))
             })
             .collect()

@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod endpoints;
+mod error;
 pub mod events;
 pub mod maps;
 pub mod pins;
@@ -11,17 +12,19 @@ mod tracefmt;
 use std::{fs::File, path::Path};
 
 use agent_common::names;
-use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramFd, SockOps,
-        TracePoint, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramFd,
+        SockOps, TracePoint, links::FdLink,
     },
 };
 use tracing::{debug, error, warn};
 
+pub use self::error::{AttachError, EbpfError, MapsError};
 use self::pins::{OpenLink, Pins};
+
+pub type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The object built by build.rs from agent-ebpf.
 #[cfg(not(fuzzing))]
@@ -86,11 +89,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs> {
         .override_global(names::GLOBAL_EXECVE_ARGV, &offsets.execve_argv, true)
         .override_global(names::GLOBAL_EXE_OFFSETS, &exe_offsets, true)
         .load(OBJECT)
-        .context(
-            "loading the eBPF object failed; the kernel needs BTF, CONFIG_CGROUP_BPF and \
-         CONFIG_BPF_SYSCALL, and the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
-         (or root)",
-        )?;
+        .map_err(EbpfError::Load)?;
     Ok(Programs {
         ebpf,
         execve_argv: offsets.execve_argv != 0,
@@ -122,14 +121,20 @@ impl Programs {
             let path = self.pins.link_path(program);
             let tp: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
             tp.load()
-                .with_context(|| format!("the kernel rejected program {program}"))?;
+                .map_err(|source| EbpfError::Rejected { program, source })?;
             // Perf links cannot be switched to another program: the new one
             // goes in beside the old, which goes once the new is pinned.
             replace_pin(&path, || {
-                let id = tp.attach(category, name).with_context(|| {
-                    format!("attaching {program} to tracepoint {category}/{name}")
-                })?;
-                match FdLink::try_from(tp.take_link(id)?) {
+                let attach_error = |source: AttachError| EbpfError::Attach {
+                    program,
+                    target: format!("tracepoint {category}/{name}"),
+                    source,
+                };
+                let id = tp
+                    .attach(category, name)
+                    .map_err(|e| attach_error(e.into()))?;
+                let link = tp.take_link(id).map_err(|e| attach_error(e.into()))?;
+                match FdLink::try_from(link) {
                     Ok(link) => pin(link, &path),
                     // A kernel without perf bpf_links: attached for as long
                     // as the agent runs, as before pinning existed.
@@ -141,11 +146,9 @@ impl Programs {
             })?;
             done.attached += 1;
         }
-        let cgroup_fd = File::open(cgroup).with_context(|| {
-            format!(
-                "cannot open cgroup {}; pass --cgroup with a directory in the cgroup2 mount",
-                cgroup.display()
-            )
+        let cgroup_fd = File::open(cgroup).map_err(|source| EbpfError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
         })?;
         let cgroup_id = pins::cgroup_id(cgroup)?;
         for program in [
@@ -158,8 +161,8 @@ impl Programs {
         ] {
             let prog: &mut CgroupSockAddr = program_mut(&mut self.ebpf, program)?;
             prog.load()
-                .with_context(|| format!("the kernel rejected program {program}"))?;
-            let fd = prog.fd()?.try_clone()?;
+                .map_err(|source| EbpfError::Rejected { program, source })?;
+            let fd = program_fd(program, prog.fd())?;
             place(
                 &self.pins,
                 program,
@@ -182,8 +185,8 @@ impl Programs {
         ] {
             let prog: &mut CgroupSkb = program_mut(&mut self.ebpf, program)?;
             prog.load()
-                .with_context(|| format!("the kernel rejected program {program}"))?;
-            let fd = prog.fd()?.try_clone()?;
+                .map_err(|source| EbpfError::Rejected { program, source })?;
+            let fd = program_fd(program, prog.fd())?;
             place(
                 &self.pins,
                 program,
@@ -200,8 +203,8 @@ impl Programs {
         let program = names::PROG_SOCKOPS;
         let prog: &mut SockOps = program_mut(&mut self.ebpf, program)?;
         prog.load()
-            .with_context(|| format!("the kernel rejected program {program}"))?;
-        let fd = prog.fd()?.try_clone()?;
+            .map_err(|source| EbpfError::Rejected { program, source })?;
+        let fd = program_fd(program, prog.fd())?;
         place(
             &self.pins,
             program,
@@ -229,7 +232,7 @@ fn place(
     cgroup_id: u64,
     fd: ProgramFd,
     done: &mut Attached,
-    attach: impl FnOnce() -> Result<FdLink>,
+    attach: impl FnOnce() -> Result<FdLink, AttachError>,
 ) -> Result<()> {
     let path = pins.link_path(program);
     let old = OpenLink::open(&path)?;
@@ -240,15 +243,18 @@ fn place(
             .is_ok_and(|i| i.link_type == pins::LINK_TYPE_CGROUP && i.cgroup_id == cgroup_id)
     {
         link.update(&fd)
-            .with_context(|| format!("switching {program} to the new program"))?;
+            .map_err(|source| EbpfError::Switch { program, source })?;
         debug!(program, "switched the pinned link to the new program");
         done.switched += 1;
         return Ok(());
     }
     drop(old);
     replace_pin(&path, || {
-        let link = attach()
-            .with_context(|| format!("attaching {program} to cgroup {}", cgroup.display()))?;
+        let link = attach().map_err(|source| EbpfError::Attach {
+            program,
+            target: format!("cgroup {}", cgroup.display()),
+            source,
+        })?;
         pin(link, &path)
     })?;
     debug!(program, cgroup = %cgroup.display(), "attached");
@@ -262,8 +268,24 @@ where
 {
     let program = ebpf
         .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?;
-    Ok(program.try_into()?)
+        .ok_or_else(|| EbpfError::MissingProgram(name.to_string()))?;
+    program.try_into().map_err(|source| EbpfError::Program {
+        program: name.to_string(),
+        source,
+    })
+}
+
+/// A loaded program's descriptor, owned (the attach closure borrows the
+/// program).
+fn program_fd(
+    program: &'static str,
+    fd: std::result::Result<&ProgramFd, ProgramError>,
+) -> Result<ProgramFd> {
+    fd.and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| EbpfError::Program {
+            program: program.to_string(),
+            source,
+        })
 }
 
 /// Puts a new link in place of the one pinned at `path`, make before
@@ -274,7 +296,10 @@ where
 pub fn replace_pin(path: &Path, attach_and_pin: impl FnOnce() -> Result<()>) -> Result<()> {
     let old = OpenLink::open(path)?;
     if old.is_some() {
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| EbpfError::RemovePin {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     let result = attach_and_pin();
     if let (Err(err), Some(old)) = (&result, &old) {
@@ -289,8 +314,10 @@ pub fn replace_pin(path: &Path, attach_and_pin: impl FnOnce() -> Result<()>) -> 
 }
 
 fn pin(link: FdLink, path: &Path) -> Result<()> {
-    link.pin(path)
-        .with_context(|| format!("pinning a link at {}", path.display()))?;
+    link.pin(path).map_err(|source| EbpfError::PinLink {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -311,12 +338,7 @@ fn ensure_tracefs() -> Result<()> {
     if events.exists() {
         return Ok(());
     }
-    if let Err(err) = mount("tracefs", TRACEFS) {
-        bail!(
-            "tracefs is not mounted at {TRACEFS} and mounting it failed ({err}); \
-             run `mount -t tracefs nodev {TRACEFS}`"
-        );
-    }
+    mount("tracefs", TRACEFS).map_err(|err| EbpfError::NoTracefs(TRACEFS, err))?;
     warn!("mounted tracefs at {TRACEFS} (it was not mounted)");
     Ok(())
 }

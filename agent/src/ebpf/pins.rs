@@ -15,7 +15,6 @@ use std::{
 };
 
 use agent_common::names;
-use anyhow::{Context, Result, bail};
 use aya::{EbpfLoader, maps::MapInfo};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -25,6 +24,52 @@ use crate::layout::STATE_DIR as DEFAULT_STATE_DIR;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/modelgate";
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub type Result<T, E = PinError> = std::result::Result<T, E>;
+
+/// Pins could not be made, read or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{doing} {}{hint}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        /// What to do about it, when there is something.
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "bpffs is not mounted at {BPFFS} and mounting it failed; run `mount -t bpf bpf {BPFFS}`, \
+         or set pin_dir in agent.yaml to a directory on bpffs"
+    )]
+    NoBpffs(#[source] std::io::Error),
+    /// A call on an open link.
+    #[error("{0}")]
+    Link(&'static str, #[source] std::io::Error),
+    #[error("parsing the embedded eBPF object")]
+    Object(#[source] aya_obj::ParseError),
+    #[error("the pin path {} holds a NUL byte", .0.display())]
+    NulInPath(PathBuf),
+}
+
+fn io_error(
+    doing: &'static str,
+    path: &Path,
+    hint: &'static str,
+) -> impl FnOnce(std::io::Error) -> PinError {
+    let path = path.to_path_buf();
+    move |source| PinError::Io {
+        doing,
+        path,
+        hint,
+        source,
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| PinError::NulInPath(path.to_path_buf()))
+}
 
 /// The maps whose contents the kernel programs need while no agent runs,
 /// or that a restarted agent should find again (counters, the events the
@@ -85,12 +130,11 @@ impl Pins {
         let maps = root.join("maps");
         std::fs::create_dir_all(&maps)
             .and_then(|()| std::fs::create_dir_all(root.join("links")))
-            .with_context(|| {
-                format!(
-                    "creating {} (it must be on bpffs; set pin_dir in agent.yaml)",
-                    root.display()
-                )
-            })?;
+            .map_err(io_error(
+                "creating",
+                root,
+                " (it must be on bpffs; set pin_dir in agent.yaml)",
+            ))?;
         let adopting = STATE_MAPS.iter().any(|name| maps.join(name).exists());
         let mismatches = mismatched_maps(&maps, object)?;
         if !mismatches.is_empty() {
@@ -129,7 +173,7 @@ impl Pins {
 
 /// The object's definition of each state map against the pinned one's.
 fn mismatched_maps(dir: &Path, object: &[u8]) -> Result<Vec<String>> {
-    let parsed = aya_obj::Object::parse(object).context("parsing the embedded eBPF object")?;
+    let parsed = aya_obj::Object::parse(object).map_err(PinError::Object)?;
     let mut mismatched = Vec::new();
     for name in STATE_MAPS {
         let path = dir.join(name);
@@ -158,12 +202,7 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
     if !root.starts_with(BPFFS) || is_bpffs(Path::new(BPFFS)) {
         return Ok(());
     }
-    if let Err(err) = super::mount("bpf", BPFFS) {
-        bail!(
-            "bpffs is not mounted at {BPFFS} and mounting it failed ({err}); run \
-             `mount -t bpf bpf {BPFFS}`, or set pin_dir in agent.yaml to a directory on bpffs"
-        );
-    }
+    super::mount("bpf", BPFFS).map_err(PinError::NoBpffs)?;
     info!("mounted bpffs at {BPFFS} (it was not mounted)");
     Ok(())
 }
@@ -190,13 +229,13 @@ impl OpenLink {
         if !path.exists() {
             return Ok(None);
         }
-        let c_path = CString::new(path.as_os_str().as_bytes()).context("pin path")?;
+        let c_path = c_path(path)?;
         let mut attr = ObjGetAttr {
             pathname: c_path.as_ptr() as u64,
             ..Default::default()
         };
-        let fd = bpf(BPF_OBJ_GET, &mut attr)
-            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        let fd =
+            bpf(BPF_OBJ_GET, &mut attr).map_err(io_error("opening the pinned link", path, ""))?;
         // SAFETY: BPF_OBJ_GET returned a new fd that we own.
         Ok(Some(OpenLink {
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
@@ -205,14 +244,13 @@ impl OpenLink {
 
     /// Pins the link at `path` (again).
     pub fn pin(&self, path: &Path) -> Result<()> {
-        let c_path = CString::new(path.as_os_str().as_bytes()).context("pin path")?;
+        let c_path = c_path(path)?;
         let mut attr = ObjGetAttr {
             pathname: c_path.as_ptr() as u64,
             bpf_fd: self.fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        bpf(BPF_OBJ_PIN, &mut attr)
-            .with_context(|| format!("pinning a link at {}", path.display()))?;
+        bpf(BPF_OBJ_PIN, &mut attr).map_err(io_error("pinning a link at", path, ""))?;
         Ok(())
     }
 
@@ -224,7 +262,8 @@ impl OpenLink {
             info_len: buf.len() as u32,
             info: buf.as_mut_ptr() as u64,
         };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("reading a pinned link's info")?;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+            .map_err(|e| PinError::Link("reading a pinned link's info", e))?;
         let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
         Ok(LinkInfo {
             link_type: u32_at(0),
@@ -244,7 +283,8 @@ impl OpenLink {
             flags: 0,
             old_prog_fd: 0,
         };
-        bpf(BPF_LINK_UPDATE, &mut attr).context("switching a pinned link to the new program")?;
+        bpf(BPF_LINK_UPDATE, &mut attr)
+            .map_err(|e| PinError::Link("switching a pinned link to the new program", e))?;
         Ok(())
     }
 }
@@ -263,7 +303,7 @@ pub const LINK_TYPE_CGROUP: u32 = 3;
 /// The id the kernel gives a cgroup: its directory's inode on cgroup2.
 pub fn cgroup_id(cgroup: &Path) -> Result<u64> {
     Ok(std::fs::metadata(cgroup)
-        .with_context(|| format!("reading cgroup {}", cgroup.display()))?
+        .map_err(io_error("reading cgroup", cgroup, ""))?
         .ino())
 }
 
@@ -278,15 +318,17 @@ pub fn remove_all(root: &Path) -> Result<usize> {
             continue;
         };
         for entry in entries.flatten() {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("removing {}", entry.path().display()))?;
+            std::fs::remove_file(entry.path()).map_err(io_error("removing", &entry.path(), ""))?;
             removed += 1;
         }
         let _ = std::fs::remove_dir(&dir);
     }
     if root.exists() {
-        std::fs::remove_dir(root)
-            .with_context(|| format!("removing {} (something else is in it)", root.display()))?;
+        std::fs::remove_dir(root).map_err(io_error(
+            "removing",
+            root,
+            " (something else is in it)",
+        ))?;
     }
     Ok(removed)
 }

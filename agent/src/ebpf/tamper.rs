@@ -5,9 +5,8 @@
 use std::{fs::File, os::fd::AsRawFd};
 
 use agent_common::names;
-use anyhow::{Context, Result};
 
-use super::Programs;
+use super::{EbpfError, Programs, Result};
 
 /// Our cgroup programs and the attach type each was attached with
 /// (`enum bpf_attach_type` values).
@@ -40,10 +39,11 @@ impl Programs {
             let program = self
                 .ebpf
                 .program(name)
-                .with_context(|| format!("program {name} missing"))?;
-            let info = program
-                .info()
-                .with_context(|| format!("reading the id of program {name}"))?;
+                .ok_or_else(|| EbpfError::MissingProgram(name.to_string()))?;
+            let info = program.info().map_err(|source| EbpfError::Program {
+                program: name.to_string(),
+                source,
+            })?;
             expected.push((name, attach_type, info.id()));
         }
         // The same list `attach` attaches.
@@ -52,8 +52,10 @@ impl Programs {
             tracepoints.push(names::PROG_EXECVE_ARGS);
         }
         Ok(Attachments {
-            cgroup: File::open(cgroup)
-                .with_context(|| format!("opening cgroup {}", cgroup.display()))?,
+            cgroup: File::open(cgroup).map_err(|source| EbpfError::Cgroup {
+                path: cgroup.to_path_buf(),
+                source,
+            })?,
             expected,
             tracepoints,
         })

@@ -2,9 +2,27 @@
 //! changes between kernels (6.x moved the fork event's comms to
 //! `__data_loc`), so the kernel programs get the offsets as globals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+/// The tracepoints the programs attach to are unreadable or unlike any
+/// kernel the agent knows.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceFormatError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{event} has no `{fields}` field on this kernel; please report the kernel version \
+         (uname -r)"
+    )]
+    MissingField {
+        event: &'static str,
+        fields: &'static str,
+    },
+}
 
 /// Offsets handed to the kernel programs; 0 means "not on this kernel".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +52,10 @@ pub fn field_offset(format: &str, name: &str, size: u32) -> Option<u32> {
     })
 }
 
-pub fn read(tracefs: &Path) -> Result<Offsets> {
+pub fn read(tracefs: &Path) -> Result<Offsets, TraceFormatError> {
     let format = |event: &str| {
         let path = tracefs.join(format!("events/sched/{event}/format"));
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        std::fs::read_to_string(&path).map_err(|source| TraceFormatError::Read { path, source })
     };
     let exec = format("sched_process_exec")?;
     let exit = format("sched_process_exit")?;
@@ -47,17 +65,19 @@ pub fn read(tracefs: &Path) -> Result<Offsets> {
     let execve = std::fs::read_to_string(tracefs.join("events/syscalls/sys_enter_execve/format"))
         .unwrap_or_default();
     let Some(exec_filename) = field_offset(&exec, "filename", 4) else {
-        bail!(
-            "sched_process_exec has no `filename` field on this kernel; please report its version"
-        );
+        return Err(TraceFormatError::MissingField {
+            event: "sched_process_exec",
+            fields: "filename",
+        });
     };
     let (Some(fork_parent_pid), Some(fork_child_pid)) = (
         field_offset(&fork, "parent_pid", 4),
         field_offset(&fork, "child_pid", 4),
     ) else {
-        bail!(
-            "sched_process_fork lacks parent_pid/child_pid on this kernel; please report its version"
-        );
+        return Err(TraceFormatError::MissingField {
+            event: "sched_process_fork",
+            fields: "parent_pid`/`child_pid",
+        });
     };
     Ok(Offsets {
         exec_filename,
@@ -119,5 +139,41 @@ format:
             offsets.exec_filename > 0 && offsets.fork_child_pid > 0,
             "{offsets:?}"
         );
+    }
+
+    /// A kernel without the fields names what is missing; an unreadable
+    /// tracefs names the file.
+    #[test]
+    fn read_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, TraceFormatError::Read { path, .. } if path.ends_with("sched_process_exec/format")),
+            "{err}"
+        );
+        for (event, text) in [
+            (
+                "sched_process_exec",
+                "\tfield:int other;\toffset:8;\tsize:4;\tsigned:1;\n",
+            ),
+            ("sched_process_exit", ""),
+            ("sched_process_fork", FORK_6_18),
+        ] {
+            let event_dir = dir.path().join("events/sched").join(event);
+            std::fs::create_dir_all(&event_dir).unwrap();
+            std::fs::write(event_dir.join("format"), text).unwrap();
+        }
+        let err = read(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TraceFormatError::MissingField {
+                    event: "sched_process_exec",
+                    fields: "filename"
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("uname -r"), "{err}");
     }
 }
