@@ -19,7 +19,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::{
     sync::mpsc::{self, error::TryRecvError},
@@ -84,6 +83,19 @@ impl<T> Clone for JsonlLog<T> {
     }
 }
 
+/// A log could not be opened for writing.
+#[derive(Debug, thiserror::Error)]
+#[error("opening the {what} log {target}")]
+pub struct OpenError {
+    what: &'static str,
+    /// The file, or standard output.
+    target: String,
+    #[source]
+    source: std::io::Error,
+}
+
+type Opened<T> = Result<(JsonlLog<T>, JoinHandle<()>), OpenError>;
+
 impl<T: Serialize + Send + 'static> JsonlLog<T> {
     /// Opens `path` for append and starts its writer. `what` names the log
     /// in messages ("audit"); `on_change` hears when writes start failing
@@ -93,12 +105,16 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
         what: &'static str,
         queue: usize,
         on_change: impl Fn(Change) + Send + 'static,
-    ) -> Result<(JsonlLog<T>, JoinHandle<()>)> {
+    ) -> Opened<T> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("opening the {what} log {}", path.display()))?;
+            .map_err(|source| OpenError {
+                what,
+                target: path.display().to_string(),
+                source,
+            })?;
         Ok(Self::start(file, what, queue, on_change))
     }
 
@@ -108,12 +124,16 @@ impl<T: Serialize + Send + 'static> JsonlLog<T> {
         what: &'static str,
         queue: usize,
         on_change: impl Fn(Change) + Send + 'static,
-    ) -> Result<(JsonlLog<T>, JoinHandle<()>)> {
+    ) -> Opened<T> {
         use std::os::fd::AsFd;
         let fd = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
-            .with_context(|| format!("duplicating standard output for the {what} log"))?;
+            .map_err(|source| OpenError {
+                what,
+                target: "on standard output (duplicating its descriptor)".into(),
+                source,
+            })?;
         Ok(Self::start(File::from(fd), what, queue, on_change))
     }
 

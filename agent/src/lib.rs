@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod ebpf;
+pub mod errors;
 pub mod fields;
 pub mod heartbeat;
 pub mod identity;

@@ -5,11 +5,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
 
 use crate::{
-    jsonl::{Change, JsonlLog},
+    jsonl::{Change, JsonlLog, OpenError},
     record::Decision,
 };
 
@@ -19,19 +18,26 @@ const QUEUE: usize = 65_536;
 
 pub type Sink = JsonlLog<Decision>;
 
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("creating {}, the directory of the events file", .0.display())]
+    Directory(std::path::PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
 /// `-` is stdout; anything else a file opened for append.
-pub fn open(target: &str) -> Result<(Sink, JoinHandle<()>)> {
+pub fn open(target: &str) -> Result<(Sink, JoinHandle<()>), SinkError> {
     // The writer logs the failure and the recovery itself; the count of
     // what could not wait is in the log's health.
     let on_change = |_: Change| {};
     if target == "-" {
-        return JsonlLog::stdout("decision", QUEUE, on_change);
+        return Ok(JsonlLog::stdout("decision", QUEUE, on_change)?);
     }
     let path = Path::new(target);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+            .map_err(|err| SinkError::Directory(parent.to_path_buf(), err))?;
     }
-    JsonlLog::open(path, "decision", QUEUE, on_change)
-        .with_context(|| format!("opening the events file {}", path.display()))
+    Ok(JsonlLog::open(path, "decision", QUEUE, on_change)?)
 }

@@ -4,7 +4,6 @@
 
 use std::{net::IpAddr, path::Path};
 
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
@@ -284,7 +283,7 @@ pub fn open(
     state_dir: &Path,
     alerts: Alerts,
     mode: AuditFailure,
-) -> Result<(AuditLog, JoinHandle<()>)> {
+) -> Result<(AuditLog, JoinHandle<()>), crate::jsonl::OpenError> {
     let path = state_dir.join(FILE_NAME);
     let shown = path.display().to_string();
     JsonlLog::open(&path, "audit", QUEUE, move |change| {

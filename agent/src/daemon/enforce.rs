@@ -158,7 +158,7 @@ impl Agent {
             self.quarantined.remove(tgid);
             info!(tgid, "quarantine over");
             if let Err(err) = self.maps.set_proc_entry(*tgid, None) {
-                error!("{err:#}");
+                error!("{}", crate::errors::chain(&err));
             }
         }
         if let Err(err) = self.apply_policy() {

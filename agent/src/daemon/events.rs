@@ -76,7 +76,7 @@ impl Agent {
                 let key = endpoints::endpoint_key(*addr, *port);
                 self.endpoints.exact.entry(key).or_insert(value);
                 if let Err(err) = self.maps.add_endpoint(key, value) {
-                    error!("{err:#}");
+                    error!("{}", crate::errors::chain(&err));
                 }
             }
             if let Some(host) = &host {

@@ -44,7 +44,7 @@ impl Agent {
         let counters = match self.maps.counters() {
             Ok(counters) => counters,
             Err(err) => {
-                warn!("{err:#}");
+                warn!("{}", crate::errors::chain(&err));
                 return;
             }
         };
@@ -95,7 +95,7 @@ impl Agent {
     /// Tells the kernel we are alive (fail_mode open counts from this).
     pub(super) fn kernel_beat(&mut self) {
         if let Err(err) = self.maps.beat() {
-            warn!("{err:#}");
+            warn!("{}", crate::errors::chain(&err));
         }
     }
 

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -39,6 +38,59 @@ pub struct Ca {
     leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
+/// The local CA could not be made, loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{doing} {}", .path.display())]
+    File {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the CA key {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+        .path.display(),
+        .path.display()
+    )]
+    KeyExposed { path: PathBuf, mode: u32 },
+    #[error("{doing} {}: replace it, or remove both CA files to have a new CA made", .path.display())]
+    Parse {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("`{0}` is not a DNS name")]
+    NotDnsName(String, #[source] rcgen::Error),
+    #[error("signing a leaf certificate for {0}")]
+    Sign(String, #[source] rcgen::Error),
+    #[error("{0}")]
+    Crypto(&'static str, #[source] rcgen::Error),
+    #[error("loading the leaf key into rustls")]
+    LeafKey(#[source] rustls::Error),
+}
+
+type Result<T, E = CaError> = std::result::Result<T, E>;
+
+fn file_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CaError {
+    let path = path.to_path_buf();
+    move |source| CaError::File {
+        doing,
+        path,
+        source,
+    }
+}
+
+fn parse_error(doing: &'static str, path: &Path) -> impl FnOnce(rcgen::Error) -> CaError {
+    let path = path.to_path_buf();
+    move |source| CaError::Parse {
+        doing,
+        path,
+        source,
+    }
+}
+
 pub fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     (state_dir.join(CERT_FILE), state_dir.join(KEY_FILE))
 }
@@ -51,25 +103,29 @@ impl Ca {
             create(&cert_path, &key_path)?;
         }
         let cert_pem = fs::read_to_string(&cert_path)
-            .with_context(|| format!("reading the CA certificate {}", cert_path.display()))?;
-        let key_pem = fs::read_to_string(&key_path)
-            .with_context(|| format!("reading the CA key {}", key_path.display()))?;
-        let mode = fs::metadata(&key_path)?.permissions().mode() & 0o777;
+            .map_err(file_error("reading the CA certificate", &cert_path))?;
+        let key_pem =
+            fs::read_to_string(&key_path).map_err(file_error("reading the CA key", &key_path))?;
+        let mode = fs::metadata(&key_path)
+            .map_err(file_error("reading the mode of the CA key", &key_path))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
-            bail!(
-                "the CA key {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
-                key_path.display(),
-                key_path.display()
-            );
+            return Err(CaError::KeyExposed {
+                path: key_path,
+                mode,
+            });
         }
-        let key = KeyPair::from_pem(&key_pem)
-            .with_context(|| format!("parsing the CA key {}", key_path.display()))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(parse_error("parsing the CA key", &key_path))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
-            .with_context(|| format!("parsing the CA certificate {}", cert_path.display()))?;
+            .map_err(parse_error("parsing the CA certificate", &cert_path))?;
         Ok(Ca {
             cert_pem,
             issuer,
-            leaf_key: KeyPair::generate().context("generating the leaf key")?,
+            leaf_key: KeyPair::generate()
+                .map_err(|e| CaError::Crypto("generating the leaf key", e))?,
             leaves: Mutex::new(HashMap::new()),
         })
     }
@@ -99,7 +155,7 @@ impl Ca {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
                 host.try_into()
-                    .with_context(|| format!("`{host}` is not a DNS name"))?,
+                    .map_err(|e| CaError::NotDnsName(host.to_string(), e))?,
             ),
         };
         params.subject_alt_names = vec![san];
@@ -115,9 +171,9 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
             .signed_by(&self.leaf_key, &self.issuer)
-            .with_context(|| format!("signing a leaf certificate for {host}"))?;
+            .map_err(|e| CaError::Sign(host.to_string(), e))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
-        let signing_key = any_supported_type(&key).context("loading the leaf key into rustls")?;
+        let signing_key = any_supported_type(&key).map_err(CaError::LeafKey)?;
         Ok(CertifiedKey::new(
             vec![CertificateDer::from(cert.der().to_vec())],
             signing_key,
@@ -127,9 +183,9 @@ impl Ca {
 
 fn create(cert_path: &Path, key_path: &Path) -> Result<()> {
     if let Some(dir) = cert_path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
     }
-    let key = KeyPair::generate().context("generating the CA key")?;
+    let key = KeyPair::generate().map_err(|e| CaError::Crypto("generating the CA key", e))?;
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -149,22 +205,23 @@ fn create(cert_path: &Path, key_path: &Path) -> Result<()> {
     params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
     let cert = params
         .self_signed(&key)
-        .context("self-signing the CA certificate")?;
+        .map_err(|e| CaError::Crypto("self-signing the CA certificate", e))?;
     // The key is written 0600 from the first byte: never briefly readable.
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(key_path)
-        .with_context(|| format!("creating the CA key {}", key_path.display()))?;
-    file.write_all(key.serialize_pem().as_bytes())?;
-    file.sync_all()?;
+        .map_err(file_error("creating the CA key", key_path))?;
+    file.write_all(key.serialize_pem().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(file_error("writing the CA key", key_path))?;
     fs::write(cert_path, cert.pem())
-        .with_context(|| format!("writing the CA certificate {}", cert_path.display()))?;
+        .map_err(file_error("writing the CA certificate", cert_path))?;
     // Public, unlike the rest of the state directory (the agent's umask
     // is 027): every runtime that must trust the CA reads it.
     fs::set_permissions(cert_path, fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("making {} readable", cert_path.display()))?;
+        .map_err(file_error("making readable", cert_path))?;
     tracing::info!(cert = %cert_path.display(), "created the local CA");
     Ok(())
 }

@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::combinators::BoxBody;
@@ -104,7 +103,9 @@ impl Upstreams {
 
 /// TLS to upstreams: the system's trust roots plus an optional extra CA
 /// (a private model gateway, or a test's stand-in).
-pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
+pub fn client_config(
+    extra_ca: Option<&Path>,
+) -> Result<Arc<ClientConfig>, crate::trust::TrustError> {
     crate::trust::client_config(extra_ca, "upstream", &[b"h2", b"http/1.1"])
 }
 

@@ -5,7 +5,6 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::Result;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Full;
@@ -35,7 +34,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: WebhookUrl, timeout: Duration, ca: Option<&Path>) -> Result<Client> {
+    pub fn new(
+        url: WebhookUrl,
+        timeout: Duration,
+        ca: Option<&Path>,
+    ) -> Result<Client, crate::trust::TrustError> {
         let tls = if url.https() {
             Some(TlsConnector::from(tls_config(ca)?))
         } else {
@@ -100,7 +103,7 @@ pub fn classify(status: StatusCode, after: Option<Duration>) -> Outcome {
 }
 
 /// The system's trust roots plus the sink's own CA, if any.
-fn tls_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>> {
+fn tls_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, crate::trust::TrustError> {
     crate::trust::client_config(ca, "webhook", &[b"http/1.1"])
 }
 
