@@ -6,7 +6,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,6 +15,25 @@ use tokio_rustls::TlsConnector;
 /// Receivers answer with a short status message; anything longer is cut
 /// and costs the connection.
 const MAX_ANSWER: usize = 64 * 1024;
+
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("connecting to {0}")]
+    Connect(String, #[source] std::io::Error),
+    #[error("`{0}` is not a valid TLS name")]
+    TlsName(String),
+    #[error("TLS with {0}")]
+    Tls(String, #[source] std::io::Error),
+    #[error("HTTP handshake")]
+    Handshake(#[source] hyper::Error),
+    #[error("sending the request")]
+    Send(#[source] hyper::Error),
+}
+
+type Result<T, E = DeliveryError> = std::result::Result<T, E>;
 
 /// What the server said.
 #[derive(Debug)]
@@ -52,15 +70,10 @@ impl Connection {
     /// for the log.
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
         let attempt = tokio::time::timeout(self.timeout, self.try_send(request)).await;
-        let result = attempt.unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "no answer within {}",
-                humantime::format_duration(self.timeout)
-            ))
-        });
+        let result = attempt.unwrap_or(Err(DeliveryError::Timeout(self.timeout)));
         result.map_err(|err| {
             self.sender = None;
-            format!("{err:#}")
+            crate::errors::chain(&err)
         })
     }
 
@@ -76,7 +89,7 @@ impl Connection {
         let response = sender
             .send_request(request)
             .await
-            .context("sending the request")?;
+            .map_err(DeliveryError::Send)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -122,23 +135,24 @@ async fn connect_http1(
 ) -> Result<SendRequest<Full<Bytes>>> {
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
-        .with_context(|| format!("connecting to {host}:{port}"))?;
-    tcp.set_nodelay(true)?;
+        .map_err(|err| DeliveryError::Connect(format!("{host}:{port}"), err))?;
+    // Only a latency hint: a socket that refuses it still delivers.
+    let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .with_context(|| format!("`{host}` is not a valid TLS name"))?;
+                .map_err(|_| DeliveryError::TlsName(host.to_string()))?;
             Box::new(
                 tls.connect(name, tcp)
                     .await
-                    .with_context(|| format!("TLS with {host}:{port}"))?,
+                    .map_err(|err| DeliveryError::Tls(format!("{host}:{port}"), err))?,
             )
         }
         None => Box::new(tcp),
     };
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
         .await
-        .context("HTTP handshake")?;
+        .map_err(DeliveryError::Handshake)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -9,22 +9,29 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
-
 use super::cgroup_path::{self, CgroupInfo};
 
 /// Bound on the walk, so a pathological hierarchy cannot stall the agent.
 const MAX_CGROUPS: usize = 200_000;
 
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading /proc/self/mountinfo to find the cgroup2 mount")]
+    MountInfo(#[source] std::io::Error),
+    #[error(
+        "no cgroup2 file system is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) \
+         or pass --cgroup PATH"
+    )]
+    NoCgroup2,
+    #[error("more than {MAX_CGROUPS} cgroups under {}; attribution by cgroup is incomplete", .0.display())]
+    TooMany(PathBuf),
+}
+
 /// Finds the cgroup2 mount in /proc/self/mountinfo (on hybrid hosts it is
 /// not at /sys/fs/cgroup).
-pub fn find_mount() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo to find the cgroup2 mount")?;
-    parse_mountinfo(&text).context(
-        "no cgroup2 file system is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) \
-         or pass --cgroup PATH",
-    )
+pub fn find_mount() -> Result<PathBuf, CgroupError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    parse_mountinfo(&text).ok_or(CgroupError::NoCgroup2)
 }
 
 fn parse_mountinfo(text: &str) -> Option<PathBuf> {
@@ -93,15 +100,12 @@ impl CgroupIndex {
     }
 
     /// Walks the hierarchy again. Returns whether the set of cgroups changed.
-    pub fn rescan(&mut self) -> Result<bool> {
+    pub fn rescan(&mut self) -> Result<bool, CgroupError> {
         let mut found = HashMap::new();
         let mut stack = vec![self.mount.clone()];
         while let Some(dir) = stack.pop() {
             if found.len() >= MAX_CGROUPS {
-                bail!(
-                    "more than {MAX_CGROUPS} cgroups under {}; attribution by cgroup is incomplete",
-                    self.mount.display()
-                );
+                return Err(CgroupError::TooMany(self.mount.clone()));
             }
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue; // removed while we walked

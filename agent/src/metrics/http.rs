@@ -5,7 +5,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::{Context, Result};
 use http_body_util::Full;
 use hyper::{
     Request, Response,
@@ -91,6 +90,14 @@ impl Metrics {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("binding the metrics listener {addr}; pick another with --metrics-addr")]
+pub struct BindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
 /// Serves `/metrics` on `addr` (port 0: any free port), to scrapers that
 /// send `token` as a bearer token when one is set; returns the address
 /// bound.
@@ -98,12 +105,11 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     token: Option<String>,
-) -> Result<SocketAddr> {
+) -> Result<SocketAddr, BindError> {
     let token: Option<Arc<str>> = token.map(Into::into);
-    let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!("binding the metrics listener {addr}; pick another with --metrics-addr")
-    })?;
-    let bound = listener.local_addr()?;
+    let bind_error = |source| BindError { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

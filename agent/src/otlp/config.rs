@@ -6,7 +6,6 @@
 
 use std::{collections::BTreeMap, fmt, num::NonZeroUsize, path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
@@ -77,24 +76,29 @@ fn default_interval() -> Duration {
 impl OtlpConfig {
     /// The request headers: `headers` plus `headers_env` read now. Errors
     /// name the header and say what to fix.
-    pub fn header_map(&self) -> Result<HeaderMap> {
+    pub fn header_map(&self) -> Result<HeaderMap, HeaderError> {
         self.header_map_with(|var| std::env::var(var).ok())
     }
 
-    fn header_map_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<HeaderMap> {
+    fn header_map_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<HeaderMap, HeaderError> {
         let mut map = HeaderMap::new();
-        let mut add = |name: &str, value: String, from: &str| -> Result<()> {
-            let header = HeaderName::try_from(name).with_context(|| {
-                format!("otlp.{from}: `{name}` is not a valid HTTP header name")
+        let mut add = |name: &str, value: String, from: &'static str| {
+            let header = HeaderName::try_from(name).map_err(|_| HeaderError::Name {
+                from,
+                name: name.to_string(),
             })?;
             if RESERVED.contains(&header) {
-                bail!("otlp.{from}: `{name}` is set by the exporter itself; remove it");
+                return Err(HeaderError::Reserved {
+                    from,
+                    name: name.to_string(),
+                });
             }
-            let mut value = HeaderValue::try_from(value).with_context(|| {
-                format!(
-                    "otlp.{from}: the value of `{name}` is not a valid HTTP header value \
-                     (control characters or a line break?)"
-                )
+            let mut value = HeaderValue::try_from(value).map_err(|_| HeaderError::Value {
+                from,
+                name: name.to_string(),
             })?;
             value.set_sensitive(true);
             map.insert(header, value);
@@ -105,16 +109,35 @@ impl OtlpConfig {
         }
         for (name, var) in &self.headers_env {
             let Some(value) = env(var).filter(|v| !v.is_empty()) else {
-                bail!(
-                    "otlp.headers_env: the environment variable {var} for header `{name}` is \
-                     not set or empty; set it in the agent's environment (e.g. the unit's \
-                     Environment= or EnvironmentFile=)"
-                );
+                return Err(HeaderError::Unset {
+                    var: var.clone(),
+                    name: name.clone(),
+                });
             };
             add(name, value, "headers_env")?;
         }
         Ok(map)
     }
+}
+
+/// A configured export header cannot be sent; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("otlp.{from}: `{name}` is not a valid HTTP header name")]
+    Name { from: &'static str, name: String },
+    #[error("otlp.{from}: `{name}` is set by the exporter itself; remove it")]
+    Reserved { from: &'static str, name: String },
+    #[error(
+        "otlp.{from}: the value of `{name}` is not a valid HTTP header value (control \
+         characters or a line break?)"
+    )]
+    Value { from: &'static str, name: String },
+    #[error(
+        "otlp.headers_env: the environment variable {var} for header `{name}` is not set or \
+         empty; set it in the agent's environment (e.g. the unit's Environment= or \
+         EnvironmentFile=)"
+    )]
+    Unset { var: String, name: String },
 }
 
 /// An http(s) base URL without credentials or query.

@@ -8,10 +8,35 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
 use http::{HeaderMap, HeaderValue, header};
 
 use crate::{policy::controls::CredentialSpec, providers::Family};
+
+/// Why the gateway's credential could not be had; the request is refused
+/// with this (never with the secret).
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the agent's environment has no {0} (credential env)")]
+    NoEnv(String),
+    #[error("reading the credential file {}", .0.display())]
+    File(std::path::PathBuf, #[source] std::io::Error),
+    #[error("the credential names no source")]
+    NoSource,
+    #[error("credential command `{0}` took over 10 s")]
+    Timeout(String),
+    #[error("running credential command `{0}`")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("credential command `{0}` failed ({1})")]
+    Failed(String, std::process::ExitStatus),
+    #[error("{0} is empty")]
+    Empty(String),
+    #[error("{0} holds more than one line")]
+    Lines(String),
+    #[error("the credential is not a valid header value")]
+    Header(#[source] http::header::InvalidHeaderValue),
+}
+
+type Result<T, E = CredentialError> = std::result::Result<T, E>;
 
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,19 +77,18 @@ fn cache_key(spec: &CredentialSpec) -> String {
 async fn fetch(spec: &CredentialSpec) -> Result<(String, Duration)> {
     let ttl = spec.ttl.unwrap_or(DEFAULT_TTL);
     if let Some(name) = &spec.env {
-        let value = std::env::var(name)
-            .with_context(|| format!("the agent's environment has no {name} (credential env)"))?;
+        let value = std::env::var(name).map_err(|_| CredentialError::NoEnv(name.clone()))?;
         return non_empty(value, &format!("environment variable {name}")).map(|v| (v, ttl));
     }
     if let Some(path) = &spec.file {
         let text = tokio::fs::read_to_string(path)
             .await
-            .with_context(|| format!("reading the credential file {}", path.display()))?;
+            .map_err(|err| CredentialError::File(path.clone(), err))?;
         let first = text.lines().next().unwrap_or("").trim().to_string();
         return non_empty(first, &format!("credential file {}", path.display())).map(|v| (v, ttl));
     }
     let Some(command) = spec.command.as_ref().filter(|c| !c.is_empty()) else {
-        bail!("the credential names no source");
+        return Err(CredentialError::NoSource);
     };
     let output = tokio::time::timeout(
         COMMAND_TIMEOUT,
@@ -74,14 +98,10 @@ async fn fetch(spec: &CredentialSpec) -> Result<(String, Duration)> {
             .output(),
     )
     .await
-    .with_context(|| format!("credential command `{}` took over 10 s", command[0]))?
-    .with_context(|| format!("running credential command `{}`", command[0]))?;
+    .map_err(|_| CredentialError::Timeout(command[0].clone()))?
+    .map_err(|err| CredentialError::Spawn(command[0].clone(), err))?;
     if !output.status.success() {
-        bail!(
-            "credential command `{}` failed ({})",
-            command[0],
-            output.status
-        );
+        return Err(CredentialError::Failed(command[0].clone(), output.status));
     }
     let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
     non_empty(token, &format!("credential command `{}`", command[0])).map(|v| (v, ttl))
@@ -89,10 +109,10 @@ async fn fetch(spec: &CredentialSpec) -> Result<(String, Duration)> {
 
 fn non_empty(value: String, source: &str) -> Result<String> {
     if value.is_empty() {
-        bail!("{source} is empty");
+        return Err(CredentialError::Empty(source.to_string()));
     }
     if value.contains(['\r', '\n']) {
-        bail!("{source} holds more than one line");
+        return Err(CredentialError::Lines(source.to_string()));
     }
     Ok(value)
 }
@@ -129,8 +149,7 @@ pub fn inject(family: Family, azure: bool, headers: &mut HeaderMap, secret: &str
     for name in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
         headers.remove(name);
     }
-    let value =
-        |v: String| HeaderValue::from_str(&v).context("the credential is not a valid header value");
+    let value = |v: String| HeaderValue::from_str(&v).map_err(CredentialError::Header);
     match family {
         Family::Anthropic => {
             headers.insert("x-api-key", value(secret.to_string())?);

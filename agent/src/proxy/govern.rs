@@ -248,7 +248,8 @@ pub async fn decide(
                     refusal: Refusal::Upstream,
                     outcome: Outcome::CredentialError,
                     message: format!(
-                        "modelgate: the credential of rule `{rule_name}` is unavailable: {err:#}"
+                        "modelgate: the credential of rule `{rule_name}` is unavailable: {}",
+                        crate::errors::chain(&err)
                     ),
                     retry_after: None,
                 });

@@ -19,7 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
 pub use query::{By, Summary, query_file, summarize};
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
@@ -183,22 +182,36 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 
+/// The usage store could not be opened for writing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the usage store {}", .0.display())]
+    Open(PathBuf, #[source] rusqlite::Error),
+    #[error("migrating the usage store {}", .0.display())]
+    Migrate(PathBuf, #[source] schema::MigrateError),
+    #[error("starting the usage writer")]
+    Writer(#[source] std::io::Error),
+}
+
 /// Opens (creating or migrating) the store for writing.
-pub fn open_rw(path: &Path) -> Result<Connection> {
-    let mut conn = Connection::open(path)
-        .with_context(|| format!("opening the usage store {}", path.display()))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // WAL + NORMAL: a crash may lose the last batches, never corrupts.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    schema::migrate(&mut conn)
-        .with_context(|| format!("migrating the usage store {}", path.display()))?;
+pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+    let opening = |err| StoreError::Open(path.to_path_buf(), err);
+    let mut conn = Connection::open(path).map_err(opening)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        // WAL + NORMAL: a crash may lose the last batches, never corrupts.
+        .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .and_then(|()| conn.busy_timeout(Duration::from_secs(5)))
+        .map_err(opening)?;
+    schema::migrate(&mut conn).map_err(|err| StoreError::Migrate(path.to_path_buf(), err))?;
     Ok(conn)
 }
 
 /// Starts the writer. It ends, with everything queued written, when the
 /// last `UsageLog` is dropped.
-pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHandle<()>)> {
+pub fn open(
+    state_dir: &Path,
+    retention: Duration,
+) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
     let mut conn = open_rw(&path(state_dir))?;
     let (tx, mut rx) = mpsc::channel::<Row>(QUEUE);
     let written = Arc::new(AtomicU64::new(0));
@@ -235,7 +248,7 @@ pub fn open(state_dir: &Path, retention: Duration) -> Result<(UsageLog, JoinHand
                 }
             }
         })
-        .context("starting the usage writer")?;
+        .map_err(StoreError::Writer)?;
     Ok((
         UsageLog {
             tx,

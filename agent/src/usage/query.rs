@@ -4,7 +4,6 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
@@ -75,18 +74,29 @@ impl Summary {
 
 /// [`summarize`] on the store at `path`, opened read-only: SQLite's WAL
 /// lets a reader run beside the writing agent.
-pub fn query_file(path: &Path, since_ms: i64, by: By) -> Result<Vec<Summary>> {
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(
+        "no usage store at {}: the agent has not run with this state directory; pass the \
+         agent's --state-dir",
+        .0.display()
+    )]
+    NoStore(std::path::PathBuf),
+    #[error("opening {}", .0.display())]
+    Open(std::path::PathBuf, #[source] rusqlite::Error),
+    #[error("querying {}", .0.display())]
+    Query(std::path::PathBuf, #[source] rusqlite::Error),
+}
+
+pub fn query_file(path: &Path, since_ms: i64, by: By) -> Result<Vec<Summary>, QueryError> {
     if !path.exists() {
-        bail!(
-            "no usage store at {}: the agent has not run with this state directory; \
-             pass the agent's --state-dir",
-            path.display()
-        );
+        return Err(QueryError::NoStore(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    summarize(&conn, since_ms, by).with_context(|| format!("querying {}", path.display()))
+    let opening = |err| QueryError::Open(path.to_path_buf(), err);
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(opening)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(opening)?;
+    summarize(&conn, since_ms, by).map_err(|err| QueryError::Query(path.to_path_buf(), err))
 }
 
 /// Everything since `since_ms` grouped by `by`, most tokens first. Whole

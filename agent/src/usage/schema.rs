@@ -62,14 +62,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER;",
 ];
 
-pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "the store is at schema version {found}, newer than this modelgate knows ({known}); \
+         upgrade modelgate or move the file away"
+    )]
+    Newer { found: usize, known: usize },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > MIGRATIONS.len() {
-        anyhow::bail!(
-            "the store is at schema version {version}, newer than this modelgate knows ({}); \
-             upgrade modelgate or move the file away",
-            MIGRATIONS.len()
-        );
+        return Err(MigrateError::Newer {
+            found: version,
+            known: MIGRATIONS.len(),
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;

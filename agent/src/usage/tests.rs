@@ -78,10 +78,15 @@ fn migrations_run_once_and_refuse_a_newer_store() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = open_rw(&path(dir.path())).unwrap_err();
+    let text = crate::errors::chain(&err);
     assert!(
-        format!("{err:#}").contains("newer than this modelgate knows"),
-        "{err:#}"
+        matches!(
+            err,
+            StoreError::Migrate(_, schema::MigrateError::Newer { found: 99, .. })
+        ),
+        "{text}"
     );
+    assert!(text.contains("newer than this modelgate knows"), "{text}");
 }
 
 #[test]
