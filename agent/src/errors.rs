@@ -15,13 +15,14 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("removing the pin {0}")]
+    struct Removing(&'static str, #[source] std::io::Error);
+
     #[test]
     fn every_cause_is_spelt_out() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let err = crate::ebpf::EbpfError::RemovePin {
-            path: "/sys/fs/bpf/x".into(),
-            source: io,
-        };
+        let err = Removing("/sys/fs/bpf/x", io);
         assert_eq!(
             super::chain(&err),
             "removing the pin /sys/fs/bpf/x: no such file"

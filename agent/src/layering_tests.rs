@@ -2,7 +2,7 @@
 //! between the agent's top-level modules, and `policy/` — which decides
 //! without knowing how a decision is carried out or written down — imports
 //! no proxy, kernel loader, record writer or face. Also: no file so long
-//! that it holds more than one job.
+//! that it holds more than one job, and `anyhow` only at the binary's edge.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -226,5 +226,45 @@ fn no_source_file_is_longer_than_one_job_needs() {
         long.is_empty(),
         "over {MAX_LINES} lines: {}",
         long.join(", ")
+    );
+}
+
+/// Where `anyhow` may be used: the binary's edge, which turns any error
+/// into a message for a person (the CLI commands, the daemon that `run`
+/// wires and drives, the bench helper). Library modules return typed
+/// errors a caller can match on.
+const ANYHOW_AT: &[&str] = &["cli/", "daemon/", "bin/", "main.rs"];
+
+fn anyhow_outside_the_edge<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    files
+        .filter(|(path, _)| !ANYHOW_AT.iter().any(|edge| path.starts_with(edge)))
+        // This file names it in its own test data.
+        .filter(|(path, _)| *path != "layering_tests.rs")
+        .filter(|(_, text)| {
+            text.lines()
+                .filter(|line| !line.trim_start().starts_with("//"))
+                .any(|line| line.contains("anyhow::") || line.contains("anyhow!"))
+        })
+        .map(|(path, _)| path.to_string())
+        .collect()
+}
+
+#[test]
+fn library_modules_return_typed_errors() {
+    let files = sources();
+    let found = anyhow_outside_the_edge(files.iter().map(|(p, t)| (p.as_str(), t.as_str())));
+    assert!(
+        found.is_empty(),
+        "anyhow outside cli/, daemon/ and bin/ (give the module a thiserror enum): {}",
+        found.join(", ")
+    );
+    let synthetic = [
+        ("proxy/ca.rs", "use anyhow::Result;\n"),
+        ("cli/run.rs", "use anyhow::Result;\n"),
+        ("errors.rs", "// like anyhow::Error's {:#}\n"),
+    ];
+    assert_eq!(
+        anyhow_outside_the_edge(synthetic.into_iter()),
+        ["proxy/ca.rs"]
     );
 }

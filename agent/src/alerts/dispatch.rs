@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -120,6 +119,24 @@ impl AlertCounters {
     }
 }
 
+/// An alert sink that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error("opening the alerts file {}", .0.display())]
+    File(std::path::PathBuf, #[source] std::io::Error),
+    #[error("alerts.webhooks[{index}] ({url}): the same URL and format are configured twice")]
+    Duplicate { index: usize, url: String },
+    #[error("alerts.webhooks[{index}] ({url})")]
+    Webhook {
+        index: usize,
+        url: String,
+        #[source]
+        source: webhook::WebhookError,
+    },
+}
+
+type Result<T, E = AlertsError> = std::result::Result<T, E>;
+
 /// Starts the sinks configured in `config`. The handle's task ends when
 /// every [`Alerts`] clone is gone and the sinks have written (webhooks:
 /// spooled) everything; it returns the final counters.
@@ -157,7 +174,7 @@ pub fn open_with(
         .clone()
         .unwrap_or_else(|| state_dir.join(FILE_NAME));
     let rotating = RotatingFile::open(&path, config.file.max_bytes, config.file.keep)
-        .with_context(|| format!("opening the alerts file {}", path.display()))?;
+        .map_err(|err| AlertsError::File(path.clone(), err))?;
     let (rx, counters) = add("file".into(), path.display().to_string());
     writers.push(file::spawn(rotating, rx, counters));
 
@@ -176,13 +193,18 @@ pub fn open_with(
     for (i, hook) in config.webhooks.iter().enumerate() {
         let name = webhook::sink_name(hook);
         if names.contains(&name) {
-            bail!(
-                "alerts.webhooks[{i}] ({}): the same URL and format are configured twice",
-                hook.url
-            );
+            return Err(AlertsError::Duplicate {
+                index: i,
+                url: hook.url.to_string(),
+            });
         }
-        let prepared = webhook::prepare(hook, &spool_root, tuning.spool)
-            .with_context(|| format!("alerts.webhooks[{i}] ({})", hook.url))?;
+        let prepared = webhook::prepare(hook, &spool_root, tuning.spool).map_err(|source| {
+            AlertsError::Webhook {
+                index: i,
+                url: hook.url.to_string(),
+                source,
+            }
+        })?;
         names.push(name);
         let (rx, counters) = add(prepared.name.clone(), hook.url.to_string());
         let (spooler, deliverer) =

@@ -302,8 +302,9 @@ fn agent_in_force(state_dir: Option<&Path>) -> Option<(AgentInForce, PathBuf, bo
         Ok(None) => return None,
         Err(err) => {
             eprintln!(
-                "cannot ask the agent at {} ({err:#}); explaining against the files alone",
-                state_dir.display()
+                "cannot ask the agent at {} ({}); explaining against the files alone",
+                state_dir.display(),
+                crate::errors::chain(&err)
             );
             return None;
         }
@@ -312,7 +313,8 @@ fn agent_in_force(state_dir: Option<&Path>) -> Option<(AgentInForce, PathBuf, bo
         Ok(status) => status,
         Err(err) => {
             eprintln!(
-                "the agent's status could not be read ({err:#}); explaining against the files alone"
+                "the agent's status could not be read ({}); explaining against the files alone",
+                crate::errors::chain(&err)
             );
             return None;
         }

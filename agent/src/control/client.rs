@@ -6,7 +6,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
@@ -20,9 +19,9 @@ pub struct Client {
     socket: PathBuf,
 }
 
-/// Why a request got no answer from an agent.
+/// Why a request got no (usable) answer from an agent.
 #[derive(Debug, thiserror::Error)]
-pub enum Unreachable {
+pub enum ClientError {
     #[error(
         "modelgate is not running (no agent listens on {0}): start it with \
          `systemctl start modelgate` or `modelgate run`; if it runs with \
@@ -34,7 +33,27 @@ pub enum Unreachable {
          `modelgate` group (sudo usermod -aG modelgate $USER, then log in again)"
     )]
     Denied(PathBuf),
+    #[error("connecting to {0}")]
+    Connect(PathBuf, #[source] std::io::Error),
+    #[error(
+        "the agent did not answer on {} within {}s; see its log (journalctl -u modelgate)",
+        .0.display(),
+        TIMEOUT.as_secs()
+    )]
+    Timeout(PathBuf),
+    #[error("starting the client runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("building the request")]
+    Request(#[source] http::Error),
+    #[error("{0}")]
+    Http(&'static str, #[source] hyper::Error),
+    #[error("the agent refused ({status}): {text}")]
+    Refused { status: StatusCode, text: String },
+    #[error("the agent's answer is not what this modelgate expects; is it the same version?")]
+    Unexpected(#[source] serde_json::Error),
 }
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 pub struct Reply {
     pub status: StatusCode,
@@ -48,9 +67,7 @@ impl Reply {
     }
 
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).context(
-            "the agent's answer is not what this modelgate expects; is it the same version?",
-        )
+        serde_json::from_slice(&self.body).map_err(ClientError::Unexpected)
     }
 
     /// The body when the agent said yes; its explanation as the error
@@ -59,11 +76,10 @@ impl Reply {
         if self.status.is_success() {
             Ok(self)
         } else {
-            bail!(
-                "the agent refused ({}): {}",
-                self.status,
-                self.text().trim()
-            )
+            Err(ClientError::Refused {
+                status: self.status,
+                text: self.text().trim().to_string(),
+            })
         }
     }
 }
@@ -88,7 +104,7 @@ impl Client {
     pub fn get_if_running(&self, path: &str) -> Result<Option<Reply>> {
         match self.get(path) {
             Ok(reply) => Ok(Some(reply)),
-            Err(err) if matches!(err.downcast_ref(), Some(Unreachable::NotRunning(_))) => Ok(None),
+            Err(ClientError::NotRunning(_)) => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -97,18 +113,11 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the client runtime")?;
+            .map_err(ClientError::Runtime)?;
         runtime.block_on(async {
             tokio::time::timeout(TIMEOUT, self.send(method, path))
                 .await
-                .map_err(|_| {
-                    anyhow!(
-                        "the agent did not answer on {} within {}s; see its log \
-                         (journalctl -u modelgate)",
-                        self.socket.display(),
-                        TIMEOUT.as_secs()
-                    )
-                })?
+                .map_err(|_| ClientError::Timeout(self.socket.clone()))?
         })
     }
 
@@ -118,36 +127,35 @@ impl Client {
             Err(err) => {
                 return Err(match err.kind() {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                        Unreachable::NotRunning(self.socket.clone()).into()
+                        ClientError::NotRunning(self.socket.clone())
                     }
                     std::io::ErrorKind::PermissionDenied => {
-                        Unreachable::Denied(self.socket.clone()).into()
+                        ClientError::Denied(self.socket.clone())
                     }
-                    _ => anyhow!(err).context(format!("connecting to {}", self.socket.display())),
+                    _ => ClientError::Connect(self.socket.clone(), err),
                 });
             }
         };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .context("talking to the agent")?;
+            .map_err(|err| ClientError::Http("talking to the agent", err))?;
         tokio::spawn(connection);
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "modelgate")
             .body(Empty::<Bytes>::new())
-            .context("building the request")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("the agent closed the connection; see its log")?;
+            .map_err(ClientError::Request)?;
+        let response = sender.send_request(request).await.map_err(|err| {
+            ClientError::Http("the agent closed the connection; see its log", err)
+        })?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
-            .context("reading the agent's answer")?
+            .map_err(|err| ClientError::Http("reading the agent's answer", err))?
             .to_bytes();
         Ok(Reply {
             status,

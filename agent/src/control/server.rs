@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request as HttpRequest, Response, StatusCode, service::service_fn};
@@ -44,9 +43,36 @@ impl Drop for Bound {
     }
 }
 
+/// The control socket could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another modelgate is running with this state directory (its control socket {} \
+         answers); stop it, or give this one another --state-dir",
+        .0.display()
+    )]
+    Running(PathBuf),
+    #[error("{doing} {}", .path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BindError {
+    let path = path.to_path_buf();
+    move |source| BindError::Io {
+        doing,
+        path,
+        source,
+    }
+}
+
 /// Binds `path` (0660, group `modelgate` when that group exists) and
 /// serves until the returned guard is dropped with the runtime.
-pub async fn serve(path: &Path, context: Context) -> Result<Bound> {
+pub async fn serve(path: &Path, context: Context) -> Result<Bound, BindError> {
     let listener = bind(path).await?;
     let context = Arc::new(context);
     tokio::spawn(async move {
@@ -67,32 +93,29 @@ pub async fn serve(path: &Path, context: Context) -> Result<Bound> {
     })
 }
 
-async fn bind(path: &Path) -> Result<UnixListener> {
+async fn bind(path: &Path) -> Result<UnixListener, BindError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {} for the control socket", dir.display()))?;
+            .map_err(io_error("creating the control socket's directory", dir))?;
     }
     if path.exists() {
         // A socket that answers belongs to a running agent; one that does
         // not was left by an agent that died.
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another modelgate is running with this state directory (its control socket {} \
-                 answers); stop it, or give this one another --state-dir",
-                path.display()
-            );
+            return Err(BindError::Running(path.to_path_buf()));
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale control socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io_error("removing the stale control socket", path))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(io_error("binding the control socket", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+        .map_err(io_error("setting the mode of", path))?;
     match uzers::get_group_by_name(GROUP) {
         Some(group) => {
-            std::os::unix::fs::chown(path, None, Some(group.gid()))
-                .with_context(|| format!("giving {} to group {GROUP}", path.display()))?;
+            std::os::unix::fs::chown(path, None, Some(group.gid())).map_err(io_error(
+                "giving the `modelgate` group the control socket",
+                path,
+            ))?;
         }
         None => debug!("no `{GROUP}` group: the control socket is for root only"),
     }
@@ -295,7 +318,10 @@ async fn usage_reply(context: &Context, query: &[(String, String)]) -> Reply {
     let result = tokio::task::spawn_blocking(move || usage::query_file(&path, since, by)).await;
     match result {
         Ok(Ok(rows)) => json(&rows),
-        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        Ok(Err(err)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::errors::chain(&err),
+        ),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }
 }

@@ -304,9 +304,9 @@ pub fn replace_pin(path: &Path, attach_and_pin: impl FnOnce() -> Result<()>) -> 
     let result = attach_and_pin();
     if let (Err(err), Some(old)) = (&result, &old) {
         match old.pin(path) {
-            Ok(()) => warn!(pin = %path.display(), error = %format!("{err:#}"),
+            Ok(()) => warn!(pin = %path.display(), error = %crate::errors::chain(err),
                 "the new program could not be put in force; the previous one stays pinned and enforcing"),
-            Err(again) => error!(pin = %path.display(), error = %format!("{again:#}"),
+            Err(again) => error!(pin = %path.display(), error = %crate::errors::chain(&again),
                 "the previous program could not be pinned back either: it is detached once this agent exits"),
         }
     }

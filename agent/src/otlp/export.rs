@@ -6,7 +6,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Result;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::Full;
@@ -83,7 +82,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(config: &OtlpConfig, headers: Arc<HeaderMap>) -> Result<Client> {
+    pub fn new(
+        config: &OtlpConfig,
+        headers: Arc<HeaderMap>,
+    ) -> Result<Client, crate::trust::TrustError> {
         let tls = if config.endpoint.https() {
             let tls =
                 crate::trust::client_config(config.ca_file.as_deref(), "OTLP", &[b"http/1.1"])?;

@@ -26,7 +26,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::{
     collector::{logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse},
@@ -179,17 +178,23 @@ async fn stopped(stop: &mut watch::Receiver<Option<Instant>>) {
     }
 }
 
+/// The exporter cannot start; each says what to fix in `otlp:`.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error(transparent)]
+    Header(#[from] config::HeaderError),
+    #[error("preparing the OTLP exporter (otlp: in agent.yaml)")]
+    Client(#[source] crate::trust::TrustError),
+}
+
 /// Checks the settings (headers, trust roots) and starts the exporter;
 /// counters go to `metrics`.
 pub fn spawn(
     config: &OtlpConfig,
     metrics: &crate::metrics::Metrics,
-) -> Result<(OtlpHandle, Exporter)> {
+) -> Result<(OtlpHandle, Exporter), OtlpError> {
     let headers = Arc::new(config.header_map()?);
-    let client = || {
-        Client::new(config, headers.clone())
-            .context("preparing the OTLP exporter (otlp: in agent.yaml)")
-    };
+    let client = || Client::new(config, headers.clone()).map_err(OtlpError::Client);
     let resource = logs::resource(&crate::alerts::syslog::hostname(), &config.resource);
     let (stop_tx, stop_rx) = watch::channel(None);
     let loss = Loss(Arc::new(AtomicU64::new(0)));

@@ -31,7 +31,6 @@ use std::{
 };
 
 use agent_common::{Redirect, action};
-use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use hyper_util::rt::TokioIo;
 use rustls::{ServerConfig, server::Acceptor};
@@ -136,6 +135,21 @@ pub struct Proxy {
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
 }
+
+/// The proxy could not start, or could not make a TLS server for a host.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("binding the proxy to 127.0.0.1:{0}; pick another with --proxy-port")]
+    Bind(u16, #[source] std::io::Error),
+    #[error("configuring TLS versions")]
+    Tls(#[source] rustls::Error),
+}
+
+type Result<T, E = ProxyError> = std::result::Result<T, E>;
 
 impl Proxy {
     /// Binds 127.0.0.1:port and [::1]:port (port 0: the same free port on
@@ -264,10 +278,11 @@ async fn accept_or_pend(
 async fn bind_loopback(port: u16) -> Result<(u16, Vec<TcpListener>)> {
     let v4 = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
         .await
-        .with_context(|| {
-            format!("binding the proxy to 127.0.0.1:{port}; pick another with --proxy-port")
-        })?;
-    let port = v4.local_addr()?.port();
+        .map_err(|err| ProxyError::Bind(port, err))?;
+    let port = v4
+        .local_addr()
+        .map_err(|err| ProxyError::Bind(port, err))?
+        .port();
     let mut listeners = vec![v4];
     match TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)).await {
         Ok(v6) => listeners.push(v6),
@@ -371,7 +386,7 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let config = match shared.server_config(&host) {
         Ok(config) => config,
         Err(err) => {
-            warn!(%host, error = %format!("{err:#}"), "cannot mint a certificate");
+            warn!(%host, error = %crate::errors::chain(&err), "cannot mint a certificate");
             shared
                 .metrics
                 .tls_handshake_failed(HandshakeFailure::Certificate);
@@ -500,7 +515,7 @@ impl Shared {
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
-                .context("configuring TLS versions")?
+                .map_err(ProxyError::Tls)?
                 .with_no_client_auth()
                 .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(leaf)));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -26,7 +26,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -96,24 +95,41 @@ pub fn sign(secret: &[u8], timestamp: u64, body: &str) -> String {
     format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
-fn read_secret(config: &WebhookSink) -> Result<Option<Vec<u8>>> {
+/// A webhook sink that cannot start; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("set secret_env or secret_file, not both")]
+    TwoSecrets,
+    #[error("secret_env: the environment variable {0} is not set")]
+    SecretUnset(String),
+    #[error("secret_env: the environment variable {0} is empty")]
+    SecretEmpty(String),
+    #[error("secret_file: reading {}", .0.display())]
+    SecretFile(PathBuf, #[source] std::io::Error),
+    #[error("secret_file: {} is empty", .0.display())]
+    SecretFileEmpty(PathBuf),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("opening the spool {}", .0.display())]
+    Spool(PathBuf, #[source] std::io::Error),
+}
+
+fn read_secret(config: &WebhookSink) -> Result<Option<Vec<u8>>, WebhookError> {
     match (&config.secret_env, &config.secret_file) {
-        (Some(_), Some(_)) => bail!("set secret_env or secret_file, not both"),
+        (Some(_), Some(_)) => Err(WebhookError::TwoSecrets),
         (Some(var), None) => {
-            let value = std::env::var(var).with_context(|| {
-                format!("secret_env: the environment variable {var} is not set")
-            })?;
+            let value = std::env::var(var).map_err(|_| WebhookError::SecretUnset(var.clone()))?;
             if value.is_empty() {
-                bail!("secret_env: the environment variable {var} is empty");
+                return Err(WebhookError::SecretEmpty(var.clone()));
             }
             Ok(Some(value.into_bytes()))
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("secret_file: reading {}", path.display()))?;
+                .map_err(|err| WebhookError::SecretFile(path.clone(), err))?;
             let secret = text.trim_end_matches(['\r', '\n']);
             if secret.is_empty() {
-                bail!("secret_file: {} is empty", path.display());
+                return Err(WebhookError::SecretFileEmpty(path.clone()));
             }
             Ok(Some(secret.as_bytes().to_vec()))
         }
@@ -131,13 +147,16 @@ pub struct Prepared {
 }
 
 /// Everything that can be wrong with a sink is found here, at start.
-pub fn prepare(config: &WebhookSink, spool_root: &Path, limits: spool::Limits) -> Result<Prepared> {
+pub fn prepare(
+    config: &WebhookSink,
+    spool_root: &Path,
+    limits: spool::Limits,
+) -> Result<Prepared, WebhookError> {
     let name = sink_name(config);
     let secret = read_secret(config)?;
     let client = Client::new(config.url.clone(), config.timeout, config.ca.as_deref())?;
     let dir: PathBuf = spool_root.join(&name);
-    let spool = Spool::open(&dir, limits)
-        .with_context(|| format!("opening the spool {}", dir.display()))?;
+    let spool = Spool::open(&dir, limits).map_err(|err| WebhookError::Spool(dir.clone(), err))?;
     Ok(Prepared {
         name,
         client,

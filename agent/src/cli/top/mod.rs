@@ -78,7 +78,7 @@ pub fn run(args: TopArgs, state_dir: &Path) -> Result<ExitCode> {
                             prev = std::mem::replace(&mut cur, snapshot);
                             state.problem = None;
                         }
-                        Err(err) => state.problem = Some(format!("{err:#}")),
+                        Err(err) => state.problem = Some(crate::errors::chain(&err)),
                     }
                 }
             }
