@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelgate::ebpf::{pins::OpenLink, replace_pin};
+use modelgate::ebpf::{EbpfError, pins::OpenLink, replace_pin};
 use modelgate_tests::{Agent, AgentSpec, Listener, TestCgroup, agent_bin, require_root};
 use serde_json::Value;
 
@@ -337,10 +337,20 @@ fn a_replacement_that_fails_pins_the_previous_link_back() {
     // attach: the old pin is already gone.
     let err = replace_pin(&link, || {
         assert!(!link.exists(), "the old pin makes way for the new");
-        Err(anyhow::anyhow!("the kernel refused the attach"))
+        Err(EbpfError::Cgroup {
+            path: link.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the kernel refused the attach",
+            ),
+        })
     })
     .unwrap_err();
-    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+    assert!(
+        modelgate::errors::chain(&err).contains("refused"),
+        "the attach's own error comes back: {}",
+        modelgate::errors::chain(&err)
+    );
     assert_eq!(id("after"), before, "the same link is pinned back");
     assert_eq!(
         connect_once(&cgroup, &listener),
