@@ -21,7 +21,21 @@ fn python(s: &Setup, script: &str, what: &str) -> (u32, String) {
         .arg(test_python("openai and websockets"))
         .args(["-c", script])
         .env("SSL_CERT_FILE", s.agent.ca());
-    run_checked(&mut cmd, what)
+    // A client that fails says what the agent saw meanwhile: a refusal
+    // that never reached it is otherwise indistinguishable from a hang.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_checked(&mut cmd, what))) {
+        Ok(done) => done,
+        Err(panic) => {
+            let log = s.agent.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "{what}: the client failed; the agent's last log lines:\n{}\nits last records:\n{:#?}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                s.agent.audit_now().iter().rev().take(3).collect::<Vec<_>>()
+            );
+            std::panic::resume_unwind(panic)
+        }
+    }
 }
 
 /// What the stand-in logged: the opening, each message, the close.
