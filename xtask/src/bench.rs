@@ -18,6 +18,7 @@ mod proxy;
 mod rig;
 mod soak;
 mod startup;
+mod syscalls;
 mod upstream;
 mod usage;
 

@@ -4,10 +4,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{
-    TextCollector, Usage,
-    sse::{SseEvent, SseParser},
-};
+use super::{TextCollector, Usage, chat_chunk, sse::SseParser};
 
 /// Non-streamed bodies are parsed when complete; past this they are passed
 /// through unparsed (usage unknown) rather than held in memory.
@@ -71,12 +68,9 @@ impl ResponseObserver {
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        if let Some(sse) = &mut self.sse {
-            let mut events = Vec::new();
-            sse.feed(bytes, |e| events.push(e));
-            for event in events {
-                self.on_event(event);
-            }
+        if let Some(mut sse) = self.sse.take() {
+            sse.feed_borrowed(bytes, |_, data| self.on_event(data));
+            self.sse = Some(sse);
         } else if !self.buffer_overflow {
             if self.buffer.len() + bytes.len() > MAX_JSON_BODY {
                 self.buffer_overflow = true;
@@ -87,15 +81,21 @@ impl ResponseObserver {
         }
     }
 
-    fn on_event(&mut self, event: SseEvent) {
+    fn on_event(&mut self, data: &str) {
         self.events += 1;
-        if event.data == "[DONE]" {
+        if data == "[DONE]" {
             return;
         }
-        if !event.data.is_empty() {
+        if !data.is_empty() {
             self.chunks.arrived(Instant::now());
         }
-        if let Ok(value) = serde_json::from_str::<Value>(&event.data) {
+        // Most chunks of most streams: read without a JSON tree.
+        if let Some(chunk) = chat_chunk::read(data) {
+            self.merge_usage(chunk.usage);
+            for text in &chunk.texts {
+                self.output.append(text);
+            }
+        } else if let Ok(value) = serde_json::from_str::<Value>(data) {
             self.absorb(&value, true);
         }
     }
@@ -124,7 +124,13 @@ impl ResponseObserver {
     }
 
     fn absorb(&mut self, value: &Value, streamed: bool) {
-        let found = usage_of(value);
+        self.merge_usage(usage_of(value));
+        // Past the cap the text is only counted: its length scales a token
+        // estimate when the provider reports none.
+        collect_output(value, streamed, &mut self.output);
+    }
+
+    fn merge_usage(&mut self, found: Usage) {
         // Later reports are cumulative (Anthropic's message_delta, Gemini's
         // chunks, OpenAI's final usage chunk): the latest wins.
         if found.input_tokens.is_some() {
@@ -139,9 +145,6 @@ impl ResponseObserver {
         if found.reasoning_output_tokens.is_some() {
             self.usage.reasoning_output_tokens = found.reasoning_output_tokens;
         }
-        // Past the cap the text is only counted: its length scales a token
-        // estimate when the provider reports none.
-        collect_output(value, streamed, &mut self.output);
     }
 }
 
@@ -279,5 +282,100 @@ fn collect_output(value: &Value, streamed: bool, out: &mut TextCollector) {
     // OpenAI responses API.
     if let Some(text) = value.get("output_text").and_then(Value::as_str) {
         add(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the general reading takes from one streamed event.
+    fn generic(data: &str) -> Option<(Usage, String)> {
+        let value: Value = serde_json::from_str(data).ok()?;
+        let mut text = TextCollector::default();
+        collect_output(&value, true, &mut text);
+        Some((usage_of(&value), text.text))
+    }
+
+    #[test]
+    fn the_chat_chunk_reading_agrees_with_the_general_one_or_declines() {
+        let head = r#""id":"c","object":"chat.completion.chunk","created":1,"model":"m""#;
+        let chunks = [
+            format!(
+                r#"{{{head},"choices":[{{"index":0,"delta":{{"content":"Hel"}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}}}}],"usage":null}}"#
+            ),
+            format!(
+                r#"{{{head},"choices":[],"usage":{{"prompt_tokens":8,"completion_tokens":20,"total_tokens":28,"prompt_tokens_details":{{"cached_tokens":4}},"completion_tokens_details":{{"reasoning_tokens":2}}}}}}"#
+            ),
+            format!(r#"{{{head},"choices":[{{"index":0,"text":"legacy"}}]}}"#),
+            format!(
+                r#"{{{head},"choices":[{{"delta":null,"text":"t"}},{{"delta":{{"content":null}},"text":"u"}},{{"delta":{{}}}}]}}"#
+            ),
+            format!(r#"{{{head},"choices":[{{"delta":{{"content":"\u00e9\n\"q\""}}}}]}}"#),
+            // Shapes the chat reading must leave to the general one.
+            format!(r#"{{{head},"choices":[{{"delta":{{"content":["a"]}}}}]}}"#),
+            format!(r#"{{{head},"choices":[{{"delta":"x","text":"y"}}]}}"#),
+            format!(
+                r#"{{{head},"choices":[{{"delta":{{"content":"a"}}}}],"content":[{{"text":"hidden"}}]}}"#
+            ),
+            format!(
+                r#"{{{head},"choices":[],"candidates":[{{"content":{{"parts":[{{"text":"g"}}]}}}}]}}"#
+            ),
+            format!(r#"{{{head},"choices":[],"usage":{{"input_tokens":3,"output_tokens":4}}}}"#),
+            format!(r#"{{{head},"choices":[],"usage":{{"prompt_tokens":-1}}}}"#),
+            format!(r#"{{{head},"choices":[],"usage":{{"prompt_tokens":1.5}}}}"#),
+            format!(
+                r#"{{{head},"choices":[{{"delta":{{"content":"a"}}}}],"choices":[{{"delta":{{"content":"b"}}}}]}}"#
+            ),
+            format!(r#"{{{head},"output_text":"o","choices":[]}}"#),
+            r#"{"object":"chat.completion","choices":[{"message":{"content":"whole"}}]}"#
+                .to_string(),
+            r#"{"object":7,"choices":[{"delta":{"content":"chat.completion.chunk"}}]}"#.to_string(),
+            format!(r#"{{{head},"choices":[{{"delta":{{"content":"a"}}}}]}} trailing"#),
+        ];
+        let mut declined = 0;
+        for data in &chunks {
+            let want = generic(data);
+            match chat_chunk::read(data) {
+                Some(chunk) => {
+                    let mut text = TextCollector::default();
+                    chunk.texts.iter().for_each(|t| text.append(t));
+                    assert_eq!(Some((chunk.usage, text.text)), want, "{data}");
+                }
+                None => declined += 1,
+            }
+        }
+        assert_eq!(declined, 12, "the shapes the chat reading must leave");
+    }
+
+    #[test]
+    fn a_stream_is_read_the_same_whatever_its_chunking() {
+        let stream = concat!(
+            "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"He\"}}]}\n\n",
+            "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\r\n\r\n",
+            ": keep-alive\n\n",
+            "event: message\ndata: {\"object\":\"chat.completion.chunk\",\"choices\":[],\n",
+            "data: \"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let read = |cut: usize| {
+            let mut observer = ResponseObserver::new(true);
+            for piece in stream.as_bytes().chunks(cut) {
+                observer.feed(piece);
+            }
+            let events = observer.events;
+            (observer.finish(), events)
+        };
+        let whole = read(stream.len());
+        assert_eq!(whole.0.1, "Hello");
+        assert_eq!(whole.0.0.input_tokens, Some(3));
+        assert_eq!(whole.0.0.output_tokens, Some(2));
+        assert_eq!(whole.1, 4);
+        for cut in 1..40 {
+            assert_eq!(read(cut), whole, "cut every {cut} bytes");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Detection is by path (what the server will do), with the catalog's `api`
 //! deciding only the error shape of our own responses.
 
+mod chat_chunk;
 mod extract;
 pub mod realtime;
 pub mod sse;

@@ -22,29 +22,60 @@ pub struct SseEvent {
 impl SseParser {
     /// Feeds bytes; calls `on_event` for every event they complete.
     pub fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
-        for &byte in bytes {
-            if byte != b'\n' {
-                if self.line.len() < MAX_EVENT {
-                    self.line.push(byte);
-                } else {
-                    self.oversized = true;
-                }
-                continue;
-            }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
-            }
+        self.feed_borrowed(bytes, |event, data| {
+            on_event(SseEvent {
+                event: event.to_owned(),
+                data: data.to_owned(),
+            })
+        });
+    }
+
+    /// [`feed`](Self::feed) without an allocation per event: `on_event`
+    /// gets the event's name and data, valid for the call. A stream's
+    /// observer takes every chunk of every answer through here.
+    pub fn feed_borrowed(&mut self, mut bytes: &[u8], mut on_event: impl FnMut(&str, &str)) {
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
+            let line = &bytes[..end];
+            bytes = &bytes[end + 1..];
             if self.line.is_empty() {
-                self.dispatch(&mut on_event);
+                // The usual case: the whole line is in this piece.
+                let kept = &line[..line.len().min(MAX_EVENT)];
+                self.oversized |= kept.len() < line.len();
+                self.line_done(kept, &mut on_event);
             } else {
-                self.field();
+                self.extend_line(line);
+                let held = std::mem::take(&mut self.line);
+                self.line_done(&held, &mut on_event);
+                self.line = held;
+                self.line.clear();
             }
-            self.line.clear();
+        }
+        self.extend_line(bytes);
+    }
+
+    /// Holds the start of a line, up to the event limit.
+    fn extend_line(&mut self, bytes: &[u8]) {
+        let room = MAX_EVENT.saturating_sub(self.line.len());
+        self.oversized |= bytes.len() > room;
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn line_done(&mut self, line: &[u8], on_event: &mut impl FnMut(&str, &str)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.dispatch(on_event);
+        } else {
+            self.field(line);
         }
     }
 
-    fn field(&mut self) {
-        let line = String::from_utf8_lossy(&self.line);
+    fn field(&mut self, line: &[u8]) {
+        // Valid UTF-8 in all but hostile streams: checked at SIMD speed,
+        // and only then read the slow, lossy way.
+        let line = match std::str::from_utf8(line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         if line.starts_with(':') {
             return; // comment / keep-alive
         }
@@ -53,7 +84,10 @@ impl SseParser {
             None => (line.as_ref(), ""),
         };
         match name {
-            "event" => self.event = value.to_string(),
+            "event" => {
+                self.event.clear();
+                self.event.push_str(value);
+            }
             "data" => {
                 if self.data.len() + value.len() > MAX_EVENT {
                     self.oversized = true;
@@ -68,15 +102,14 @@ impl SseParser {
         }
     }
 
-    fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent)) {
-        let event = std::mem::take(&mut self.event);
-        let data = std::mem::take(&mut self.data);
-        if std::mem::take(&mut self.oversized) {
-            return;
+    /// Ends the event; its buffers are kept for the next one.
+    fn dispatch(&mut self, on_event: &mut impl FnMut(&str, &str)) {
+        if !std::mem::take(&mut self.oversized) && (!self.data.is_empty() || !self.event.is_empty())
+        {
+            on_event(&self.event, &self.data);
         }
-        if !data.is_empty() || !event.is_empty() {
-            on_event(SseEvent { event, data });
-        }
+        self.event.clear();
+        self.data.clear();
     }
 }
 

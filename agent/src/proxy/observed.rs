@@ -131,7 +131,11 @@ pub struct ObservedBody {
     family: Family,
     /// Longest wait for the next piece of the body.
     idle: std::time::Duration,
+    /// Fires no earlier than `idle` after the last piece; moved on only
+    /// when it fires (resetting a timer per chunk would cost a trip into
+    /// the timer wheel each time).
     timer: Pin<Box<tokio::time::Sleep>>,
+    last_piece: tokio::time::Instant,
     /// The provider-shaped error event a broken stream ends with.
     ending: Option<Bytes>,
     done: bool,
@@ -158,6 +162,7 @@ impl ObservedBody {
             family,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            last_piece: tokio::time::Instant::now(),
             ending: None,
             done: false,
             inner,
@@ -234,8 +239,7 @@ impl Body for ObservedBody {
                 Poll::Ready(None) => return this.ended(),
                 Poll::Pending => return this.wait(cx),
             };
-            let deadline = tokio::time::Instant::now() + this.idle;
-            this.timer.as_mut().reset(deadline);
+            this.last_piece = tokio::time::Instant::now();
             if let Some(data) = frame.data_ref() {
                 this.first_byte.get_or_insert_with(Instant::now);
                 this.bytes += data.len() as u64;
@@ -300,16 +304,22 @@ impl ObservedBody {
 
     /// Nothing from upstream yet: waits, up to the idle limit.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                let message = format!(
-                    "modelgate: the upstream response stopped: nothing for {}s",
-                    self.idle.as_secs()
-                );
-                self.break_off(Outcome::UpstreamTimeout, message.clone(), message.into())
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => Poll::Pending,
+            let deadline = self.last_piece + self.idle;
+            if deadline <= tokio::time::Instant::now() {
+                break;
+            }
+            // A piece came since the timer was set: wait from that one.
+            self.timer.as_mut().reset(deadline);
         }
+        let message = format!(
+            "modelgate: the upstream response stopped: nothing for {}s",
+            self.idle.as_secs()
+        );
+        self.break_off(Outcome::UpstreamTimeout, message.clone(), message.into())
     }
 }
 

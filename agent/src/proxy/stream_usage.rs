@@ -6,6 +6,8 @@
 //! (`choices: []` and the usage) and the `"usage": null` every other chunk
 //! then carries — so the client gets the stream it would have got directly.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde_json::Value;
@@ -56,18 +58,26 @@ pub struct Hider {
 impl Hider {
     /// What of `data` (and what was held) the client gets now.
     pub fn filter(&mut self, data: &[u8]) -> Bytes {
-        self.held.extend_from_slice(data);
-        let Some(end) = last_event_end(&self.held) else {
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(data);
+            let held = std::mem::take(&mut self.held);
+            let out = self.filter(&held);
+            return out;
+        }
+        // The usual case, nothing held: the frame's whole events go out
+        // from where they are, only a partial last one is kept.
+        let Some(end) = last_event_end(data) else {
+            self.held.extend_from_slice(data);
             return Bytes::new();
         };
         let mut out = BytesMut::with_capacity(end);
         let mut start = 0;
         while start < end {
-            let stop = next_event_end(&self.held[start..end]).map_or(end, |e| start + e);
-            push_event(&self.held[start..stop], &mut out);
+            let stop = next_event_end(&data[start..end]).map_or(end, |e| start + e);
+            push_event(&data[start..stop], &mut out);
             start = stop;
         }
-        self.held.drain(..end);
+        self.held.extend_from_slice(&data[end..]);
         out.freeze()
     }
 
@@ -80,26 +90,41 @@ impl Hider {
     }
 }
 
-/// Where the event starting `buf` ends, its blank line included.
+/// Where the event starting `buf` ends, its blank line (`\n\n` or
+/// `\r\n\r\n`) included. One pass over the line ends: looking for each
+/// kind of blank line apart would scan the rest of the buffer for the kind
+/// a stream does not use, once per event.
 fn next_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    memchr::memchr_iter(b'\n', buf).find_map(|i| {
+        let next = buf.get(i + 1..)?;
+        if next.starts_with(b"\n") {
+            Some(i + 2)
+        } else if i > 0 && buf[i - 1] == b'\r' && next.starts_with(b"\r\n") {
+            Some(i + 3)
+        } else {
+            None
+        }
+    })
 }
 
 fn last_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::rfind(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::rfind(buf, b"\r\n\r\n").map(|i| i + 4);
+    let lf = LF_END.rfind(buf).map(|i| i + 2);
+    let crlf = CRLF_END.rfind(buf).map(|i| i + 4);
     lf.max(crlf)
 }
+
+// Built once: building a searcher per call showed in the stream profile.
+static LF_END: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\n\n"));
+static CRLF_END: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\r\n\r\n"));
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 /// One event as the client gets it: nothing for the usage chunk, the rest
 /// without a null `usage` member.
 fn push_event(event: &[u8], out: &mut BytesMut) {
-    let Some(at) = memmem::find(event, b"\"usage\"") else {
+    let Some(at) = USAGE_KEY.find(event) else {
         out.extend_from_slice(event);
         return;
     };
@@ -240,5 +265,27 @@ mod tests {
         // An unterminated last event is given as it is.
         assert_eq!(&hider.filter(b"data: [DONE]")[..], b"");
         assert_eq!(&hider.finish()[..], b"data: [DONE]");
+    }
+
+    #[test]
+    fn an_event_ends_at_the_first_blank_line_of_either_kind() {
+        // The two searches this one pass replaced, as the reference.
+        let reference = |buf: &[u8]| {
+            let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
+            let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+            match (lf, crlf) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        // Every text of up to 8 bytes over `a`, CR and LF.
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len)
+                    .map(|k| [b'a', b'\r', b'\n'][n / 3usize.pow(k) % 3])
+                    .collect();
+                assert_eq!(next_event_end(&buf), reference(&buf), "{buf:?}");
+            }
+        }
     }
 }

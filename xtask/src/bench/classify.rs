@@ -302,6 +302,7 @@ fn latency(bin: &Path, requests: u32) -> Result<()> {
         seconds: 1,
         clients: 1,
         body: Some(&body_file),
+        ..ClientOpts::default()
     };
     let label = format!("{} request", size_label(BODY_BYTES as u64));
     let direct = rig.run_labeled(&opts, Mode::Latency, false, format!("{label} direct"))?;

@@ -30,6 +30,8 @@ use serde_json::json;
 use tokio::{net::TcpStream, task::JoinSet};
 use tokio_rustls::TlsConnector;
 
+use super::upstream::{CHUNKS_HEADER, DELAY_HEADER, STREAM_CHUNKS};
+
 const PATH: &str = "/v1/chat/completions";
 const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#;
 const STREAM_BODY: &[u8] =
@@ -42,10 +44,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Mode {
     /// One client, sequential requests: latency to the end of the body.
     Latency,
-    /// One client, sequential streamed requests: to the first and last byte.
+    /// One client, sequential streamed requests: to the first and last
+    /// byte, and how late each chunk is against the server's pace.
     Stream,
     /// `--clients` concurrent connections for `--seconds`: throughput.
     Load,
+    /// `Load` with streamed answers.
+    StreamLoad,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +78,12 @@ pub struct ProxyClientArgs {
     /// short built-in chat request.
     #[arg(long)]
     pub body_file: Option<PathBuf>,
+    /// Content chunks the server streams per answer.
+    #[arg(long, default_value_t = STREAM_CHUNKS)]
+    pub chunks: usize,
+    /// Milliseconds the server waits between a stream's chunks.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_ms: u64,
 }
 
 struct Target {
@@ -82,6 +93,8 @@ struct Target {
     tls: TlsConnector,
     /// The non-streaming and the streaming request body.
     bodies: [Bytes; 2],
+    chunks: usize,
+    delay: Duration,
 }
 
 pub fn run(args: &ProxyClientArgs) -> Result<()> {
@@ -101,6 +114,8 @@ pub fn run(args: &ProxyClientArgs) -> Result<()> {
             .with_context(|| format!("`{}` is not a server name", args.host))?,
         tls: TlsConnector::from(tls_config(&args.cas)?),
         bodies,
+        chunks: args.chunks,
+        delay: Duration::from_millis(args.chunk_delay_ms),
     });
     // One thread: the client is pinned to one CPU anyway.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -111,7 +126,8 @@ pub fn run(args: &ProxyClientArgs) -> Result<()> {
         match args.mode {
             Mode::Latency => latency(&target, args.requests).await,
             Mode::Stream => stream(&target, args.requests).await,
-            Mode::Load => load(target.clone(), args.clients, args.seconds).await,
+            Mode::Load => load(target.clone(), args.clients, args.seconds, false).await,
+            Mode::StreamLoad => load(target.clone(), args.clients, args.seconds, true).await,
         }
     })?;
     println!("{result}");
@@ -164,6 +180,9 @@ async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>> {
 struct Timing {
     first: Duration,
     last: Duration,
+    /// Per SSE event after the first: how much later than the server's pace
+    /// (`delay` apart from the first) it arrived.
+    late: Vec<Duration>,
 }
 
 async fn exchange(
@@ -176,6 +195,8 @@ async fn exchange(
         .header(CONTENT_TYPE, "application/json")
         .header(AUTHORIZATION, "Bearer sk-bench-not-a-key")
         .header(USER_AGENT, "modelgate-bench")
+        .header(CHUNKS_HEADER, target.chunks)
+        .header(DELAY_HEADER, target.delay.as_millis() as u64)
         .body(Full::new(target.bodies[usize::from(stream)].clone()))?;
     sender.ready().await.context("the connection closed")?;
     let start = Instant::now();
@@ -184,9 +205,26 @@ async fn exchange(
         let status = response.status();
         let mut body = response.into_body();
         let mut first = None;
+        let mut late = Vec::new();
         while let Some(frame) = body.frame().await {
-            if frame?.data_ref().is_some_and(|d| !d.is_empty()) && first.is_none() {
-                first = Some(start.elapsed());
+            let frame = frame?;
+            let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            let now = start.elapsed();
+            let first = *first.get_or_insert(now);
+            if stream {
+                // Content event `i` says `token{i}`; the server sends it
+                // `i × delay` after the first. Events ready together may
+                // share a frame: each is as late as the frame that brought
+                // it. (Keyed by content, not position: the proxy hides the
+                // usage event it asked for.)
+                for event in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Some(i) = token_index(event).filter(|&i| i > 0) {
+                        let due = first + target.delay * i;
+                        late.push(now.saturating_sub(due));
+                    }
+                }
             }
         }
         let last = start.elapsed();
@@ -196,6 +234,7 @@ async fn exchange(
         Ok(Timing {
             first: first.unwrap_or(last),
             last,
+            late,
         })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, timed)
@@ -242,6 +281,7 @@ async fn stream(target: &Target, requests: u32) -> Result<serde_json::Value> {
     let timings = sequential(target, STREAM_WARM_UP, requests, true).await?;
     let first = micros(timings.iter().map(|t| t.first));
     let last = micros(timings.iter().map(|t| t.last));
+    let late = micros(timings.iter().flat_map(|t| t.late.iter().copied()));
     Ok(json!({
         "mode": "stream",
         "completed": STREAM_WARM_UP + requests,
@@ -250,15 +290,23 @@ async fn stream(target: &Target, requests: u32) -> Result<serde_json::Value> {
         "first_p99_us": percentile(&first, 0.99),
         "last_p50_us": percentile(&last, 0.50),
         "last_p99_us": percentile(&last, 0.99),
+        "late_p50_us": percentile(&late, 0.50),
+        "late_p99_us": percentile(&late, 0.99),
+        "late_max_us": late.last().copied().unwrap_or(f64::NAN),
     }))
 }
 
-async fn load(target: Arc<Target>, clients: u32, seconds: u64) -> Result<serde_json::Value> {
+async fn load(
+    target: Arc<Target>,
+    clients: u32,
+    seconds: u64,
+    stream: bool,
+) -> Result<serde_json::Value> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = JoinSet::new();
     for _ in 0..clients {
-        tasks.spawn(one_client(target.clone(), deadline));
+        tasks.spawn(one_client(target.clone(), deadline, stream));
     }
     let (mut completed, mut errors, mut first_error) = (0u64, 0u64, None);
     while let Some(result) = tasks.join_next().await {
@@ -268,7 +316,7 @@ async fn load(target: Arc<Target>, clients: u32, seconds: u64) -> Result<serde_j
         first_error = first_error.or(client.first_error);
     }
     Ok(json!({
-        "mode": "load",
+        "mode": if stream { "stream-load" } else { "load" },
         "completed": completed,
         "errors": errors,
         "first_error": first_error,
@@ -284,7 +332,7 @@ struct ClientTally {
 
 /// Requests back to back on one connection until `deadline`; after an
 /// error, a new connection (as an SDK's pool would).
-async fn one_client(target: Arc<Target>, deadline: Instant) -> ClientTally {
+async fn one_client(target: Arc<Target>, deadline: Instant, stream: bool) -> ClientTally {
     let mut tally = ClientTally {
         completed: 0,
         errors: 0,
@@ -297,7 +345,7 @@ async fn one_client(target: Arc<Target>, deadline: Instant) -> ClientTally {
                 sender = Some(connect(&target).await?);
             }
             let conn = sender.as_mut().expect("connected above");
-            exchange(conn, &target, false).await
+            exchange(conn, &target, stream).await
         }
         .await;
         match result {
@@ -311,6 +359,19 @@ async fn one_client(target: Arc<Target>, deadline: Instant) -> ClientTally {
         }
     }
     tally
+}
+
+/// `i` of the `token{i}` a content event of the stand-in carries.
+fn token_index(event: &[u8]) -> Option<u32> {
+    let at = event.windows(5).position(|w| w == b"token")? + 5;
+    let digits = event[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&event[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn micros(durations: impl Iterator<Item = Duration>) -> Vec<f64> {
@@ -331,6 +392,14 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_events_say_their_index() {
+        let event = br#"data: {"choices":[{"delta":{"content":"token17 "}}]}"#;
+        assert_eq!(token_index(event), Some(17));
+        assert_eq!(token_index(b"data: [DONE]"), None);
+        assert_eq!(token_index(b"data: token"), None);
+    }
 
     #[test]
     fn nearest_rank() {

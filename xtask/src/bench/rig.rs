@@ -129,6 +129,7 @@ pub(super) struct Rig {
 }
 
 /// What a client run does besides its mode.
+#[derive(Default)]
 pub(super) struct ClientOpts<'a> {
     /// Measured requests of a sequential mode (the streaming one makes a
     /// quarter as many).
@@ -139,6 +140,10 @@ pub(super) struct ClientOpts<'a> {
     pub clients: u32,
     /// A request body to send instead of the client's short chat request.
     pub body: Option<&'a Path>,
+    /// Content chunks of a streamed answer (the server's default if 0).
+    pub chunks: usize,
+    /// Milliseconds between a streamed answer's chunks.
+    pub chunk_delay_ms: u64,
 }
 
 impl Rig {
@@ -319,6 +324,10 @@ impl Rig {
         if let Some(body) = opts.body {
             cmd.arg("--body-file").arg(body);
         }
+        if opts.chunks > 0 {
+            cmd.args(["--chunks", &opts.chunks.to_string()]);
+        }
+        cmd.args(["--chunk-delay-ms", &opts.chunk_delay_ms.to_string()]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -392,6 +401,7 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Latency => "latency",
         Mode::Stream => "stream",
         Mode::Load => "load",
+        Mode::StreamLoad => "stream-load",
     }
 }
 
@@ -404,14 +414,17 @@ fn summary(run: &Run) -> String {
             run.get("p99_us")
         ),
         Mode::Stream => format!(
-            "first byte p50 {:.0} µs p99 {:.0} µs, last byte p50 {:.0} µs p99 {:.0} µs \
-             ({completed} requests)",
+            "first byte p50 {:.0} µs p99 {:.0} µs, last byte p50 {:.0} µs p99 {:.0} µs, \
+             chunks late p50 {:.0} µs p99 {:.0} µs max {:.0} µs ({completed} requests)",
             run.get("first_p50_us"),
             run.get("first_p99_us"),
             run.get("last_p50_us"),
-            run.get("last_p99_us")
+            run.get("last_p99_us"),
+            run.get("late_p50_us"),
+            run.get("late_p99_us"),
+            run.get("late_max_us"),
         ),
-        Mode::Load => {
+        Mode::Load | Mode::StreamLoad => {
             let errors = run.count("errors");
             let first = run.out.get("first_error").and_then(|e| e.as_str());
             format!(
@@ -544,7 +557,7 @@ mod tests {
 
     #[test]
     fn mode_names_are_the_clients_values() {
-        for mode in [Mode::Latency, Mode::Stream, Mode::Load] {
+        for mode in [Mode::Latency, Mode::Stream, Mode::Load, Mode::StreamLoad] {
             let value = mode.to_possible_value().expect("not skipped");
             assert_eq!(value.get_name(), mode_name(mode));
         }

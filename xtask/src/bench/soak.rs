@@ -196,6 +196,7 @@ fn load(body: Option<&Path>, seconds: u64, clients: u32) -> ClientOpts<'_> {
         seconds,
         clients,
         body,
+        ..ClientOpts::default()
     }
 }
 

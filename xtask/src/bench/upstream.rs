@@ -2,9 +2,16 @@
 //! `POST /v1/chat/completions` over TLS (ALPN h2 and http/1.1) that answers
 //! at once, on a tokio runtime inside the xtask process. It counts the
 //! requests, and the bodies that arrived redacted (`bench classify`).
+//!
+//! A streamed answer has [`STREAM_CHUNKS`] content chunks unless the request
+//! says otherwise in [`CHUNKS_HEADER`], and its chunks follow each other at
+//! once (a burst) or [`DELAY_HEADER`] milliseconds apart (a model-like
+//! trickle). The client sets them, so one server serves every run.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -41,6 +48,13 @@ const PATH: &str = "/v1/chat/completions";
 pub const REDACTED: &str = "[REDACTED:";
 /// Content chunks of a streamed answer, each its own body frame.
 pub const STREAM_CHUNKS: usize = 20;
+/// A request header: content chunks of the streamed answer.
+pub const CHUNKS_HEADER: &str = "x-bench-chunks";
+/// A request header: milliseconds between a streamed answer's chunks.
+pub const DELAY_HEADER: &str = "x-bench-chunk-delay-ms";
+/// Bounds on what a request may ask, so a typo cannot wedge a run.
+const MAX_CHUNKS: usize = 10_000;
+const MAX_DELAY_MS: u64 = 10_000;
 const CHUNK_HEAD: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini""#;
 const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":8,"completion_tokens":9,"total_tokens":17}}"#;
 
@@ -219,6 +233,14 @@ async fn answer(
         return Ok(not_found);
     }
     let version = req.version();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let chunks = header(CHUNKS_HEADER).map_or(STREAM_CHUNKS, |n| (n as usize).min(MAX_CHUNKS));
+    let delay = Duration::from_millis(header(DELAY_HEADER).unwrap_or(0).min(MAX_DELAY_MS));
     let body = req.into_body().collect().await?.to_bytes();
     let stream = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -241,7 +263,7 @@ async fn answer(
     let (content_type, body) = if stream {
         (
             "text/event-stream",
-            Either::Right(Frames(answers.events.clone().into_iter())),
+            Either::Right(Frames::new(answers.events(chunks), delay)),
         )
     } else {
         (
@@ -263,35 +285,72 @@ fn is_redacted(body: &[u8]) -> bool {
     std::str::from_utf8(body).is_ok_and(|text| text.contains(REDACTED))
 }
 
-/// The answers, built once: a completion, and a stream's SSE events.
+/// The answers, built once: a completion, and a stream's SSE events for
+/// each chunk count asked for.
 struct Answers {
     completion: Bytes,
-    events: Vec<Bytes>,
+    events: Mutex<HashMap<usize, Arc<[Bytes]>>>,
 }
 
 impl Answers {
     fn new() -> Answers {
-        let mut events: Vec<Bytes> = (0..STREAM_CHUNKS)
-            .map(|i| {
-                Bytes::from(format!(
-                    "data: {CHUNK_HEAD},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
-                ))
-            })
-            .collect();
-        events.push(Bytes::from(format!(
-            "data: {CHUNK_HEAD},\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":{STREAM_CHUNKS},\"total_tokens\":{}}}}}\n\n",
-            STREAM_CHUNKS + 8
-        )));
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
         Answers {
             completion: Bytes::from_static(COMPLETION.as_bytes()),
-            events,
+            events: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `chunks` content events, the usage event, `[DONE]`.
+    fn events(&self, chunks: usize) -> Arc<[Bytes]> {
+        let mut cache = self
+            .events
+            .lock()
+            .expect("the upstream's answer cache lock is poisoned");
+        cache
+            .entry(chunks)
+            .or_insert_with(|| stream_events(chunks))
+            .clone()
     }
 }
 
-/// A body of ready frames, one per event: nothing coalesces them here.
-pub struct Frames(std::vec::IntoIter<Bytes>);
+fn stream_events(chunks: usize) -> Arc<[Bytes]> {
+    let mut events: Vec<Bytes> = (0..chunks)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {CHUNK_HEAD},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            ))
+        })
+        .collect();
+    events.push(Bytes::from(format!(
+        "data: {CHUNK_HEAD},\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":{chunks},\"total_tokens\":{}}}}}\n\n",
+        chunks + 8
+    )));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events.into()
+}
+
+/// A body of one frame per event: at once, nothing coalescing them here,
+/// or `delay` apart, as a model writes tokens. Event `i` is due `i × delay`
+/// after the first, so timer slack does not add up along the stream.
+pub struct Frames {
+    events: Arc<[Bytes]>,
+    next: usize,
+    delay: Duration,
+    first: Option<tokio::time::Instant>,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Frames {
+    fn new(events: Arc<[Bytes]>, delay: Duration) -> Frames {
+        Frames {
+            events,
+            next: 0,
+            delay,
+            first: None,
+            wait: None,
+        }
+    }
+}
 
 impl Body for Frames {
     type Data = Bytes;
@@ -299,9 +358,24 @@ impl Body for Frames {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
+        cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.next().map(|data| Ok(Frame::data(data))))
+        if let Some(wait) = self.wait.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
+        let Some(event) = self.events.get(self.next).cloned() else {
+            return Poll::Ready(None);
+        };
+        let first = *self.first.get_or_insert_with(tokio::time::Instant::now);
+        self.next += 1;
+        if !self.delay.is_zero() && self.next < self.events.len() {
+            let due = first + self.delay * self.next as u32;
+            self.wait = Some(Box::pin(tokio::time::sleep_until(due)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(event))))
     }
 }
 
@@ -312,17 +386,18 @@ mod tests {
     #[test]
     fn events_are_json_then_done() {
         let answers = Answers::new();
-        assert_eq!(answers.events.len(), STREAM_CHUNKS + 2);
-        for event in &answers.events[..=STREAM_CHUNKS] {
+        assert_eq!(answers.events(3).len(), 5);
+        let events = answers.events(STREAM_CHUNKS);
+        assert_eq!(events.len(), STREAM_CHUNKS + 2);
+        for event in &events[..=STREAM_CHUNKS] {
             let text = std::str::from_utf8(event).unwrap();
             let json = text.strip_prefix("data: ").unwrap().trim_end();
             serde_json::from_str::<serde_json::Value>(json).expect(text);
         }
         let usage: serde_json::Value =
-            serde_json::from_str(&String::from_utf8_lossy(&answers.events[STREAM_CHUNKS])[6..])
-                .unwrap();
+            serde_json::from_str(&String::from_utf8_lossy(&events[STREAM_CHUNKS])[6..]).unwrap();
         assert_eq!(usage["usage"]["completion_tokens"], STREAM_CHUNKS);
-        let done = &answers.events[STREAM_CHUNKS + 1];
+        let done = &events[STREAM_CHUNKS + 1];
         assert_eq!(&done[..], b"data: [DONE]\n\n");
         serde_json::from_slice::<serde_json::Value>(&answers.completion).unwrap();
     }

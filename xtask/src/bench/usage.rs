@@ -114,6 +114,7 @@ fn under_load(bin: &Path, args: &UsageArgs) -> Result<()> {
         seconds: args.seconds,
         clients: args.clients,
         body: None,
+        ..ClientOpts::default()
     };
     let load = rig.run(&opts, Mode::Load, true)?;
     let log = rig.log.clone();
